@@ -1,0 +1,30 @@
+# The two commands of the README:
+#   make train   set up .venv, make a HEP dataset, train it on an embedded LocalCluster
+#   make test    set up .venv with the test extras and run the test suite
+PY := .venv/bin/python
+DATA ?= data/jets.zarr
+JETS ?= 20000
+
+.PHONY: setup train test lint bench clean
+
+setup:
+	bash scripts/setup.sh
+
+train: setup
+	@[ -d $(DATA) ] || .venv/bin/psdist generate jet-images $(DATA) --jets $(JETS)
+	.venv/bin/psdist train examples/jet_images.yaml --save runs/jet_images.ckpt
+
+test:
+	bash scripts/setup.sh test
+	$(PY) -m pytest -ra
+
+lint:
+	bash scripts/setup.sh test
+	.venv/bin/ruff check psdist tests benchmarks examples
+
+bench:
+	bash scripts/setup.sh test
+	$(PY) benchmarks/bench_throughput.py --size small
+
+clean:
+	rm -rf data runs .pytest_cache

@@ -1,0 +1,168 @@
+"""The ``psdist`` command line.
+
+    psdist train examples/jet_images.yaml            # train as the config says
+    psdist train cfg.yaml --epochs 10 --workers 4    # override a few settings
+    psdist train cfg.yaml --resume run.ckpt          # continue a saved training
+    psdist generate jet-images data/jets.zarr        # make an offline HEP dataset
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from typing import Any
+
+from psdist.errors import PsdistError
+
+__all__ = ["main"]
+
+logger = logging.getLogger("psdist")
+
+TRAIN_HELP = """\
+Train a PyTorch model with psdist, as described by a YAML config file.
+
+The config names the model factory as module:function, the Zarr dataset, the server optimizer
+and the cluster size. Without --scheduler, psdist starts a LocalCluster on this machine (one
+worker per --workers, plus one for the parameter server) and closes it at the end.
+
+Minimal config:
+  model: psdist.hep.models:jet_cnn       # function returning a torch.nn.Module
+  loss: cross_entropy                    # torch.nn.functional name or module:function
+  data: {path: data/jets.zarr}           # a Zarr group with x, y (and x_val, y_val)
+  optimizer: {name: sgd, lr: 0.05, momentum: 0.9}
+  epochs: 5
+  workers: 2
+Make a dataset first, e.g.: psdist generate jet-images data/jets.zarr
+"""
+
+
+def _progress_bar(epochs: int, first_epoch: int) -> Any:
+    from tqdm.auto import tqdm
+
+    state: dict[str, Any] = {"bar": None}
+
+    def progress(event: dict[str, Any]) -> None:
+        if event["event"] == "chunk":
+            if state["bar"] is None:
+                state["bar"] = tqdm(total=event["total"], desc=f"epoch {event['epoch']}/{first_epoch + epochs}",
+                                    unit="chunk", leave=True, file=sys.stderr)
+            state["bar"].update(1)
+            state["bar"].set_postfix(loss=f"{event['loss']:.4f}")
+        elif event["event"] == "epoch":
+            bar, rec = state.pop("bar", None), event["record"]
+            state["bar"] = None
+            if bar is not None:
+                extra = {k: f"{v:.4f}" for k, v in rec.items() if k.startswith("val_")}
+                bar.set_postfix(loss=f"{rec['train_loss']:.4f}", **extra)
+                bar.close()
+
+    return progress
+
+
+def summary_table(records: list[dict[str, Any]]) -> str:
+    """A fixed-width table of the history (what the CLI prints at the end)."""
+    if not records:
+        return "(no epochs)"
+    cols = ["epoch", "train_loss", *sorted(k for k in records[0] if k.startswith("val_")), "samples_per_s", "pushes_applied", "pushes_rejected", "staleness_mean", "wall_s"]
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4f}" if abs(v) < 1000 or math.isnan(v) else f"{v:.0f}"
+        return str(v)
+    rows = [[fmt(r.get(c, "")) for c in cols] for r in records]
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(cols, widths, strict=True))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(lines)
+
+
+def _train(a: argparse.Namespace) -> int:
+    from psdist.config import load_config
+    from psdist.trainer import Trainer
+
+    cfg = load_config(a.config, {"epochs": a.epochs, "workers": a.workers,
+                                 "threads_per_worker": a.threads, "checkpoint": a.save})
+    client = None
+    if a.scheduler:
+        from distributed import Client
+
+        client = Client(a.scheduler)
+    kwargs = cfg.trainer_kwargs()
+    if a.resume:
+        trainer = Trainer.load(a.resume, cfg.model_fn(), cfg.loss_fn(), cfg.dataset(), client=client,
+                               workers=cfg.workers, threads_per_worker=cfg.threads_per_worker,
+                               timeout=cfg.timeout, malloc_fix=cfg.malloc_fix,
+                               early_stopping=kwargs["early_stopping"])
+        print(f"resuming {a.resume} at epoch {trainer.epoch}, version {trainer.version}", file=sys.stderr)
+    else:
+        trainer = Trainer(cfg.model_fn(), cfg.loss_fn(), cfg.dataset(), client=client, **kwargs)
+    history = trainer.fit(cfg.epochs, progress=None if a.quiet else _progress_bar(cfg.epochs, trainer.epoch))
+    print(summary_table(history.records))
+    if trainer.stopped_reason:
+        print(f"stopped early: {trainer.stopped_reason}")
+    if cfg.checkpoint:
+        trainer.save(cfg.checkpoint)
+        print(f"checkpoint written to {cfg.checkpoint}")
+    if a.history:
+        if a.history.endswith(".csv"):
+            history.to_csv(a.history)
+        else:
+            history.to_json(a.history)
+    if client is not None:
+        client.close()
+    return 0
+
+
+def _generate(a: argparse.Namespace) -> int:
+    from psdist.hep import jetimages
+
+    jetimages.write_dataset(a.path, a.jets, a.val_jets, seed=a.seed, chunk_rows=a.chunk_rows, overwrite=a.overwrite)
+    print(f"wrote {a.jets} training and {a.val_jets or max(2, a.jets // 5)} validation jets to {a.path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="psdist", description="Asynchronous data-parallel PyTorch training on Dask.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what psdist does")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train from a YAML config", description=TRAIN_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("config", help="YAML config file")
+    t.add_argument("--epochs", type=int, help="override the config's epochs")
+    t.add_argument("--workers", type=int, help="data workers of the embedded cluster")
+    t.add_argument("--threads", type=int, help="threads per worker (torch threads)")
+    t.add_argument("--scheduler", help="address of a running Dask scheduler (default: start a LocalCluster)")
+    t.add_argument("--save", metavar="CKPT", help="write a checkpoint at the end")
+    t.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint")
+    t.add_argument("--history", metavar="FILE", help="write the history (.json or .csv)")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=_train)
+
+    g = sub.add_parser("generate", help="make an offline HEP dataset")
+    g.add_argument("kind", choices=["jet-images"], help="what to generate")
+    g.add_argument("path", help="output Zarr directory")
+    g.add_argument("--jets", type=int, default=20000)
+    g.add_argument("--val-jets", type=int, default=None)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--chunk-rows", type=int, default=1024)
+    g.add_argument("--overwrite", action="store_true")
+    g.set_defaults(func=_generate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return a.func(a)
+    except PsdistError as e:
+        # a psdist error already says what is wrong and how to fix it: no traceback
+        print(f"psdist: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Starting the embedded LocalCluster, and choosing where the parameter server lives.
+
+psdist does not manage clusters beyond this: give ``Trainer(client=...)`` any Dask client
+(LocalCluster, dask-jobqueue, a scheduler started by hand) and it uses it as it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import dask
+
+from psdist.errors import ClusterError
+
+__all__ = ["embedded_cluster", "malloc_config", "pick_ps_worker"]
+
+logger = logging.getLogger(__name__)
+
+# What a nanny writes into os.environ of the process that starts it (distributed's nanny.py).
+_SPAWN_VARS = ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def malloc_config(enabled: bool = True) -> Iterator[None]:
+    """Start nannies inside this block without ``MALLOC_TRIM_THRESHOLD_=65536``.
+
+    Setting the config key to ``None`` is how distributed lets one drop a pre-spawn variable;
+    the env-variable form of the override does not work (measured).
+    """
+    if not enabled:
+        yield
+        return
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        yield
+
+
+@contextlib.contextmanager
+def _restore_environ() -> Iterator[None]:
+    # Starting nannies leaks OMP_NUM_THREADS=1 etc. into this process; keep the user's own.
+    saved = {k: os.environ.get(k) for k in _SPAWN_VARS}
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def embedded_cluster(
+    workers: int, threads_per_worker: int, malloc_fix: bool = True, dashboard_address: str | None = ":0",
+    **kwargs: Any,
+) -> tuple[Any, Any]:
+    """Start a LocalCluster of ``workers`` data workers plus one for the parameter server.
+
+    Returns ``(cluster, client)``; the caller closes both.
+    """
+    from distributed import Client, LocalCluster
+
+    n = workers + 1 if workers >= 1 else 1
+    with malloc_config(malloc_fix), _restore_environ():
+        cluster = LocalCluster(
+            n_workers=n,
+            threads_per_worker=threads_per_worker,
+            processes=True,
+            dashboard_address=dashboard_address,
+            **kwargs,
+        )
+        try:
+            client = Client(cluster)
+        except BaseException:
+            cluster.close()
+            raise
+    logger.info("psdist: embedded LocalCluster with %d workers; dashboard %s", n, client.dashboard_link)
+    return cluster, client
+
+
+def pick_ps_worker(client: Any, preferred: str | None = None) -> tuple[str, bool]:
+    """Choose the parameter server's worker; returns (address, exclusive).
+
+    ``exclusive`` is True when other workers remain for training, so the PS worker gets no
+    training slot. Without ``preferred`` the last worker by name is taken (deterministic; in the
+    embedded cluster that is the extra worker started for it).
+    """
+    info = client.scheduler_info(n_workers=-1)["workers"]
+    if not info:
+        raise ClusterError(
+            "the Dask cluster has no workers; start some first, e.g. cluster.scale(2), "
+            "or let psdist start its own by passing no client"
+        )
+    if preferred is not None:
+        matches = [a for a, w in info.items() if preferred in (a, str(w.get("name")))]
+        if not matches:
+            raise ClusterError(
+                f"ps_worker={preferred!r} is not a worker of this cluster; "
+                f"workers are {sorted(str(w.get('name')) for w in info.values())}"
+            )
+        return matches[0], len(info) > 1
+
+    def key(item: tuple[str, dict[str, Any]]) -> tuple[int, str]:
+        name = str(item[1].get("name"))
+        return (int(name), "") if name.isdigit() else (1 << 30, name)
+
+    address = max(info.items(), key=key)[0]
+    return address, len(info) > 1

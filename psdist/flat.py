@@ -1,0 +1,293 @@
+"""One contiguous float32 vector for a model's parameters *and* buffers.
+
+The parameter server and the workers exchange a single buffer per model, never one message per
+tensor (the old MPI tools' weakness). :class:`FlatSpec` says where each tensor lives in it;
+:class:`FlatBinding` makes a live ``nn.Module`` use views into such a buffer, so that loading new
+weights is one copy and gradients land contiguously without any gathering.
+
+Layout: trainable parameters first (``[0, n_params)``), then buffers. Integer and boolean buffers
+(BatchNorm's ``num_batches_tracked``) are stored as float32 values, exact up to 2**24.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from psdist.errors import CheckpointError, ModelError
+
+__all__ = ["Entry", "FlatBinding", "FlatSpec", "Group", "Layout", "flatten", "unflatten_into"]
+
+# float32 has a 24-bit significand: integers beyond this no longer round-trip exactly.
+_INT_EXACT = 2**24
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Where one named tensor lives inside the flat vector."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    offset: int
+    kind: str  # "param" or "buffer": which section of the vector, not a mode switch
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def stop(self) -> int:
+        return self.offset + self.size
+
+
+@dataclass(frozen=True)
+class FlatSpec:
+    """The map from a model's named tensors to slices of one float32 vector.
+
+    Parameters
+    ----------
+    entries
+        One :class:`Entry` per parameter, then per buffer, in module order.
+    n_params
+        Length of the parameter section; gradients have exactly this length.
+    """
+
+    entries: tuple[Entry, ...]
+    n_params: int
+
+    @property
+    def size(self) -> int:
+        return self.entries[-1].stop if self.entries else 0
+
+    @property
+    def n_buffers(self) -> int:
+        return self.size - self.n_params
+
+    @classmethod
+    def from_module(cls, module: torch.nn.Module) -> FlatSpec:
+        """Read the layout of ``module``; raises :class:`ModelError` for unsupported dtypes."""
+        entries: list[Entry] = []
+        offset = 0
+        for name, p in module.named_parameters():
+            if p.dtype != torch.float32:
+                raise ModelError(
+                    f"parameter {name!r} has dtype {p.dtype}; psdist trains float32 models: "
+                    "return model.float() from your model_fn"
+                )
+            entries.append(Entry(name, tuple(p.shape), "float32", offset, "param"))
+            offset += p.numel()
+        n_params = offset
+        for name, b in module.named_buffers():
+            if b.is_floating_point() and b.dtype != torch.float32:
+                raise ModelError(
+                    f"buffer {name!r} has dtype {b.dtype}; psdist keeps buffers in float32: "
+                    "return model.float() from your model_fn"
+                )
+            dtype = str(b.dtype).removeprefix("torch.")
+            entries.append(Entry(name, tuple(b.shape), dtype, offset, "buffer"))
+            offset += b.numel()
+        if n_params == 0:
+            raise ModelError("the model has no parameters to train; check your model_fn")
+        return cls(tuple(entries), n_params)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe description, stored in checkpoints."""
+        return {
+            "n_params": self.n_params,
+            "entries": [[e.name, list(e.shape), e.dtype, e.offset, e.kind] for e in self.entries],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FlatSpec:
+        entries = tuple(
+            Entry(str(n), tuple(int(s) for s in shape), str(dt), int(off), str(kind))
+            for n, shape, dt, off, kind in d["entries"]
+        )
+        return cls(entries, int(d["n_params"]))
+
+    def check_same(self, other: FlatSpec, what: str = "checkpoint") -> None:
+        """Raise :class:`CheckpointError` naming the first tensor where ``other`` differs."""
+        mine = {e.name: e for e in self.entries}
+        theirs = {e.name: e for e in other.entries}
+        for name in mine.keys() - theirs.keys():
+            raise CheckpointError(f"the {what} has no tensor {name!r} that the model has")
+        for name in theirs.keys() - mine.keys():
+            raise CheckpointError(f"the {what} has a tensor {name!r} that the model lacks")
+        for e in self.entries:
+            o = theirs[e.name]
+            if (e.shape, e.dtype, e.offset) != (o.shape, o.dtype, o.offset):
+                raise CheckpointError(
+                    f"tensor {e.name!r} is {e.dtype}{list(e.shape)} in the model but "
+                    f"{o.dtype}{list(o.shape)} in the {what}: a different model architecture"
+                )
+
+
+def _as_float32(name: str, t: torch.Tensor) -> torch.Tensor:
+    if t.is_floating_point():
+        return t.detach().reshape(-1)
+    if t.numel() and int(t.abs().max()) > _INT_EXACT:
+        raise ModelError(f"integer buffer {name!r} exceeds 2**24 and cannot travel as float32")
+    return t.detach().reshape(-1).to(torch.float32)
+
+
+def flatten(module: torch.nn.Module, spec: FlatSpec) -> np.ndarray:
+    """Copy ``module``'s parameters and buffers into a new float32 numpy vector."""
+    out = torch.empty(spec.size, dtype=torch.float32)
+    tensors = dict(module.named_parameters())
+    tensors.update(module.named_buffers())
+    for e in spec.entries:
+        out[e.offset : e.stop] = _as_float32(e.name, tensors[e.name]).cpu()
+    return out.numpy()
+
+
+def unflatten_into(module: torch.nn.Module, spec: FlatSpec, flat: np.ndarray) -> None:
+    """Write ``flat`` back into ``module``'s tensors (dtype and device preserved)."""
+    if flat.shape != (spec.size,):
+        raise ModelError(f"flat vector has shape {flat.shape}, the spec expects ({spec.size},)")
+    src = torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32))
+    tensors = dict(module.named_parameters())
+    tensors.update(module.named_buffers())
+    with torch.no_grad():
+        for e in spec.entries:
+            t = tensors[e.name]
+            t.copy_(src[e.offset : e.stop].view(t.shape).to(t.dtype))
+
+
+class FlatBinding:
+    """Rebind a module's tensors as views into one flat weight vector and one flat gradient.
+
+    After :meth:`bind`, ``weights`` holds every float tensor of the module (autograd and
+    BatchNorm write straight into it), and backward passes accumulate into ``grads``: pushing a
+    gradient is one device-to-host copy of ``grads``, loading weights one copy into ``weights``.
+    """
+
+    def __init__(self, module: torch.nn.Module, spec: FlatSpec) -> None:
+        self.module = module
+        self.spec = spec
+        self.weights: torch.Tensor | None = None
+        self.grads: torch.Tensor | None = None
+        self._int_buffers: list[tuple[Entry, torch.nn.Module, str]] = []
+
+    def bind(self, device: torch.device | str = "cpu") -> FlatBinding:
+        """Move the module to ``device`` and make its tensors views; returns ``self``."""
+        module = self.module.to(device)
+        initial = torch.from_numpy(flatten(module, self.spec)).to(device)
+        self.weights = initial
+        self.grads = torch.zeros(self.spec.n_params, dtype=torch.float32, device=device)
+        owners = _owners(module)
+        for e in self.spec.entries:
+            owner, attr = owners[e.name]
+            if e.kind == "param":
+                p = owner._parameters[attr]
+                p.data = self.weights[e.offset : e.stop].view(e.shape)
+                p.grad = self.grads[e.offset : e.stop].view(e.shape)
+            elif e.dtype == "float32":
+                owner._buffers[attr] = self.weights[e.offset : e.stop].view(e.shape)
+            else:  # integer buffers cannot be float views; copied on load and dump
+                self._int_buffers.append((e, owner, attr))
+        return self
+
+    def load(self, flat: np.ndarray | torch.Tensor) -> None:
+        """Set every tensor from a flat vector (one host-to-device copy)."""
+        assert self.weights is not None, "call bind() first"
+        src = torch.as_tensor(flat)
+        with torch.no_grad():
+            self.weights.copy_(src, non_blocking=False)
+            for e, owner, attr in self._int_buffers:
+                b = owner._buffers[attr]
+                b.copy_(self.weights[e.offset : e.stop].view(e.shape).to(b.dtype))
+
+    def buffer_vector(self) -> np.ndarray:
+        """The current buffer section as float32 numpy (integer buffers included)."""
+        assert self.weights is not None, "call bind() first"
+        with torch.no_grad():
+            for e, owner, attr in self._int_buffers:
+                self.weights[e.offset : e.stop] = _as_float32(e.name, owner._buffers[attr])
+        return self.weights[self.spec.n_params :].cpu().numpy().copy()
+
+    def zero_grad(self) -> None:
+        assert self.grads is not None, "call bind() first"
+        self.grads.zero_()
+
+
+def _owners(module: torch.nn.Module) -> dict[str, tuple[torch.nn.Module, str]]:
+    """Map each dotted tensor name to (owning submodule, attribute name)."""
+    out: dict[str, tuple[torch.nn.Module, str]] = {}
+    for prefix, sub in module.named_modules():
+        for attr in list(sub._parameters) + list(sub._buffers):
+            name = f"{prefix}.{attr}" if prefix else attr
+            out.setdefault(name, (sub, attr))
+    return out
+
+
+@dataclass(frozen=True)
+class Group:
+    """One model of a training (e.g. ``"generator"``) inside the server's flat vector."""
+
+    name: str
+    spec: FlatSpec
+    offset: int
+
+    @property
+    def params(self) -> slice:
+        return slice(self.offset, self.offset + self.spec.n_params)
+
+    @property
+    def buffers(self) -> slice:
+        return slice(self.offset + self.spec.n_params, self.offset + self.spec.size)
+
+    @property
+    def whole(self) -> slice:
+        return slice(self.offset, self.offset + self.spec.size)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Several models side by side in one vector; a single model is a layout of one group.
+
+    Weights, pushed updates and checkpoints all use this layout, so a GAN's generator and
+    discriminator travel and version together.
+    """
+
+    groups: tuple[Group, ...]
+
+    @classmethod
+    def of(cls, specs: dict[str, FlatSpec]) -> Layout:
+        groups, offset = [], 0
+        for name, spec in specs.items():
+            groups.append(Group(name, spec, offset))
+            offset += spec.size
+        return cls(tuple(groups))
+
+    @property
+    def size(self) -> int:
+        return sum(g.spec.size for g in self.groups)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(g.name for g in self.groups)
+
+    def group(self, name: str) -> Group:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise KeyError(f"no model group {name!r}; the layout has {list(self.names)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"groups": [[g.name, g.spec.to_dict()] for g in self.groups]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Layout:
+        return cls.of({str(n): FlatSpec.from_dict(s) for n, s in d["groups"]})
+
+    def check_same(self, other: Layout, what: str = "checkpoint") -> None:
+        if self.names != other.names:
+            raise CheckpointError(
+                f"the {what} holds models {list(other.names)}, this training {list(self.names)}"
+            )
+        for mine, theirs in zip(self.groups, other.groups, strict=True):
+            mine.spec.check_same(theirs.spec, what)

@@ -1,0 +1,159 @@
+"""The worker's inner loops: train on one chunk, evaluate one chunk. No Dask here.
+
+The same functions run inside Dask tasks (:mod:`psdist.worker`), in unit tests against an
+in-process :class:`~psdist.server.ServerState`, and in the simulator.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from psdist.protocol import ServerHandle
+from psdist.replica import Replica
+from psdist.rules import WorkerRule
+
+__all__ = ["ChunkResult", "EvalResult", "as_labels", "batch_bounds", "evaluate_rows", "train_rows"]
+
+
+@dataclass
+class ChunkResult:
+    """What one training task reports back (the history's raw material)."""
+
+    chunk: int
+    epoch: int
+    worker: str
+    device: str
+    samples: int = 0
+    samples_applied: int = 0
+    loss_sum: float = 0.0
+    pushes: int = 0
+    applied: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    staleness: list[int] = field(default_factory=list)
+    version: int = 0
+    compute_s: float = 0.0
+    comm_s: float = 0.0
+    read_s: float = 0.0
+    # (phase, start, stop) wall-clock spans for the timeline (pull/compute/push)
+    spans: list[tuple[str, float, float]] = field(default_factory=list)
+
+
+@dataclass
+class EvalResult:
+    """Summed loss and raw outputs of one validation chunk."""
+
+    chunk: int
+    samples: int
+    loss_sum: float
+    outputs: np.ndarray
+    targets: np.ndarray
+    version: int
+
+
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """Minibatch row ranges; a 1-row tail joins the previous batch (BatchNorm needs 2 rows)."""
+    bounds = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2] = (bounds[-2][0], n)
+        bounds.pop()
+    return bounds
+
+
+def as_labels(y: np.ndarray) -> np.ndarray:
+    """Integer labels as int64 (what torch's classification losses expect)."""
+    return y.astype(np.int64) if y.dtype.kind in "iub" and y.dtype != np.int64 else y
+
+
+def _to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    return t.to(device, non_blocking=True) if device.type != "cpu" else t
+
+
+def train_rows(
+    replica: Replica,
+    server: ServerHandle,
+    rule: WorkerRule,
+    step: Callable[[Replica, torch.Tensor, torch.Tensor], float],
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    batch_size: int,
+    push_every: int,
+    seed: int,
+    chunk: int = 0,
+    epoch: int = 0,
+) -> ChunkResult:
+    """Train on the rows of one chunk, shuffled with ``seed``, pushing every ``push_every``."""
+    res = ChunkResult(chunk, epoch, replica.worker, str(replica.device))
+    perm = np.random.default_rng(seed).permutation(len(x))
+    xt, yt = _to_device(x[perm], replica.device), _to_device(as_labels(y[perm]), replica.device)
+
+    t0 = time.time()
+    replica.load(server.pull(replica.worker, replica.version))
+    res.spans.append(("pull", t0, time.time()))
+    replica.train(True)
+    replica.zero_grad()
+
+    bounds = batch_bounds(len(x), batch_size)
+    acc_batches = acc_samples = 0
+    acc_loss = 0.0
+    t_compute = time.time()
+    for i, (lo, hi) in enumerate(bounds):
+        loss = step(replica, xt[lo:hi], yt[lo:hi])
+        rule.after_backward(replica)
+        acc_batches += 1
+        acc_samples += hi - lo
+        acc_loss += loss * (hi - lo)
+        if acc_batches < push_every and i < len(bounds) - 1:
+            continue
+        t_comm = time.time()
+        res.spans.append(("compute", t_compute, t_comm))
+        res.compute_s += t_comm - t_compute
+        reply = rule.communicate(replica, server, acc_batches, acc_samples, acc_loss / acc_samples)
+        t_compute = time.time()
+        res.spans.append(("push", t_comm, t_compute))
+        res.comm_s += t_compute - t_comm
+        res.pushes += 1
+        res.samples += acc_samples
+        res.loss_sum += acc_loss
+        res.staleness.append(reply.staleness)
+        if reply.applied:
+            res.applied += 1
+            res.samples_applied += acc_samples
+        else:
+            kind = (reply.reason or "rejected").split(":", 1)[0]
+            res.rejected[kind] = res.rejected.get(kind, 0) + 1
+        acc_batches = acc_samples = 0
+        acc_loss = 0.0
+    res.version = replica.version
+    return res
+
+
+@torch.no_grad()
+def evaluate_rows(
+    replica: Replica,
+    server: ServerHandle,
+    evaluate: Callable[[Replica, torch.Tensor, torch.Tensor], tuple[float, Any]],
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    batch_size: int,
+    chunk: int = 0,
+) -> EvalResult:
+    """Evaluate the server's current weights on one chunk; outputs come back for metrics."""
+    replica.load(server.pull(replica.worker, replica.version))
+    replica.train(False)
+    xt, yt = _to_device(x, replica.device), _to_device(as_labels(y), replica.device)
+    loss_sum, outs = 0.0, []
+    for lo, hi in batch_bounds(len(x), batch_size):
+        ls, out = evaluate(replica, xt[lo:hi], yt[lo:hi])
+        loss_sum += ls
+        outs.append(out.detach().float().cpu())
+    outputs = torch.cat(outs).numpy()
+    return EvalResult(chunk, len(x), loss_sum, outputs, np.asarray(y), replica.version)

@@ -1,0 +1,332 @@
+"""Server-side optimizers and learning-rate schedules, in plain numpy.
+
+They run inside the parameter server on one flat float32 vector, in place, and follow
+``torch.optim``'s formulas exactly (a synchronous run equals a single-process one). Their state
+is a dict of arrays and numbers, so checkpoints need no pickle. An update rule may scale the
+learning rate of one step (``lr_scale``), which is how staleness-aware rules compose with them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from psdist.errors import ConfigError
+
+__all__ = [
+    "SGD",
+    "Adam",
+    "Constant",
+    "Cosine",
+    "Optimizer",
+    "RMSprop",
+    "Schedule",
+    "StepDecay",
+    "Warmup",
+    "optimizer_from_config",
+    "schedule_from_config",
+]
+
+
+def _positive(name: str, value: float, fix: str) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ConfigError(f"{name}={value!r} must be a positive finite number; {fix}")
+
+
+def _fraction(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and 0 <= value < 1):
+        raise ConfigError(f"{name}={value!r} must lie in [0, 1), e.g. {name}=0.9")
+
+
+# ----------------------------------------------------------------------------- schedules
+@dataclass(frozen=True)
+class Schedule:
+    """A multiplier of the base learning rate as a function of the server version."""
+
+    name: ClassVar[str] = "schedule"
+
+    def factor(self, version: int) -> float:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def to_config(self) -> dict[str, Any]:
+        return {"name": self.name, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class Constant(Schedule):
+    """No decay."""
+
+    name: ClassVar[str] = "constant"
+
+    def factor(self, version: int) -> float:
+        return 1.0
+
+
+@dataclass(frozen=True)
+class StepDecay(Schedule):
+    """Multiply by ``gamma`` every ``step`` server versions."""
+
+    step: int = 1000
+    gamma: float = 0.5
+    name: ClassVar[str] = "step"
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.step, int) and self.step > 0):
+            raise ConfigError(f"StepDecay step={self.step!r} must be a positive integer")
+        _positive("StepDecay gamma", self.gamma, "e.g. gamma=0.5")
+
+    def factor(self, version: int) -> float:
+        return self.gamma ** (version // self.step)
+
+
+@dataclass(frozen=True)
+class Cosine(Schedule):
+    """Cosine decay from 1 to ``floor`` over ``total`` versions, then ``floor``."""
+
+    total: int = 10000
+    floor: float = 0.0
+    name: ClassVar[str] = "cosine"
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.total, int) and self.total > 0):
+            raise ConfigError(f"Cosine total={self.total!r} must be a positive integer")
+
+    def factor(self, version: int) -> float:
+        t = min(version, self.total) / self.total
+        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+@dataclass(frozen=True)
+class Warmup(Schedule):
+    """Linear warm-up over ``steps`` versions, then ``after`` (default: constant)."""
+
+    steps: int = 100
+    after: Schedule = field(default_factory=Constant)
+    name: ClassVar[str] = "warmup"
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.steps, int) and self.steps > 0):
+            raise ConfigError(f"Warmup steps={self.steps!r} must be a positive integer")
+
+    def factor(self, version: int) -> float:
+        ramp = min(1.0, (version + 1) / self.steps)
+        return ramp * self.after.factor(max(0, version - self.steps))
+
+    def to_config(self) -> dict[str, Any]:
+        return {"name": self.name, "steps": self.steps, "after": self.after.to_config()}
+
+
+_SCHEDULES: dict[str, type[Schedule]] = {
+    c.name: c for c in (Constant, StepDecay, Cosine, Warmup)
+}
+
+
+def schedule_from_config(cfg: dict[str, Any] | None) -> Schedule:
+    """Build a schedule from :meth:`Schedule.to_config` output (or ``None`` for constant)."""
+    if cfg is None:
+        return Constant()
+    cfg = dict(cfg)
+    name = cfg.pop("name", None)
+    if name not in _SCHEDULES:
+        raise ConfigError(f"unknown schedule {name!r}; choose one of {sorted(_SCHEDULES)}")
+    if "after" in cfg:
+        cfg["after"] = schedule_from_config(cfg["after"])
+    return _SCHEDULES[name](**cfg)
+
+
+# ----------------------------------------------------------------------------- optimizers
+class Optimizer:
+    """Base class: an in-place update of a flat float32 vector from a gradient.
+
+    Subclasses implement :meth:`_update`; the base class handles the learning rate, the
+    schedule, and (de)serialisation of the state.
+    """
+
+    name: ClassVar[str] = "optimizer"
+
+    def __init__(self, lr: float, weight_decay: float = 0.0, schedule: Schedule | None = None):
+        _positive("lr", lr, "e.g. lr=0.01")
+        if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
+            raise ConfigError(f"weight_decay={weight_decay!r} must be >= 0, e.g. 1e-4")
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.schedule = schedule if schedule is not None else Constant()
+        self.steps = 0
+        self.state: dict[str, np.ndarray] = {}
+
+    def lr_at(self, version: int) -> float:
+        """The learning rate in force at a server version (before any rule's scaling)."""
+        return self.lr * self.schedule.factor(version)
+
+    def set_lr(self, lr: float) -> None:
+        _positive("lr", lr, "e.g. lr=0.01")
+        self.lr = float(lr)
+
+    def step(self, w: np.ndarray, g: np.ndarray, version: int, lr_scale: float = 1.0) -> None:
+        """Apply one update to ``w`` in place from gradient ``g``."""
+        if self.weight_decay:
+            g = g + self.weight_decay * w
+        self.steps += 1
+        self._update(w, g, self.lr_at(version) * lr_scale)
+
+    def _update(self, w: np.ndarray, g: np.ndarray, lr: float) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _buffer(self, key: str, like: np.ndarray) -> np.ndarray:
+        buf = self.state.get(key)
+        if buf is None:
+            buf = self.state[key] = np.zeros_like(like)
+        return buf
+
+    def hyper(self) -> dict[str, Any]:
+        """Hyperparameters beyond lr/weight_decay (subclasses extend)."""
+        return {}
+
+    def to_config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "schedule": self.schedule.to_config(),
+            **self.hyper(),
+        }
+
+    def state_dict(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """(JSON-safe scalars, arrays) — the form checkpoints store without pickle."""
+        return {"steps": self.steps, "lr": self.lr}, dict(self.state)
+
+    def load_state_dict(self, scalars: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        self.steps = int(scalars["steps"])
+        self.lr = float(scalars["lr"])
+        self.state = {k: np.array(v, dtype=np.float32) for k, v in arrays.items()}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.to_config().items() if k != "name")
+        return f"{type(self).__name__}({args})"
+
+
+class SGD(Optimizer):
+    """SGD with optional momentum, dampening and Nesterov, as ``torch.optim.SGD``."""
+
+    name: ClassVar[str] = "sgd"
+
+    def __init__(
+        self,
+        lr: float,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        schedule: Schedule | None = None,
+    ) -> None:
+        super().__init__(lr, weight_decay, schedule)
+        _fraction("momentum", momentum)
+        if nesterov and (momentum == 0 or dampening != 0):
+            raise ConfigError("nesterov=True needs momentum > 0 and dampening=0")
+        self.momentum = float(momentum)
+        self.nesterov = bool(nesterov)
+        self.dampening = float(dampening)
+
+    def hyper(self) -> dict[str, Any]:
+        return {"momentum": self.momentum, "nesterov": self.nesterov, "dampening": self.dampening}
+
+    def _update(self, w: np.ndarray, g: np.ndarray, lr: float) -> None:
+        if self.momentum:
+            if "momentum" not in self.state:
+                buf = self.state["momentum"] = np.array(g, dtype=np.float32)
+            else:
+                buf = self.state["momentum"]
+                buf *= self.momentum
+                buf += (1 - self.dampening) * g
+            g = g + self.momentum * buf if self.nesterov else buf
+        w -= np.float32(lr) * g
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba 2015) with bias correction, as ``torch.optim.Adam`` (L2 decay)."""
+
+    name: ClassVar[str] = "adam"
+
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        schedule: Schedule | None = None,
+    ) -> None:
+        super().__init__(lr, weight_decay, schedule)
+        b1, b2 = betas
+        _fraction("betas[0]", b1)
+        _fraction("betas[1]", b2)
+        _positive("eps", eps, "e.g. eps=1e-8")
+        self.betas = (float(b1), float(b2))
+        self.eps = float(eps)
+
+    def hyper(self) -> dict[str, Any]:
+        return {"betas": list(self.betas), "eps": self.eps}
+
+    def _update(self, w: np.ndarray, g: np.ndarray, lr: float) -> None:
+        b1, b2 = self.betas
+        m, v = self._buffer("exp_avg", w), self._buffer("exp_avg_sq", w)
+        m *= b1
+        m += (1 - b1) * g
+        v *= b2
+        v += (1 - b2) * np.square(g)
+        t = self.steps
+        denom = np.sqrt(v) / math.sqrt(1 - b2**t)
+        denom += self.eps
+        w -= np.float32(lr / (1 - b1**t)) * (m / denom)
+
+
+class RMSprop(Optimizer):
+    """RMSprop (Tieleman & Hinton 2012), as ``torch.optim.RMSprop`` without momentum."""
+
+    name: ClassVar[str] = "rmsprop"
+
+    def __init__(
+        self,
+        lr: float = 1e-2,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        schedule: Schedule | None = None,
+    ) -> None:
+        super().__init__(lr, weight_decay, schedule)
+        _fraction("alpha", alpha)
+        _positive("eps", eps, "e.g. eps=1e-8")
+        self.alpha = float(alpha)
+        self.eps = float(eps)
+
+    def hyper(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "eps": self.eps}
+
+    def _update(self, w: np.ndarray, g: np.ndarray, lr: float) -> None:
+        sq = self._buffer("square_avg", w)
+        sq *= self.alpha
+        sq += (1 - self.alpha) * np.square(g)
+        w -= np.float32(lr) * g / (np.sqrt(sq) + self.eps)
+
+
+_OPTIMIZERS: dict[str, type[Optimizer]] = {c.name: c for c in (SGD, Adam, RMSprop)}
+
+
+def optimizer_from_config(cfg: dict[str, Any]) -> Optimizer:
+    """Build an optimizer from :meth:`Optimizer.to_config` output or a YAML mapping."""
+    cfg = dict(cfg)
+    name = str(cfg.pop("name", "")).lower()
+    if name not in _OPTIMIZERS:
+        raise ConfigError(
+            f"unknown optimizer {name!r}; choose one of {sorted(_OPTIMIZERS)}, "
+            "e.g. optimizer: {name: sgd, lr: 0.05, momentum: 0.9}"
+        )
+    sched = cfg.pop("schedule", None)
+    if "betas" in cfg:
+        cfg["betas"] = tuple(cfg["betas"])
+    try:
+        return _OPTIMIZERS[name](schedule=schedule_from_config(sched), **cfg)
+    except TypeError as e:
+        raise ConfigError(f"bad option for optimizer {name!r}: {e}") from None

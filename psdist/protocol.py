@@ -1,0 +1,75 @@
+"""The messages between workers and the parameter server, and the server handle protocol.
+
+Plain dataclasses of numbers and numpy arrays: cheap to serialise and the same whether the
+server is a Dask actor, an in-process object (tests, the simulator) or restored from a checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+__all__ = ["Pull", "Push", "PushReply", "ServerHandle"]
+
+
+@dataclass
+class Push:
+    """One update sent by a worker.
+
+    Parameters
+    ----------
+    worker
+        Stable identity of the sender (the Dask worker address).
+    base_version
+        Server version of the weights the update was computed from; staleness is measured
+        against it.
+    update
+        float32 vector in the server layout: per model group, the gradient (or delta, as the
+        update rule defines) over the parameter section, and the change of each buffer.
+    samples
+        Training samples behind this update.
+    loss
+        Mean training loss over those samples.
+    groups
+        The model groups the update carries (``None``: all); the others are left untouched.
+    info
+        Rule-specific numbers (small), e.g. a worker clock.
+    """
+
+    worker: str
+    base_version: int
+    update: np.ndarray
+    samples: int
+    loss: float
+    groups: tuple[str, ...] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Pull:
+    """The server's answer to a pull: ``weights`` is ``None`` when the caller is current."""
+
+    version: int
+    weights: np.ndarray | None
+    lr: float = 0.0
+
+
+@dataclass
+class PushReply:
+    """The server's answer to a push (and, with ``pull``, the fresh weights)."""
+
+    applied: bool
+    version: int
+    staleness: int
+    reason: str | None = None
+    pull: Pull | None = None
+
+
+class ServerHandle(Protocol):
+    """What a training loop needs from a parameter server, wherever it runs."""
+
+    def pull(self, worker: str, have_version: int = -1) -> Pull: ...
+
+    def push(self, push: Push, pull: bool = True) -> PushReply: ...

@@ -1,0 +1,131 @@
+"""A worker's copy of the model(s): flat-bound tensors, the pulled version, the training step.
+
+No Dask here: a :class:`Replica` is driven by :mod:`psdist.loop` against any
+:class:`~psdist.protocol.ServerHandle` (the actor, or an in-process server in tests and the
+simulator).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from psdist.errors import ModelError
+from psdist.flat import FlatBinding, FlatSpec, Layout
+from psdist.protocol import Pull
+
+__all__ = ["Replica", "SupervisedStep", "as_model_dict"]
+
+
+def as_model_dict(built: Any) -> dict[str, torch.nn.Module]:
+    """Accept what a ``model_fn`` returns: one module, or a dict of named modules."""
+    if isinstance(built, torch.nn.Module):
+        return {"model": built}
+    if isinstance(built, dict) and built and all(
+        isinstance(k, str) and isinstance(v, torch.nn.Module) for k, v in built.items()
+    ):
+        return dict(built)
+    raise ModelError(
+        f"model_fn returned {type(built).__name__}; it must return a torch.nn.Module "
+        "(or a dict of named modules for multi-model training)"
+    )
+
+
+def layout_of(models: dict[str, torch.nn.Module]) -> Layout:
+    return Layout.of({name: FlatSpec.from_module(m) for name, m in models.items()})
+
+
+class SupervisedStep:
+    """The default training step: ``loss_fn(model(x), y)``, backward, return the loss."""
+
+    def __init__(self, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        self.loss_fn = loss_fn
+
+    def __call__(self, replica: Replica, x: torch.Tensor, y: torch.Tensor) -> float:
+        loss = self.loss_fn(replica.module(x), y)
+        loss.backward()
+        return float(loss.detach())
+
+    def evaluate(self, replica: Replica, x: torch.Tensor, y: torch.Tensor) -> tuple[float, Any]:
+        """Summed loss and the model output (for metrics) of one batch, without gradients."""
+        out = replica.module(x)
+        return float(self.loss_fn(out, y).detach()) * len(x), out
+
+
+class Replica:
+    """Model(s) bound to flat vectors, plus the server version they hold.
+
+    Parameters
+    ----------
+    worker
+        Identity used in pushes.
+    models
+        Named modules, in layout order.
+    device
+        Where the tensors live (``"cpu"`` or ``"cuda:N"``).
+    """
+
+    def __init__(
+        self, worker: str, models: dict[str, torch.nn.Module], device: str = "cpu"
+    ) -> None:
+        self.worker = worker
+        self.models = models
+        self.device = torch.device(device)
+        self.layout = layout_of(models)
+        self.bindings = {
+            g.name: FlatBinding(models[g.name], g.spec).bind(self.device)
+            for g in self.layout.groups
+        }
+        self.version = -1
+        self._buffers_at_pull = np.zeros(self.layout.size, dtype=np.float32)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The single model (raises for multi-model replicas)."""
+        if len(self.models) != 1:
+            raise ModelError(f"this training has several models {list(self.models)}")
+        return next(iter(self.models.values()))
+
+    def train(self, mode: bool = True) -> None:
+        for m in self.models.values():
+            m.train(mode)
+
+    def load(self, pull: Pull | None) -> None:
+        """Adopt the weights of a pull (a no-op when the answer says we are current)."""
+        if pull is None:
+            return
+        if pull.weights is not None:
+            w = pull.weights
+            if w.shape != (self.layout.size,):
+                raise ModelError(
+                    f"server weights have {w.shape[0]} values, this model {self.layout.size}: "
+                    "the server was started for a different model"
+                )
+            with warnings.catch_warnings():
+                # pulled snapshots are read-only on purpose; we only copy out of them
+                warnings.simplefilter("ignore", UserWarning)
+                src = torch.from_numpy(w)
+            for g in self.layout.groups:
+                self.bindings[g.name].load(src[g.whole])
+                self._buffers_at_pull[g.buffers] = w[g.buffers]
+        self.version = pull.version
+
+    def gradient_update(self, scale: float = 1.0) -> np.ndarray:
+        """A push vector: ``scale`` × accumulated gradients, and each buffer's change since pull."""
+        out = np.empty(self.layout.size, dtype=np.float32)
+        for g in self.layout.groups:
+            b = self.bindings[g.name]
+            assert b.grads is not None
+            grads = b.grads.detach().cpu().numpy()
+            np.multiply(grads, np.float32(scale), out=out[g.params])
+            if g.spec.n_buffers:
+                np.subtract(b.buffer_vector(), self._buffers_at_pull[g.buffers], out=out[g.buffers])
+        return out
+
+    def zero_grad(self) -> None:
+        for b in self.bindings.values():
+            b.zero_grad()

@@ -1,0 +1,384 @@
+"""The user-facing :class:`Trainer`: checks everything, then drives epochs on a Dask cluster.
+
+The trainer owns no weights while training runs — the parameter server does. It submits one task
+per Zarr chunk, validates on the workers at each epoch end, keeps the history, and fetches the
+server's state at the end (for ``model()`` and ``save()``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+import numpy as np
+import torch
+
+from psdist.checkpoint import read_checkpoint, write_checkpoint
+from psdist.data import Chunk, DatasetInfo, ZarrDataset, epoch_order, task_seed
+from psdist.errors import ConfigError, DataError, ModelError
+from psdist.flat import Layout, flatten, unflatten_into
+from psdist.history import History
+from psdist.loop import ChunkResult, EvalResult, as_labels
+from psdist.metrics import default_metrics
+from psdist.optim import SGD, Optimizer, optimizer_from_config
+from psdist.replica import Replica, SupervisedStep, as_model_dict, layout_of
+from psdist.rules import Downpour, Rule, rule_from_config
+from psdist.session import Session, SessionSpec, open_session
+from psdist.stopping import EarlyStopping
+from psdist.worker import SLOT, evaluate_task, train_task
+
+__all__ = ["Trainer"]
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+def _int_at_least(name: str, value: Any, low: int, example: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{name}={value!r} must be an integer >= {low}, e.g. {example}")
+    return value
+
+
+class Trainer:
+    """Train a PyTorch model data-parallel through a Dask-actor parameter server.
+
+    Parameters
+    ----------
+    model_fn
+        Picklable function returning a fresh ``nn.Module`` (or a dict of named modules when
+        ``step`` trains several). Built once per worker.
+    loss_fn
+        ``loss_fn(output, target) -> scalar tensor`` (mean over the batch). Not needed with a
+        custom ``step``.
+    data
+        A :class:`~psdist.data.ZarrDataset` or the path of one.
+    optimizer
+        Server optimizer (:mod:`psdist.optim`), or a dict of them per model name;
+        default ``SGD(lr=0.01)``.
+    rule
+        Update rule (:mod:`psdist.rules`); default :class:`~psdist.rules.Downpour`.
+    max_staleness
+        Reject pushes computed on weights more than this many versions old (``None``: no bound).
+    push_every
+        Minibatches whose gradients a worker accumulates before each push.
+    batch_size
+        Rows per minibatch.
+    workers, threads_per_worker
+        Size of the embedded LocalCluster (ignored when a client is given).
+    client
+        An existing ``distributed.Client``; without it each ``fit`` starts and closes a
+        LocalCluster.
+    ps_worker
+        Name or address of the worker to host the parameter server (default: chosen).
+    metrics
+        Extra validation metrics ``{name: fn(targets, outputs) -> float}``.
+    early_stopping
+        An :class:`~psdist.stopping.EarlyStopping` (patience and/or target).
+    step
+        Custom training step object (``__call__(replica, x, y) -> loss`` after backward, and
+        ``evaluate(replica, x, y) -> (loss_sum, outputs)``); default supervised.
+    seed
+        Seeds initial weights, chunk order and in-chunk shuffles.
+    malloc_fix
+        Undo Dask's ``MALLOC_TRIM_THRESHOLD_`` on workers (about 2x faster PyTorch CPU training).
+    timeout
+        Seconds any call to the parameter server may take before it is an error.
+    """
+
+    def __init__(
+        self,
+        model_fn: Callable[[], Any],
+        loss_fn: Callable[..., torch.Tensor] | None = None,
+        data: ZarrDataset | str | None = None,
+        optimizer: Optimizer | dict[str, Optimizer] | None = None,
+        *,
+        rule: Rule | None = None,
+        max_staleness: int | None = None,
+        push_every: int = 1,
+        batch_size: int = 128,
+        workers: int = 2,
+        threads_per_worker: int = 1,
+        client: Any | None = None,
+        ps_worker: str | None = None,
+        metrics: dict[str, Callable[[np.ndarray, np.ndarray], float]] | None = None,
+        early_stopping: EarlyStopping | None = None,
+        step: Any | None = None,
+        seed: int = 0,
+        malloc_fix: bool = True,
+        timeout: float = 300.0,
+    ) -> None:
+        if not callable(model_fn):
+            raise ModelError(f"model_fn={model_fn!r} must be a function returning an nn.Module")
+        if step is None and not callable(loss_fn):
+            raise ConfigError("give loss_fn (e.g. torch.nn.functional.cross_entropy) or a custom step")
+        if data is None:
+            raise DataError("give data=psdist.ZarrDataset('path.zarr') (or a path)")
+        self.model_fn = model_fn
+        self.loss_fn = loss_fn
+        self.step = step if step is not None else SupervisedStep(loss_fn)  # type: ignore[arg-type]
+        self.data = data if isinstance(data, ZarrDataset) else ZarrDataset(data)
+        self.optimizer = optimizer if optimizer is not None else SGD(lr=0.01)
+        self.rule = rule if rule is not None else Downpour()
+        if max_staleness is not None:
+            _int_at_least("max_staleness", max_staleness, 0, "max_staleness=4 (or None for no bound)")
+        self.max_staleness = max_staleness
+        self.push_every = _int_at_least("push_every", push_every, 1, "push_every=1")
+        self.batch_size = _int_at_least("batch_size", batch_size, 1, "batch_size=128")
+        self.workers = _int_at_least("workers", workers, 1, "workers=2")
+        self.threads_per_worker = _int_at_least("threads_per_worker", threads_per_worker, 1, "1")
+        self.rule.check(push_every, max_staleness)
+        if not (isinstance(timeout, (int, float)) and timeout > 0):
+            raise ConfigError(f"timeout={timeout!r} must be a positive number of seconds")
+        self.client = client
+        self.ps_worker = ps_worker
+        self.user_metrics = dict(metrics or {})
+        self.early_stopping = early_stopping
+        self.seed = int(seed)
+        self.malloc_fix = bool(malloc_fix)
+        self.timeout = float(timeout)
+        self.history = History()
+        self.epoch = 0  # epochs completed
+        self.stopped_reason: str | None = None
+        self.dashboard_link: str | None = None
+        self._state: tuple[dict[str, Any], dict[str, np.ndarray]] | None = None
+        for name, fn in (("model_fn", model_fn), ("loss_fn", loss_fn), ("step", self.step)):
+            try:
+                cloudpickle.dumps(fn)
+            except Exception as e:
+                raise ModelError(
+                    f"{name} cannot be pickled for the workers ({type(e).__name__}: {e}); define "
+                    "it at module level (or with functools.partial) without open files, locks or clients"
+                ) from e
+
+    # ------------------------------------------------------------------ checks
+    def _optimizers(self, layout: Layout) -> dict[str, Optimizer]:
+        if isinstance(self.optimizer, Optimizer):
+            if len(layout.groups) > 1:
+                raise ConfigError(
+                    f"the models {list(layout.names)} need one optimizer each: "
+                    "optimizer={'name': psdist.optim.Adam(...), ...}"
+                )
+            return {layout.names[0]: self.optimizer}
+        if set(self.optimizer) != set(layout.names):
+            raise ConfigError(f"optimizers given for {sorted(self.optimizer)}, models are {list(layout.names)}")
+        return dict(self.optimizer)
+
+    def _build(self) -> tuple[dict[str, torch.nn.Module], Layout]:
+        torch.manual_seed(self.seed)
+        try:
+            built = self.model_fn()
+        except Exception as e:
+            raise ModelError(f"model_fn raised {type(e).__name__}: {e}") from e
+        models = as_model_dict(built)
+        return models, layout_of(models)
+
+    def _dry_run(self, models: dict[str, torch.nn.Module], info: DatasetInfo) -> None:
+        """Push two real rows through the step: shape errors surface before any cluster."""
+        first = info.train[0] if info.train else info.val[0]
+        x, y = self.data.read(Chunk(first.index, first.x, first.y, first.start, min(first.stop, first.start + 2)))
+        replica = Replica("dry-run", models)
+        xt, yt = torch.from_numpy(x), torch.from_numpy(as_labels(y))
+        try:
+            self.step(replica, xt, yt)
+            replica.train(False)
+            with torch.no_grad():
+                self.step.evaluate(replica, xt, yt)
+        except Exception as e:
+            out = ""
+            if len(models) == 1:
+                with torch.no_grad():
+                    try:
+                        out = f", the model outputs {tuple(replica.module(xt).shape)}"
+                    except Exception:
+                        out = ", and the model fails on them"
+            raise ModelError(
+                f"the model and loss do not fit the data: rows of shape {tuple(xt.shape)} with "
+                f"labels {tuple(yt.shape)} {yt.dtype}{out} — {type(e).__name__}: {e}"
+            ) from e
+
+    def _prepare(self) -> tuple[DatasetInfo, SessionSpec, dict[str, Any]]:
+        info = self.data.describe()
+        if not info.train:
+            raise DataError(f"{self.data.path!r} leaves no training chunks after the validation split")
+        models, layout = self._build()
+        weights = np.concatenate([flatten(models[g.name], g.spec) for g in layout.groups])
+        self._dry_run(models, info)
+        optimizers = self._optimizers(layout)
+        if self._state is not None:
+            Layout.from_dict(self._state[0]["layout"]).check_same(layout)
+        spec = SessionSpec(
+            self.model_fn, self.step, self.rule, self.data, layout, weights, optimizers,
+            self.max_staleness, self.workers, self.threads_per_worker, self.malloc_fix,
+            self.timeout, self.ps_worker, self._state,
+        )
+        metrics = {**default_metrics(info.y_dtype), **self.user_metrics}
+        return info, spec, metrics
+
+    # ------------------------------------------------------------------ training
+    def fit(self, epochs: int = 1, *, progress: Progress | None = None) -> History:
+        """Train ``epochs`` more epochs; returns the (whole) history.
+
+        Everything is checked before a cluster starts; the embedded cluster (if any) is closed
+        at the end, also on error.
+        """
+        _int_at_least("epochs", epochs, 1, "fit(epochs=5)")
+        info, spec, metrics = self._prepare()
+        with open_session(spec, self.client) as sess:
+            self.dashboard_link = sess.dashboard_link
+            logger.info("psdist: training %d epochs; dashboard %s", epochs, self.dashboard_link)
+            try:
+                for _ in range(epochs):
+                    record = self._epoch(sess, info, metrics, progress)
+                    self.history.append(record)
+                    self.epoch += 1
+                    if progress is not None:
+                        progress({"event": "epoch", "record": record})
+                    if self.early_stopping is not None and self.early_stopping.update(record):
+                        self.stopped_reason = self.early_stopping.reason
+                        logger.info("psdist: early stop: %s", self.stopped_reason)
+                        break
+            finally:
+                self._state = sess.ps.state_dict().result(timeout=self.timeout)
+        return self.history
+
+    def _submit_train(self, sess: Session, chunks: list[Chunk]) -> list[Any]:
+        return [
+            sess.client.submit(
+                train_task, sess.ps, sess.plugin, c, self.epoch,
+                task_seed(self.seed, self.epoch, c.index), self.batch_size, self.push_every,
+                self.timeout,
+                key=f"psdist-train-{sess.run_id}-e{self.epoch}-c{c.index}",
+                resources={SLOT: 1},
+                priority=len(chunks) - i,  # run in the seeded order (1 worker: reproducible)
+                pure=False,
+            )
+            for i, c in enumerate(chunks)
+        ]
+
+    def _epoch(self, sess: Session, info: DatasetInfo, metrics: dict[str, Any], progress: Progress | None) -> dict[str, Any]:
+        from distributed import as_completed
+
+        t0 = time.time()
+        m0 = sess.ps.metrics().result(timeout=self.timeout)
+        order = epoch_order(info.train, self.seed, self.epoch)
+        results: list[ChunkResult] = []
+        for fut in as_completed(self._submit_train(sess, order)):
+            r = fut.result()
+            results.append(r)
+            if progress is not None:
+                progress({"event": "chunk", "epoch": self.epoch + 1, "done": len(results),
+                          "total": len(order), "loss": r.loss_sum / max(r.samples, 1), "samples": r.samples})
+        train_s = time.time() - t0
+        m1 = sess.ps.metrics().result(timeout=self.timeout)
+        samples = sum(r.samples for r in results)
+        taus = [t for r in results for t in r.staleness]
+        rejected = sum(m1["rejected"].values()) - sum(m0["rejected"].values())
+        record: dict[str, Any] = {
+            "epoch": self.epoch + 1,
+            "train_loss": sum(r.loss_sum for r in results) / max(samples, 1),
+            "samples": samples,
+            "samples_per_s": samples / train_s if train_s > 0 else math.nan,
+            "pushes_applied": m1["applied"] - m0["applied"],
+            "pushes_rejected": rejected,
+            "staleness_mean": float(np.mean(taus)) if taus else 0.0,
+            "staleness_max": int(max(taus)) if taus else 0,
+            "version": m1["version"],
+            "lr": m1["lr"],
+            "chunks": len(results),
+            "compute_s": sum(r.compute_s for r in results),
+            "comm_s": sum(r.comm_s for r in results),
+        }
+        if info.val:
+            record.update(self._validate(sess, info, metrics))
+        record["wall_s"] = time.time() - t0
+        logger.info("psdist: epoch %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})
+        return record
+
+    def _validate(self, sess: Session, info: DatasetInfo, metrics: dict[str, Any]) -> dict[str, float]:
+        futs = [
+            sess.client.submit(
+                evaluate_task, sess.ps, sess.plugin, c, self.batch_size, self.timeout,
+                key=f"psdist-val-{sess.run_id}-e{self.epoch}-c{c.index}", resources={SLOT: 1}, pure=False,
+            )
+            for c in info.val
+        ]
+        results: list[EvalResult] = sorted(sess.client.gather(futs), key=lambda r: r.chunk)
+        n = sum(r.samples for r in results)
+        outputs = np.concatenate([r.outputs for r in results])
+        targets = np.concatenate([r.targets for r in results])
+        out = {"val_loss": sum(r.loss_sum for r in results) / n}
+        for name, fn in metrics.items():
+            out[f"val_{name}"] = float(fn(targets, outputs))
+        return out
+
+    # ------------------------------------------------------------------ results
+    def models(self) -> dict[str, torch.nn.Module]:
+        """Fresh modules holding the latest weights (the initial ones before any fit)."""
+        models, layout = self._build()
+        if self._state is not None:
+            w = self._state[1]["weights"]
+            for g in layout.groups:
+                unflatten_into(models[g.name], g.spec, w[g.whole])
+        return models
+
+    def model(self) -> torch.nn.Module:
+        """A plain ``nn.Module`` with the latest weights."""
+        models = self.models()
+        if len(models) != 1:
+            raise ModelError(f"this training has several models {list(models)}; use models()")
+        return next(iter(models.values()))
+
+    @property
+    def version(self) -> int:
+        """Server version reached (0 before any training)."""
+        return int(self._state[0]["version"]) if self._state is not None else 0
+
+    def save(self, path: str) -> None:
+        """Write a checkpoint (weights, optimizer state, version, epoch, history), atomically."""
+        if self._state is None:
+            raise ConfigError("nothing to save yet: call fit() first")
+        scalars, arrays = self._state
+        meta = {
+            "epoch": self.epoch,
+            "history": self.history.records,
+            "server": scalars,
+            "trainer": {
+                "batch_size": self.batch_size, "push_every": self.push_every,
+                "max_staleness": self.max_staleness, "seed": self.seed,
+                "rule": self.rule.to_config(),
+            },
+            "early_stopping": self.early_stopping.state() if self.early_stopping else None,
+        }
+        write_checkpoint(path, meta, arrays)
+
+    @classmethod
+    def load(cls, path: str, model_fn: Callable[[], Any], loss_fn: Callable[..., Any] | None = None,
+             data: ZarrDataset | str | None = None, **kwargs: Any) -> Trainer:
+        """Rebuild a trainer from a checkpoint; ``fit`` then continues where it stopped.
+
+        Settings stored in the checkpoint (batch size, push_every, staleness bound, seed, rule,
+        optimizer) are used unless given again in ``kwargs``. The model built by ``model_fn``
+        must have the checkpoint's architecture (checked at ``fit``/``model``).
+        """
+        meta, arrays = read_checkpoint(path)
+        stored = dict(meta["trainer"])
+        stored["rule"] = rule_from_config(stored["rule"])
+        server = meta["server"]
+        optims = {n: optimizer_from_config(o["config"]) for n, o in server["optimizers"].items()}
+        stored["optimizer"] = optims["model"] if list(optims) == ["model"] else optims
+        stored.update(kwargs)
+        t = cls(model_fn, loss_fn, data, **stored)
+        _models, layout = t._build()
+        Layout.from_dict(server["layout"]).check_same(layout)
+        t._state = (server, arrays)
+        t.epoch = int(meta["epoch"])
+        t.history = History(meta["history"])
+        if t.early_stopping is not None and meta.get("early_stopping"):
+            t.early_stopping.load_state(meta["early_stopping"])
+        return t
+

@@ -1,0 +1,220 @@
+"""What runs on the Dask workers: the per-training plugin and the task functions.
+
+The model is built once per worker (lazily, by :class:`RunPlugin`) from the user's factory,
+which travels once with the plugin — never with each task. Tasks carry only a chunk's
+coordinates; the rows are read here, straight from the Zarr store.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import socket
+import threading
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import torch
+from distributed import WorkerPlugin, get_worker
+
+from psdist.data import Chunk, ZarrDataset
+from psdist.errors import ServerError
+from psdist.loop import ChunkResult, EvalResult, evaluate_rows, train_rows
+from psdist.protocol import Pull, Push, PushReply
+from psdist.replica import Replica, as_model_dict
+from psdist.rules import Rule
+
+__all__ = ["SLOT", "ActorServer", "MallocFix", "RunPlugin", "evaluate_task", "train_task"]
+
+logger = logging.getLogger(__name__)
+
+#: Worker resource that admits one psdist training task at a time per worker.
+SLOT = "psdist-slot"
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_MMAP_MAX = 32 * 1024 * 1024  # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit
+
+
+def fix_malloc() -> bool:
+    """Undo the nanny's ``MALLOC_TRIM_THRESHOLD_=65536`` in this process.
+
+    That setting freezes glibc's mmap threshold at 128 KiB, so every tensor buffer is mapped and
+    unmapped on each step (page faults halve PyTorch CPU speed). Returns whether glibc took it.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl): the trap does not exist there
+        return False
+    ok_mmap = libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_MAX)
+    ok_trim = libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+    return bool(ok_mmap and ok_trim)
+
+
+class MallocFix(WorkerPlugin):
+    """Worker plugin applying :func:`fix_malloc` on every worker, new ones included."""
+
+    name = "psdist-malloc-fix"
+
+    def setup(self, worker: Any) -> None:
+        if not fix_malloc():
+            logger.warning("psdist: mallopt not available on %s; malloc fix not applied", worker.address)
+
+
+class RunPlugin(WorkerPlugin):
+    """One training's state on a worker: the user's factories and a lazily built replica.
+
+    Parameters
+    ----------
+    run_id
+        Unique id of the training (the plugin is registered as ``psdist-run-<run_id>``).
+    model_fn
+        Picklable factory returning an ``nn.Module`` (or a dict of them).
+    step
+        The training step object (``__call__`` trains one batch, ``evaluate`` scores one).
+    rule
+        The update rule; each worker makes its own worker side.
+    data
+        The dataset, opened on the worker.
+    ps_address
+        Worker holding the parameter server; it gets no training slot when ``ps_exclusive``.
+    ps_exclusive
+        Keep training tasks off the parameter server's worker.
+    """
+
+    def __init__(
+        self,
+        run_id: str,
+        model_fn: Any,
+        step: Any,
+        rule: Rule,
+        data: ZarrDataset,
+        ps_address: str,
+        ps_exclusive: bool,
+    ) -> None:
+        self.name = f"psdist-run-{run_id}"
+        self.run_id = run_id
+        self.model_fn = model_fn
+        self.step = step
+        self.rule = rule
+        self.data = data
+        self.ps_address = ps_address
+        self.ps_exclusive = ps_exclusive
+        self._replica: Replica | None = None
+        self._worker_rule: Any = None
+        self._group: Any = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # only the recipe travels; the replica, lock and open store are per process
+        state = dict(self.__dict__)
+        for k in ("_replica", "_worker_rule", "_group", "_lock", "_worker"):
+            state.pop(k, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._replica, self._worker_rule, self._group = None, None, None
+        self._lock = threading.Lock()
+
+    async def setup(self, worker: Any) -> None:
+        self._worker = worker
+        slots = 0 if (self.ps_exclusive and worker.address == self.ps_address) else 1
+        await worker.set_resources(**{SLOT: slots})
+
+    def teardown(self, worker: Any) -> None:
+        self._replica = None
+        self._group = None
+
+    @property
+    def lock(self) -> threading.Lock:
+        """Held while a task uses the replica (guards against misconfigured resources)."""
+        return self._lock
+
+    def replica(self, ps: Any, timeout: float) -> tuple[Replica, Any]:
+        """The worker's model replica and rule state, built on first use."""
+        if self._replica is None:
+            worker = self._worker
+            gpu = worker.state.total_resources.get("GPU", 0) > 0 and torch.cuda.is_available()
+            device = "cuda" if gpu else "cpu"
+            if not gpu:
+                torch.set_num_threads(max(1, worker.state.nthreads))
+            self._replica = Replica(worker.address, as_model_dict(self.model_fn()), device)
+            self._worker_rule = self.rule.worker_side()
+            info = {
+                "host": socket.gethostname(),
+                "device": device,
+                "threads": torch.get_num_threads(),
+                "name": str(worker.name),
+            }
+            ps.register(worker.address, info).result(timeout=timeout)
+        return self._replica, self._worker_rule
+
+    def read(self, chunk: Chunk) -> tuple[np.ndarray, np.ndarray]:
+        if self._group is None:
+            self._group = self.data.open_group()
+        return self.data.read(chunk, self._group)
+
+
+class ActorServer:
+    """:class:`~psdist.protocol.ServerHandle` over the actor, with a timeout on every call."""
+
+    def __init__(self, ps: Any, timeout: float) -> None:
+        self.ps = ps
+        self.timeout = timeout
+
+    def _call(self, what: str, fut: Any) -> Any:
+        try:
+            return fut.result(timeout=timedelta(seconds=self.timeout))
+        except TimeoutError as e:
+            raise ServerError(
+                f"the parameter server did not answer {what} within {self.timeout} s; "
+                "raise Trainer(timeout=...) if it is overloaded"
+            ) from e
+
+    def pull(self, worker: str, have_version: int = -1) -> Pull:
+        return self._call("a pull", self.ps.pull(worker, have_version))
+
+    def push(self, push: Push, pull: bool = True) -> PushReply:
+        return self._call("a push", self.ps.push(push, pull))
+
+
+def _plugin(name: str) -> RunPlugin:
+    return get_worker().plugins[name]
+
+
+def train_task(
+    ps: Any,
+    plugin: str,
+    chunk: Chunk,
+    epoch: int,
+    seed: int,
+    batch_size: int,
+    push_every: int,
+    timeout: float,
+) -> ChunkResult:
+    """Dask task: train on one chunk against the parameter server."""
+    run = _plugin(plugin)
+    with run.lock:
+        replica, rule = run.replica(ps, timeout)
+        x, y = run.read(chunk)
+        torch.manual_seed(seed)  # dropout and friends: reproducible per chunk and epoch
+        return train_rows(
+            replica, ActorServer(ps, timeout), rule, run.step, x, y,
+            batch_size=batch_size, push_every=push_every, seed=seed,
+            chunk=chunk.index, epoch=epoch,
+        )
+
+
+def evaluate_task(ps: Any, plugin: str, chunk: Chunk, batch_size: int, timeout: float) -> EvalResult:
+    """Dask task: evaluate the current weights on one validation chunk."""
+    run = _plugin(plugin)
+    with run.lock:
+        replica, _ = run.replica(ps, timeout)
+        x, y = run.read(chunk)
+        return evaluate_rows(
+            replica, ActorServer(ps, timeout), run.step.evaluate, x, y,
+            batch_size=batch_size, chunk=chunk.index,
+        )
