@@ -145,6 +145,8 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.stopped_reason: str | None = None
         self.dashboard_link: str | None = None
+        self.ps_address: str | None = None
+        self.server_metrics: dict[str, Any] = {}  # the server's counters at the end of fit
         self._state: tuple[dict[str, Any], dict[str, np.ndarray]] | None = None
         for name, fn in (("model_fn", model_fn), ("loss_fn", loss_fn), ("step", self.step)):
             try:
@@ -178,28 +180,48 @@ class Trainer:
         return models, layout_of(models)
 
     def _dry_run(self, models: dict[str, torch.nn.Module], info: DatasetInfo) -> None:
-        """Push two real rows through the step: shape errors surface before any cluster."""
+        """Push real rows through the step: shape errors surface before any cluster."""
         first = info.train[0] if info.train else info.val[0]
-        x, y = self.data.read(Chunk(first.index, first.x, first.y, first.start, min(first.stop, first.start + 2)))
+        rows = Chunk(first.index, first.x, first.y, first.start, min(first.stop, first.start + 64))
+        x, y = self.data.read(rows)
         replica = Replica("dry-run", models)
         xt, yt = torch.from_numpy(x), torch.from_numpy(as_labels(y))
         try:
             self.step(replica, xt, yt)
             replica.train(False)
             with torch.no_grad():
-                self.step.evaluate(replica, xt, yt)
+                _, out = self.step.evaluate(replica, xt, yt)
         except Exception as e:
-            out = ""
+            shape = ""
             if len(models) == 1:
                 with torch.no_grad():
                     try:
-                        out = f", the model outputs {tuple(replica.module(xt).shape)}"
+                        shape = f", the model outputs {tuple(replica.module(xt).shape)}"
                     except Exception:
-                        out = ", and the model fails on them"
+                        shape = ", and the model fails on them"
             raise ModelError(
                 f"the model and loss do not fit the data: rows of shape {tuple(xt.shape)} with "
-                f"labels {tuple(yt.shape)} {yt.dtype}{out} — {type(e).__name__}: {e}"
+                f"labels {tuple(yt.shape)} {yt.dtype}{shape} — {type(e).__name__}: {e}"
             ) from e
+        if y.dtype.kind in "iu" and isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[1] > 1:
+            top = self._label_max()
+            if top >= out.shape[1]:
+                raise ModelError(
+                    f"the labels go up to {top} but the model outputs {out.shape[1]} classes "
+                    f"(the model outputs {tuple(out.shape)} for {len(x)} rows): give it {top + 1} outputs"
+                )
+
+    def _label_max(self) -> int:
+        """Largest integer label in the training and validation arrays (read in chunks)."""
+        g = self.data.open_group()
+        top = 0
+        for name in (self.data.y, self.data.y_val):
+            if name in g:
+                arr = g[name]
+                step = int(arr.chunks[0]) * 16
+                for s in range(0, arr.shape[0], step):
+                    top = max(top, int(np.max(arr[s : s + step])))
+        return top
 
     def _prepare(self) -> tuple[DatasetInfo, SessionSpec, dict[str, Any]]:
         info = self.data.describe()
@@ -210,7 +232,7 @@ class Trainer:
         self._dry_run(models, info)
         optimizers = self._optimizers(layout)
         if self._state is not None:
-            Layout.from_dict(self._state[0]["layout"]).check_same(layout)
+            layout.check_same(Layout.from_dict(self._state[0]["layout"]))
         spec = SessionSpec(
             self.model_fn, self.step, self.rule, self.data, layout, weights, optimizers,
             self.max_staleness, self.workers, self.threads_per_worker, self.malloc_fix,
@@ -230,6 +252,7 @@ class Trainer:
         info, spec, metrics = self._prepare()
         with open_session(spec, self.client) as sess:
             self.dashboard_link = sess.dashboard_link
+            self.ps_address = sess.ps_address
             logger.info("psdist: training %d epochs; dashboard %s", epochs, self.dashboard_link)
             try:
                 for _ in range(epochs):
@@ -244,6 +267,7 @@ class Trainer:
                         break
             finally:
                 self._state = sess.ps.state_dict().result(timeout=self.timeout)
+                self.server_metrics = sess.ps.metrics().result(timeout=self.timeout)
         return self.history
 
     def _submit_train(self, sess: Session, chunks: list[Chunk]) -> list[Any]:
@@ -374,7 +398,7 @@ class Trainer:
         stored.update(kwargs)
         t = cls(model_fn, loss_fn, data, **stored)
         _models, layout = t._build()
-        Layout.from_dict(server["layout"]).check_same(layout)
+        layout.check_same(Layout.from_dict(server["layout"]))
         t._state = (server, arrays)
         t.epoch = int(meta["epoch"])
         t.history = History(meta["history"])

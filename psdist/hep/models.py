@@ -34,12 +34,12 @@ def jet_cnn(image: int = 32, channels: int = 1, classes: int = 2, width: int = 3
     )
 
 
-def mlp(inputs: int = 20, hidden: int = 64, classes: int = 4, depth: int = 2) -> nn.Module:
-    """A plain MLP (tests, communication-bound benchmarks)."""
+def mlp(inputs: int = 20, hidden: int = 64, classes: int = 4, depth: int = 2, batchnorm: bool = False) -> nn.Module:
+    """A plain MLP (tests, communication-bound benchmarks); optional BatchNorm after each layer."""
     layers: list[nn.Module] = []
     width = inputs
     for _ in range(depth):
-        layers += [nn.Linear(width, hidden), nn.ReLU()]
+        layers += [nn.Linear(width, hidden), *([nn.BatchNorm1d(hidden)] if batchnorm else []), nn.ReLU()]
         width = hidden
     layers.append(nn.Linear(width, classes))
     return nn.Sequential(*layers)

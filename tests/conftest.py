@@ -1,0 +1,47 @@
+"""Shared fixtures: a real multi-process LocalCluster and small learnable Zarr datasets."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import psdist
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+# Worker processes must import task functions defined in test modules (pickled by reference).
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (TESTS, os.environ.get("PYTHONPATH")) if p)
+if TESTS not in sys.path:
+    sys.path.insert(0, TESTS)
+
+
+def blobs(n: int, d: int = 20, k: int = 4, seed: int = 0, spread: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """k Gaussian clusters in d dimensions: learnable to ~99 % by a small MLP."""
+    rng = np.random.default_rng(1234)  # the same centres for train and validation
+    centres = rng.normal(0, 1.0, (k, d))
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    x = centres[y] + spread * rng.normal(0, 1, (n, d))
+    return x.astype(np.float32), y.astype(np.int64)
+
+
+@pytest.fixture(scope="session")
+def blob_data(tmp_path_factory: pytest.TempPathFactory) -> psdist.ZarrDataset:
+    """4096 training rows in 8 chunks of 512, 1024 validation rows in 2 chunks."""
+    x, y = blobs(4096, seed=1)
+    xv, yv = blobs(1024, seed=2)
+    path = tmp_path_factory.mktemp("data") / "blobs.zarr"
+    return psdist.write_zarr(path, x, y, xv, yv, chunk_rows=512)
+
+
+@pytest.fixture(scope="session")
+def client():
+    """A LocalCluster of 3 worker processes (1 thread each): one for the PS, two for data."""
+    from psdist.cluster import embedded_cluster
+
+    cluster, client = embedded_cluster(workers=2, threads_per_worker=1, dashboard_address=None)
+    yield client
+    client.close()
+    cluster.close()
