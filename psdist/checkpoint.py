@@ -28,7 +28,8 @@ FORMAT = "psdist-checkpoint/1"
 
 def _npy_bytes(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    np.lib.format.write_array(buf, np.ascontiguousarray(a), allow_pickle=False)
+    a = np.asarray(a)  # ascontiguousarray would turn 0-d arrays into shape (1,)
+    np.lib.format.write_array(buf, a if a.flags.c_contiguous else a.copy(order="C"), allow_pickle=False)
     return buf.getvalue()
 
 
@@ -41,7 +42,7 @@ def write_checkpoint(path: str | os.PathLike[str], meta: dict[str, Any], arrays:
     meta = dict(meta, format=FORMAT, arrays={n: hashlib.sha256(b).hexdigest() for n, b in blobs.items()})
     try:
         header = json.dumps(meta, allow_nan=True).encode()
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint metadata is not JSON-serialisable: {e}") from e
     fd, tmp = tempfile.mkstemp(prefix=".psdist-ckpt-", dir=directory)
     try:
@@ -72,6 +73,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[
     try:
         with zipfile.ZipFile(path) as z:
             meta = json.loads(z.read("meta.json"))
+            if not isinstance(meta, dict) or not isinstance(meta.get("arrays"), dict):
+                raise CheckpointError(f"{path!r} has no psdist metadata: not a psdist checkpoint")
             if meta.get("format") != FORMAT:
                 raise CheckpointError(
                     f"{path!r} is format {meta.get('format')!r}, this psdist reads {FORMAT!r}"

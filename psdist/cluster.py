@@ -21,7 +21,9 @@ __all__ = ["embedded_cluster", "malloc_config", "pick_ps_worker"]
 logger = logging.getLogger(__name__)
 
 # What a nanny writes into os.environ of the process that starts it (distributed's nanny.py).
-_SPAWN_VARS = ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+_SPAWN_VARS = (
+    "MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "PYTHONHASHSEED",
+)
 
 
 @contextlib.contextmanager

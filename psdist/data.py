@@ -135,6 +135,11 @@ class ZarrDataset:
                     f"{os.fspath(self.path)!r} has one chunk: nothing to hold out for validation; "
                     "write x_val/y_val, use smaller chunks, or pass val_fraction=0"
                 )
+            if n_val >= len(train):
+                raise DataError(
+                    f"val_fraction={self.val_fraction} holds out all {len(train)} chunks of "
+                    f"{os.fspath(self.path)!r}: lower it or write x_val/y_val"
+                )
             train, val = train[:-n_val], train[-n_val:]
         else:
             val = []

@@ -129,6 +129,8 @@ class FlatSpec:
 def _as_float32(name: str, t: torch.Tensor) -> torch.Tensor:
     if t.is_floating_point():
         return t.detach().reshape(-1)
+    if t.dtype == torch.bool:
+        return t.detach().reshape(-1).to(torch.float32)
     if t.numel() and int(t.abs().max()) > _INT_EXACT:
         raise ModelError(f"integer buffer {name!r} exceeds 2**24 and cannot travel as float32")
     return t.detach().reshape(-1).to(torch.float32)
@@ -212,6 +214,21 @@ class FlatBinding:
     def zero_grad(self) -> None:
         assert self.grads is not None, "call bind() first"
         self.grads.zero_()
+
+    def check_grads(self) -> None:
+        """Raise :class:`ModelError` if a step replaced a parameter's ``.grad`` view.
+
+        ``model.zero_grad()`` (set_to_none) or an optimizer inside a custom step would detach
+        the gradients from the flat vector, and they would silently never be pushed.
+        """
+        assert self.grads is not None, "call bind() first"
+        lo, hi = self.grads.data_ptr(), self.grads.data_ptr() + self.grads.numel() * 4
+        for name, p in self.module.named_parameters():
+            if p.grad is None or not lo <= p.grad.data_ptr() < hi:
+                raise ModelError(
+                    f"the gradient of {name!r} no longer lives in psdist's flat gradient buffer: "
+                    "a custom step must not call zero_grad() or replace .grad; psdist zeroes gradients itself"
+                )
 
 
 def _owners(module: torch.nn.Module) -> dict[str, tuple[torch.nn.Module, str]]:

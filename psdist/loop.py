@@ -96,7 +96,9 @@ def train_rows(
 
     t0 = time.time()
     replica.load(server.pull(replica.worker, replica.version))
-    res.spans.append(("pull", t0, time.time()))
+    t1 = time.time()
+    res.spans.append(("pull", t0, t1))
+    res.comm_s += t1 - t0
     replica.train(True)
     replica.zero_grad()
 

@@ -119,6 +119,7 @@ class Replica:
         out = np.empty(self.layout.size, dtype=np.float32)
         for g in self.layout.groups:
             b = self.bindings[g.name]
+            b.check_grads()
             assert b.grads is not None
             grads = b.grads.detach().cpu().numpy()
             np.multiply(grads, np.float32(scale), out=out[g.params])

@@ -45,7 +45,7 @@ class EarlyStopping:
             raise ConfigError(f"EarlyStopping mode={self.mode!r} must be 'min' or 'max'")
         if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
             raise ConfigError(f"EarlyStopping patience={self.patience!r} must be an integer >= 1 or None")
-        if self.min_delta < 0:
+        if not self.min_delta >= 0:  # also refuses NaN
             raise ConfigError(f"EarlyStopping min_delta={self.min_delta!r} must be >= 0")
 
     def _better(self, a: float, b: float, delta: float) -> bool:

@@ -265,10 +265,24 @@ class Trainer:
                         self.stopped_reason = self.early_stopping.reason
                         logger.info("psdist: early stop: %s", self.stopped_reason)
                         break
-            finally:
-                self._state = sess.ps.state_dict().result(timeout=self.timeout)
-                self.server_metrics = sess.ps.metrics().result(timeout=self.timeout)
+            except BaseException as exc:
+                # keep what the server learned (Ctrl-C in a notebook, a failed task), without
+                # letting a second failure hide the first
+                try:
+                    self._fetch_state(sess)
+                except Exception as second:
+                    note = f"psdist could not fetch the server state afterwards: {second!r}"
+                    if hasattr(exc, "add_note"):
+                        exc.add_note(note)
+                    else:  # Python 3.10
+                        logger.error(note)
+                raise
+            self._fetch_state(sess)
         return self.history
+
+    def _fetch_state(self, sess: Session) -> None:
+        self._state = sess.ps.state_dict().result(timeout=self.timeout)
+        self.server_metrics = sess.ps.metrics().result(timeout=self.timeout)
 
     def _submit_train(self, sess: Session, chunks: list[Chunk]) -> list[Any]:
         return [
@@ -287,7 +301,7 @@ class Trainer:
     def _epoch(self, sess: Session, info: DatasetInfo, metrics: dict[str, Any], progress: Progress | None) -> dict[str, Any]:
         from distributed import as_completed
 
-        t0 = time.time()
+        t0 = time.perf_counter()
         m0 = sess.ps.metrics().result(timeout=self.timeout)
         order = epoch_order(info.train, self.seed, self.epoch)
         results: list[ChunkResult] = []
@@ -297,7 +311,7 @@ class Trainer:
             if progress is not None:
                 progress({"event": "chunk", "epoch": self.epoch + 1, "done": len(results),
                           "total": len(order), "loss": r.loss_sum / max(r.samples, 1), "samples": r.samples})
-        train_s = time.time() - t0
+        train_s = time.perf_counter() - t0
         m1 = sess.ps.metrics().result(timeout=self.timeout)
         samples = sum(r.samples for r in results)
         taus = [t for r in results for t in r.staleness]
@@ -316,10 +330,11 @@ class Trainer:
             "chunks": len(results),
             "compute_s": sum(r.compute_s for r in results),
             "comm_s": sum(r.comm_s for r in results),
+            "read_s": sum(r.read_s for r in results),
         }
         if info.val:
             record.update(self._validate(sess, info, metrics))
-        record["wall_s"] = time.time() - t0
+        record["wall_s"] = time.perf_counter() - t0
         logger.info("psdist: epoch %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})
         return record
 

@@ -11,6 +11,7 @@ import ctypes
 import logging
 import socket
 import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -199,13 +200,18 @@ def train_task(
     run = _plugin(plugin)
     with run.lock:
         replica, rule = run.replica(ps, timeout)
+        t0 = time.time()
         x, y = run.read(chunk)
+        t1 = time.time()
         torch.manual_seed(seed)  # dropout and friends: reproducible per chunk and epoch
-        return train_rows(
+        result = train_rows(
             replica, ActorServer(ps, timeout), rule, run.step, x, y,
             batch_size=batch_size, push_every=push_every, seed=seed,
             chunk=chunk.index, epoch=epoch,
         )
+        result.read_s = t1 - t0
+        result.spans.insert(0, ("read", t0, t1))
+        return result
 
 
 def evaluate_task(ps: Any, plugin: str, chunk: Chunk, batch_size: int, timeout: float) -> EvalResult:
