@@ -17,8 +17,9 @@ import torch
 from psdist.protocol import ServerHandle
 from psdist.replica import Replica
 from psdist.rules import WorkerRule
+from psdist.steps import reported_loss
 
-__all__ = ["ChunkResult", "EvalResult", "as_labels", "batch_bounds", "evaluate_rows", "train_rows"]
+__all__ = ["ChunkResult", "EvalResult", "as_labels", "batch_bounds", "concat_outputs", "evaluate_rows", "train_rows"]
 
 
 @dataclass
@@ -32,6 +33,7 @@ class ChunkResult:
     samples: int = 0
     samples_applied: int = 0
     loss_sum: float = 0.0
+    losses: dict[str, float] = field(default_factory=dict)  # named losses of a custom step, summed
     pushes: int = 0
     applied: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
@@ -46,14 +48,27 @@ class ChunkResult:
 
 @dataclass
 class EvalResult:
-    """Summed loss and raw outputs of one validation chunk."""
+    """Summed loss and raw outputs (an array, or a dict of arrays) of one validation chunk."""
 
     chunk: int
     samples: int
     loss_sum: float
-    outputs: np.ndarray
+    outputs: Any
     targets: np.ndarray
     version: int
+
+
+def _numpy(out: Any) -> Any:
+    if isinstance(out, dict):
+        return {k: _numpy(v) for k, v in out.items()}
+    return out.detach().float().cpu().numpy()
+
+
+def concat_outputs(parts: list[Any]) -> Any:
+    """Concatenate per-batch outputs: arrays, or dicts of arrays (custom steps)."""
+    if isinstance(parts[0], dict):
+        return {k: concat_outputs([p[k] for p in parts]) for k in parts[0]}
+    return np.concatenate(parts)
 
 
 def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -107,7 +122,9 @@ def train_rows(
     acc_loss = 0.0
     t_compute = time.time()
     for i, (lo, hi) in enumerate(bounds):
-        loss = step(replica, xt[lo:hi], yt[lo:hi])
+        loss, named = reported_loss(step(replica, xt[lo:hi], yt[lo:hi]))
+        for k, v in named.items():
+            res.losses[k] = res.losses.get(k, 0.0) + v * (hi - lo)
         rule.after_backward(replica)
         acc_batches += 1
         acc_samples += hi - lo
@@ -156,6 +173,5 @@ def evaluate_rows(
     for lo, hi in batch_bounds(len(x), batch_size):
         ls, out = evaluate(replica, xt[lo:hi], yt[lo:hi])
         loss_sum += ls
-        outs.append(out.detach().float().cpu())
-    outputs = torch.cat(outs).numpy()
-    return EvalResult(chunk, len(x), loss_sum, outputs, np.asarray(y), replica.version)
+        outs.append(_numpy(out))
+    return EvalResult(chunk, len(x), loss_sum, concat_outputs(outs), np.asarray(y), replica.version)

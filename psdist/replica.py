@@ -8,7 +8,6 @@ simulator).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -18,7 +17,7 @@ from psdist.errors import ModelError
 from psdist.flat import FlatBinding, FlatSpec, Layout
 from psdist.protocol import Pull
 
-__all__ = ["Replica", "SupervisedStep", "as_model_dict"]
+__all__ = ["Replica", "as_model_dict", "layout_of"]
 
 
 def as_model_dict(built: Any) -> dict[str, torch.nn.Module]:
@@ -37,23 +36,6 @@ def as_model_dict(built: Any) -> dict[str, torch.nn.Module]:
 
 def layout_of(models: dict[str, torch.nn.Module]) -> Layout:
     return Layout.of({name: FlatSpec.from_module(m) for name, m in models.items()})
-
-
-class SupervisedStep:
-    """The default training step: ``loss_fn(model(x), y)``, backward, return the loss."""
-
-    def __init__(self, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
-        self.loss_fn = loss_fn
-
-    def __call__(self, replica: Replica, x: torch.Tensor, y: torch.Tensor) -> float:
-        loss = self.loss_fn(replica.module(x), y)
-        loss.backward()
-        return float(loss.detach())
-
-    def evaluate(self, replica: Replica, x: torch.Tensor, y: torch.Tensor) -> tuple[float, Any]:
-        """Summed loss and the model output (for metrics) of one batch, without gradients."""
-        out = replica.module(x)
-        return float(self.loss_fn(out, y).detach()) * len(x), out
 
 
 class Replica:
@@ -130,3 +112,18 @@ class Replica:
     def zero_grad(self) -> None:
         for b in self.bindings.values():
             b.zero_grad()
+
+    def backward(self, loss: torch.Tensor, model: str) -> None:
+        """Accumulate the gradient of ``loss`` into ``model``'s parameters only.
+
+        For steps with several models (a GAN's generator loss flows through the discriminator
+        too, but must only train the generator). Other models' gradients are left untouched.
+        """
+        if model not in self.models:
+            raise ModelError(f"no model {model!r} in this training; models are {list(self.models)}")
+        params = [p for p in self.models[model].parameters() if p.requires_grad]
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        with torch.no_grad():
+            for p, g in zip(params, grads, strict=True):
+                if g is not None:
+                    p.grad.add_(g)

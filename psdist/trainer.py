@@ -22,12 +22,13 @@ from psdist.data import Chunk, DatasetInfo, ZarrDataset, epoch_order, task_seed
 from psdist.errors import ConfigError, DataError, ModelError
 from psdist.flat import Layout, flatten, unflatten_into
 from psdist.history import History
-from psdist.loop import ChunkResult, EvalResult, as_labels
+from psdist.loop import ChunkResult, EvalResult, as_labels, concat_outputs
 from psdist.metrics import default_metrics
 from psdist.optim import SGD, Optimizer, optimizer_from_config
-from psdist.replica import Replica, SupervisedStep, as_model_dict, layout_of
+from psdist.replica import Replica, as_model_dict, layout_of
 from psdist.rules import Downpour, Rule, rule_from_config
 from psdist.session import Session, SessionSpec, open_session
+from psdist.steps import SupervisedStep
 from psdist.stopping import EarlyStopping
 from psdist.worker import SLOT, evaluate_task, train_task
 
@@ -328,6 +329,8 @@ class Trainer:
             "version": m1["version"],
             "lr": m1["lr"],
             "chunks": len(results),
+            **{f"train_{k}": sum(r.losses.get(k, 0.0) for r in results) / max(samples, 1)
+               for k in (results[0].losses if results else {})},
             "compute_s": sum(r.compute_s for r in results),
             "comm_s": sum(r.comm_s for r in results),
             "read_s": sum(r.read_s for r in results),
@@ -348,7 +351,7 @@ class Trainer:
         ]
         results: list[EvalResult] = sorted(sess.client.gather(futs), key=lambda r: r.chunk)
         n = sum(r.samples for r in results)
-        outputs = np.concatenate([r.outputs for r in results])
+        outputs = concat_outputs([r.outputs for r in results])
         targets = np.concatenate([r.targets for r in results])
         out = {"val_loss": sum(r.loss_sum for r in results) / n}
         for name, fn in metrics.items():

@@ -15,9 +15,10 @@ from psdist.loop import as_labels, batch_bounds, evaluate_rows, train_rows
 from psdist.metrics import accuracy
 from psdist.optim import SGD
 from psdist.protocol import Pull, Push, PushReply
-from psdist.replica import Replica, SupervisedStep
+from psdist.replica import Replica
 from psdist.rules import Downpour
 from psdist.server import ServerState
+from psdist.steps import SupervisedStep
 
 N_FEATURES = 20
 N_CLASSES = 4
