@@ -6,9 +6,26 @@ Each is a plain function returning a fresh ``nn.Module``, usable as a psdist ``m
 
 from __future__ import annotations
 
+import itertools
+
+import torch
 from torch import nn
 
-__all__ = ["jet_cnn", "mlp"]
+__all__ = [
+    "ENERGY_SCALE",
+    "CaloCNN",
+    "GRUTagger",
+    "InteractionNetwork",
+    "ParticleFlow",
+    "calo_cnn",
+    "calo_loss",
+    "event_classifier",
+    "gru_tagger",
+    "interaction_network",
+    "jet_cnn",
+    "mlp",
+    "particle_flow",
+]
 
 
 def jet_cnn(image: int = 32, channels: int = 1, classes: int = 2, width: int = 32, hidden: int = 128) -> nn.Module:
@@ -43,3 +60,134 @@ def mlp(inputs: int = 20, hidden: int = 64, classes: int = 4, depth: int = 2, ba
         width = hidden
     layers.append(nn.Linear(width, classes))
     return nn.Sequential(*layers)
+
+
+def _mask(x: torch.Tensor) -> torch.Tensor:
+    """Real particles are rows with any non-zero feature (converters pad with zeros)."""
+    return (x.abs().sum(dim=-1) > 0).to(x.dtype)
+
+
+def _mlp(sizes: list[int], last_act: bool = True) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+        layers.append(nn.Linear(a, b))
+        if last_act or i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class ParticleFlow(nn.Module):
+    """Deep Sets / Particle Flow Network (Komiske, Metodiev, Thaler 2019).
+
+    Each particle is mapped by Φ, the masked sum over particles (permutation invariant, IRC-safe
+    for the pT-weighted variant) is classified by F. Input (N, particles, features), zero-padded.
+    """
+
+    def __init__(self, features: int = 4, latent: int = 64, hidden: int = 64, classes: int = 2) -> None:
+        super().__init__()
+        self.phi = _mlp([features, hidden, hidden, latent])
+        self.head = _mlp([latent, hidden, hidden, classes], last_act=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head((self.phi(x) * _mask(x).unsqueeze(-1)).sum(dim=1))
+
+
+class GRUTagger(nn.Module):
+    """A GRU over the pT-ordered particle list (the seed benchmark's recurrent tagger)."""
+
+    def __init__(self, features: int = 4, hidden: int = 64, classes: int = 2) -> None:
+        super().__init__()
+        self.gru = nn.GRU(features, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lengths = _mask(x).sum(dim=1).clamp(min=1).long().cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        _, h = self.gru(packed)
+        return self.head(h[-1])
+
+
+class InteractionNetwork(nn.Module):
+    """JEDI-net-style interaction network (Moreno et al. 2020) on a fully connected particle graph.
+
+    f_R maps each ordered pair (receiver, sender) to an effect; effects are summed per receiver,
+    f_O updates each particle from its features and summed effects; the masked sum over
+    particles goes to the classifier φ_C. Pairs with a padded particle are masked out.
+    """
+
+    def __init__(self, features: int = 4, effects: int = 16, hidden: int = 32, classes: int = 2) -> None:
+        super().__init__()
+        self.f_r = _mlp([2 * features, hidden, effects])
+        self.f_o = _mlp([features + effects, hidden, hidden])
+        self.phi_c = _mlp([hidden, hidden, classes], last_act=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, p, f = x.shape
+        m = _mask(x)
+        recv = x.unsqueeze(2).expand(n, p, p, f)
+        send = x.unsqueeze(1).expand(n, p, p, f)
+        pair_mask = (m.unsqueeze(2) * m.unsqueeze(1)) * (1 - torch.eye(p, device=x.device, dtype=x.dtype))
+        e = self.f_r(torch.cat([recv, send], dim=-1)) * pair_mask.unsqueeze(-1)
+        o = self.f_o(torch.cat([x, e.sum(dim=2)], dim=-1)) * m.unsqueeze(-1)
+        return self.phi_c(o.sum(dim=1))
+
+
+def particle_flow(features: int = 4, latent: int = 64, hidden: int = 64, classes: int = 2) -> nn.Module:
+    """Factory for :class:`ParticleFlow` (a psdist ``model_fn``)."""
+    return ParticleFlow(features, latent, hidden, classes)
+
+
+def gru_tagger(features: int = 4, hidden: int = 64, classes: int = 2) -> nn.Module:
+    """Factory for :class:`GRUTagger`."""
+    return GRUTagger(features, hidden, classes)
+
+
+def interaction_network(features: int = 4, effects: int = 16, hidden: int = 32, classes: int = 2) -> nn.Module:
+    """Factory for :class:`InteractionNetwork`."""
+    return InteractionNetwork(features, effects, hidden, classes)
+
+
+def event_classifier(inputs: int, hidden: int = 128, classes: int = 4, depth: int = 3) -> nn.Module:
+    """Event-topology classifier on a fixed-size event vector (jets, leptons, missing ET)."""
+    return mlp(inputs=inputs, hidden=hidden, classes=classes, depth=depth, batchnorm=True)
+
+
+class CaloCNN(nn.Module):
+    """3D CNN on calorimeter cells: particle-type logits and the energy, one head each.
+
+    Output (N, classes + 1): the last column is the predicted energy in units of ``energy_scale``.
+    Train with :func:`calo_loss` on labels (N, 2) = (class, true energy).
+    """
+
+    def __init__(self, grid: int = 25, classes: int = 3, width: int = 16, hidden: int = 64) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv3d(1, width, 3, padding=1), nn.BatchNorm3d(width), nn.ReLU(), nn.MaxPool3d(2),
+            nn.Conv3d(width, 2 * width, 3, padding=1), nn.BatchNorm3d(2 * width), nn.ReLU(), nn.MaxPool3d(2),
+            nn.Flatten(),
+        )
+        flat = 2 * width * (grid // 4) ** 3
+        self.trunk = nn.Sequential(nn.Linear(flat, hidden), nn.ReLU())
+        self.cls = nn.Linear(hidden, classes)
+        # the summed cell energy is a strong energy estimator: give it to the regression head
+        self.energy = nn.Linear(hidden + 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.trunk(self.features(torch.log1p(x)))
+        total = x.sum(dim=(1, 2, 3, 4)).unsqueeze(1) / 100.0
+        return torch.cat([self.cls(h), self.energy(torch.cat([h, total], dim=1))], dim=1)
+
+
+def calo_cnn(grid: int = 25, classes: int = 3, width: int = 16, hidden: int = 64) -> nn.Module:
+    """Factory for :class:`CaloCNN`."""
+    return CaloCNN(grid, classes, width, hidden)
+
+
+ENERGY_SCALE = 100.0  # GeV: energies are regressed in these units to keep the loss O(1)
+
+
+def calo_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy on the particle type plus MSE on energy / 100 GeV; y is (class, energy)."""
+    cls = y[:, 0].long()
+    energy = y[:, 1] / ENERGY_SCALE
+    return nn.functional.cross_entropy(out[:, :-1], cls) + nn.functional.mse_loss(out[:, -1], energy)
