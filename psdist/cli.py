@@ -4,6 +4,7 @@
     psdist train cfg.yaml --epochs 10 --workers 4    # override a few settings
     psdist train cfg.yaml --resume run.ckpt          # continue a saved training
     psdist generate jet-images data/jets.zarr        # make an offline HEP dataset
+    psdist convert root out.zarr sig.root:1 bkg.root:0 --jagged part_pt part_eta --max-particles 30
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import math
 import sys
 from typing import Any
 
+from psdist.convert_cli import add_convert_parser
 from psdist.errors import PsdistError
 
 __all__ = ["main"]
@@ -149,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--chunk-rows", type=int, default=1024)
     g.add_argument("--overwrite", action="store_true")
     g.set_defaults(func=_generate)
+    add_convert_parser(sub)
     return p
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from psdist.errors import ConfigError, DataError
 
-__all__ = ["Chunk", "DatasetInfo", "ZarrDataset", "epoch_order", "task_seed", "write_zarr"]
+__all__ = ["Chunk", "DatasetInfo", "ZarrDataset", "compressor_codecs", "epoch_order", "task_seed", "write_zarr"]
 
 
 @dataclass(frozen=True)
@@ -205,7 +205,8 @@ def epoch_order(chunks: tuple[Chunk, ...], seed: int, epoch: int) -> list[Chunk]
     return [chunks[i] for i in rng.permutation(len(chunks))]
 
 
-def _compressors(name: str | None) -> Any:
+def compressor_codecs(name: str | None) -> Any:
+    """The Zarr codecs for a Blosc compressor name (``None``/``"none"``: uncompressed)."""
     from zarr.codecs import BloscCodec
 
     if name is None or name == "none":
@@ -269,7 +270,7 @@ def write_zarr(
     g = zarr.open_group(path, mode="w")
     if attrs:
         g.attrs.update(attrs)
-    codecs = _compressors(compressor)
+    codecs = compressor_codecs(compressor)
     for xn, xa, yn, ya in pairs:
         for name, arr in ((xn, np.asarray(xa)), (yn, np.asarray(ya))):
             if name.startswith("x") and arr.dtype.kind != "f":
