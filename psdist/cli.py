@@ -95,7 +95,8 @@ def _train(a: argparse.Namespace) -> int:
         trainer = Trainer.load(a.resume, cfg.model_fn(), cfg.loss_fn(), cfg.dataset(), client=client,
                                workers=cfg.workers, threads_per_worker=cfg.threads_per_worker,
                                timeout=cfg.timeout, malloc_fix=cfg.malloc_fix,
-                               early_stopping=kwargs["early_stopping"])
+                               early_stopping=kwargs["early_stopping"], metrics=kwargs["metrics"],
+                               step=kwargs["step"])
         print(f"resuming {a.resume} at epoch {trainer.epoch}, version {trainer.version}", file=sys.stderr)
     else:
         trainer = Trainer(cfg.model_fn(), cfg.loss_fn(), cfg.dataset(), client=client, **kwargs)
@@ -116,11 +117,26 @@ def _train(a: argparse.Namespace) -> int:
     return 0
 
 
-def _generate(a: argparse.Namespace) -> int:
-    from psdist.hep import jetimages
+GENERATORS = {
+    "jet-images": "toy quark/gluon jet images, seconds (psdist.hep.jetimages)",
+    "jets": "Pythia 8 + FastJet jets: --kind qg|wqcd|tqcd (psdist.hep.pythia)",
+    "events": "Pythia 8 events: ttbar / W+jets / Z+jets / QCD (psdist.hep.pythia)",
+    "showers": "parametric 3D calorimeter showers: e-, gamma, pi+ (psdist.hep.showers)",
+}
 
-    jetimages.write_dataset(a.path, a.jets, a.val_jets, seed=a.seed, chunk_rows=a.chunk_rows, overwrite=a.overwrite)
-    print(f"wrote {a.jets} training and {a.val_jets or max(2, a.jets // 5)} validation jets to {a.path}")
+
+def _generate(a: argparse.Namespace) -> int:
+    from psdist.hep import jetimages, showers
+
+    if a.kind == "jet-images":
+        jetimages.main(a.args)
+    elif a.kind == "showers":
+        showers.main(a.args)
+    else:
+        from psdist.hep import pythia
+
+        pythia.main([a.kind, *a.args])
+    print(f"psdist: {a.kind} written", file=sys.stderr)
     return 0
 
 
@@ -142,14 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_train)
 
-    g = sub.add_parser("generate", help="make an offline HEP dataset")
-    g.add_argument("kind", choices=["jet-images"], help="what to generate")
-    g.add_argument("path", help="output Zarr directory")
-    g.add_argument("--jets", type=int, default=20000)
-    g.add_argument("--val-jets", type=int, default=None)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--chunk-rows", type=int, default=1024)
-    g.add_argument("--overwrite", action="store_true")
+    g = sub.add_parser(
+        "generate", help="make an offline HEP dataset",
+        description="Make a labelled HEP dataset offline and write it as a psdist Zarr group.\n\n"
+        + "\n".join(f"  {k:11s} {v}" for k, v in GENERATORS.items())
+        + "\n\nOptions depend on the kind: psdist generate KIND --help",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g.add_argument("kind", choices=list(GENERATORS), help="what to generate")
+    g.add_argument("args", nargs=argparse.REMAINDER, help="PATH and options of that generator")
     g.set_defaults(func=_generate)
     add_convert_parser(sub)
     return p

@@ -14,6 +14,8 @@ described by one small text file::
     threads_per_worker: 1
     max_staleness: 4
     push_every: 1
+    metrics: {auc: psdist.metrics:auc}   # extra validation metrics (module:function)
+    step: psdist.hep.gan:CaloGANStep     # a custom training step (then no loss), with step_args
 """
 
 from __future__ import annotations
@@ -85,6 +87,9 @@ class TrainConfig:
     malloc_fix: bool = True
     early_stopping: dict[str, Any] | None = None
     checkpoint: str | None = None
+    metrics: dict[str, str] = field(default_factory=dict)
+    step: str | None = None
+    step_args: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], base_dir: str = ".") -> TrainConfig:
@@ -112,7 +117,7 @@ class TrainConfig:
         return functools.partial(fn, **self.model_args) if self.model_args else fn
 
     def loss_fn(self) -> Any:
-        return _loss(self.loss)
+        return None if self.step else _loss(self.loss)
 
     def dataset(self) -> ZarrDataset:
         try:
@@ -120,8 +125,25 @@ class TrainConfig:
         except TypeError as e:
             raise ConfigError(f"bad data: option ({e}); known: path, x, y, x_val, y_val, val_fraction, chunk_rows") from None
 
-    def make_optimizer(self) -> Optimizer:
+    def make_optimizer(self) -> Optimizer | dict[str, Optimizer]:
+        """One optimizer (``{name: sgd, ...}``) or one per model (``{generator: {name: adam}, ...}``)."""
+        if "name" not in self.optimizer and self.optimizer and all(isinstance(v, dict) for v in self.optimizer.values()):
+            return {str(k): optimizer_from_config(v) for k, v in self.optimizer.items()}
         return optimizer_from_config(self.optimizer)
+
+    def make_metrics(self) -> dict[str, Any]:
+        """``metrics: {auc: psdist.metrics:auc}`` → functions."""
+        return {str(k): import_object(v, f"metrics.{k}") for k, v in self.metrics.items()}
+
+    def make_step(self) -> Any | None:
+        """``step: psdist.hep.gan:CaloGANStep`` with ``step_args`` → a step object (or None)."""
+        if not self.step:
+            return None
+        cls = import_object(self.step, "step")
+        try:
+            return cls(**self.step_args)
+        except TypeError as e:
+            raise ConfigError(f"bad step_args for {self.step}: {e}") from None
 
     def make_rule(self) -> Rule:
         return rule_from_config(self.rule) if self.rule else Downpour()
@@ -145,6 +167,8 @@ class TrainConfig:
             "workers": self.workers,
             "threads_per_worker": self.threads_per_worker,
             "early_stopping": self.make_early_stopping(),
+            "metrics": self.make_metrics(),
+            "step": self.make_step(),
             "seed": self.seed,
             "malloc_fix": self.malloc_fix,
             "timeout": self.timeout,

@@ -232,6 +232,7 @@ def write_zarr(
     compressor: str | None = "lz4",
     overwrite: bool = False,
     attrs: dict[str, Any] | None = None,
+    extra: dict[str, np.ndarray] | None = None,
 ) -> ZarrDataset:
     """Write numpy arrays as a psdist dataset and return a :class:`ZarrDataset` over it.
 
@@ -251,6 +252,9 @@ def write_zarr(
         Replace an existing group; otherwise an existing path is an error.
     attrs
         Free-form metadata stored on the group (class names, generator settings...).
+    extra
+        Further row-aligned arrays (masks, other inputs or targets, their ``_val`` twins),
+        stored with the same chunking and compressor, dtypes unchanged.
     """
     import zarr
 
@@ -271,19 +275,26 @@ def write_zarr(
     if attrs:
         g.attrs.update(attrs)
     codecs = compressor_codecs(compressor)
+    arrays: list[tuple[str, np.ndarray]] = []
     for xn, xa, yn, ya in pairs:
         for name, arr in ((xn, np.asarray(xa)), (yn, np.asarray(ya))):
             if name.startswith("x") and arr.dtype.kind != "f":
                 arr = arr.astype(np.float32)
             if arr.dtype == np.float64:
                 arr = arr.astype(np.float32)
-            z = g.create_array(
-                name,
-                shape=arr.shape,
-                dtype=arr.dtype,
-                chunks=(min(chunk_rows, max(1, len(arr))), *arr.shape[1:]),
-                compressors=codecs,
-            )
-            for s, e in _blocks(len(arr), chunk_rows):
-                z[s:e] = arr[s:e]
+            arrays.append((name, arr))
+    for name, arr in (extra or {}).items():
+        if name in dict(arrays):
+            raise DataError(f"extra array {name!r} would overwrite the dataset's own {name!r}")
+        arrays.append((name, np.asarray(arr)))
+    for name, arr in arrays:
+        z = g.create_array(
+            name,
+            shape=arr.shape,
+            dtype=arr.dtype,
+            chunks=(min(chunk_rows, max(1, len(arr))), *arr.shape[1:]),
+            compressors=codecs,
+        )
+        for s, e in _blocks(len(arr), chunk_rows):
+            z[s:e] = arr[s:e]
     return ZarrDataset(path)

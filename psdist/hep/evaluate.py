@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from psdist.hep.models import ENERGY_SCALE
+from psdist.hep.showers import profile_distances
 from psdist.metrics import auc, scores
 
 __all__ = [
@@ -63,29 +64,15 @@ def energy_resolution(targets: np.ndarray, outputs: np.ndarray) -> float:
     return float((hi - lo) / 2)
 
 
-def _normalised(p: np.ndarray) -> np.ndarray:
-    m = p.mean(axis=0)
-    return m / max(float(m.sum()), 1e-12)
-
-
-def _hist_l1(a: np.ndarray, b: np.ndarray, bins: int = 20) -> float:
-    lo, hi = float(min(a.min(), b.min())), float(max(a.max(), b.max()))
-    if hi <= lo:
-        return 0.0
-    ha, _ = np.histogram(a, bins, (lo, hi))
-    hb, _ = np.histogram(b, bins, (lo, hi))
-    return float(np.abs(ha / len(a) - hb / len(b)).sum())
-
-
 def shower_shape_distance(targets: Any, outputs: dict[str, np.ndarray]) -> float:
     """Distance between real and generated shower shapes (0 for identical sets).
 
     ``outputs`` holds per-shower profiles (``real_long``/``fake_long``, ``real_lat``/``fake_lat``)
-    and totals (``real_total``/``fake_total``), as :class:`~psdist.hep.gan.CaloGANStep` returns.
-    Sum of the L1 distances between the normalised mean longitudinal and lateral profiles and
-    between the total-energy histograms.
+    and totals (``real_total``/``fake_total``), as :class:`~psdist.hep.gan.CaloGANStep` returns;
+    the distance is :func:`psdist.hep.showers.profile_distances` summed.
     """
-    d = 0.0
-    for key in ("long", "lat"):
-        d += float(np.abs(_normalised(outputs[f"real_{key}"]) - _normalised(outputs[f"fake_{key}"])).sum())
-    return d + _hist_l1(outputs["real_total"], outputs["fake_total"])
+    d = profile_distances(
+        outputs["real_long"], outputs["fake_long"], outputs["real_lat"], outputs["fake_lat"],
+        outputs["real_total"], outputs["fake_total"],
+    )
+    return float(sum(d.values()))

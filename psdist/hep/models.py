@@ -16,7 +16,10 @@ __all__ = [
     "CaloCNN",
     "GRUTagger",
     "InteractionNetwork",
+    "Log1p",
+    "ParticleFeatures",
     "ParticleFlow",
+    "SignedLog",
     "calo_cnn",
     "calo_loss",
     "event_classifier",
@@ -28,20 +31,39 @@ __all__ = [
 ]
 
 
-def jet_cnn(image: int = 32, channels: int = 1, classes: int = 2, width: int = 32, hidden: int = 128) -> nn.Module:
-    """Jet-image CNN: conv(width)-conv(2·width)-fc(hidden), BatchNorm after each conv.
+class Log1p(nn.Module):
+    """log(1 + x): compresses energy-like inputs spanning orders of magnitude."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log1p(x)
+
+
+def jet_cnn(
+    image: int = 32, channels: int = 1, classes: int = 2, width: int = 32, hidden: int = 128,
+    batchnorm: bool = False, log_inputs: bool = True,
+) -> nn.Module:
+    """Jet-image CNN: conv(width)-conv(2·width)-fc(hidden), optional BatchNorm after each conv.
+
+    ``log_inputs`` feeds log(1 + pixel) — sparse, heavy-tailed pT images train faster that way.
 
     With the defaults (1×32×32 images) it has about 0.55 M parameters — the "small CNN" of the
-    measured baselines.
+    measured baselines. BatchNorm is off by default: with it, asynchronous (stale) updates
+    destabilise this network far more than without (measured in benchmarks/accuracy_vs_plain.py
+    and a pure-PyTorch delayed-gradient loop), so turn it on for synchronous rules only.
     """
     flat = 2 * width * (image // 4) ** 2
+
+    def norm(c: int) -> list[nn.Module]:
+        return [nn.BatchNorm2d(c)] if batchnorm else []
+
     return nn.Sequential(
+        *([Log1p()] if log_inputs else []),
         nn.Conv2d(channels, width, 3, padding=1),
-        nn.BatchNorm2d(width),
+        *norm(width),
         nn.ReLU(),
         nn.MaxPool2d(2),
         nn.Conv2d(width, 2 * width, 3, padding=1),
-        nn.BatchNorm2d(2 * width),
+        *norm(2 * width),
         nn.ReLU(),
         nn.MaxPool2d(2),
         nn.Flatten(),
@@ -74,6 +96,31 @@ def _mlp(sizes: list[int], last_act: bool = True) -> nn.Sequential:
         if last_act or i < len(sizes) - 2:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)
+
+
+class ParticleFeatures(nn.Module):
+    """Scale psdist's Pythia particle features for a network: (z, Δη, Δφ, pid) → 8 features.
+
+    log z (z = pT fraction), angles × 10 (jets are narrow), and the particle-id code one-hot
+    (5 kinds); padded rows stay all zero. Without it the raw inputs span very different scales
+    and small taggers barely learn (measured AUC 0.58 → 0.84 on W vs QCD).
+    """
+
+    out_features = 8
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = _mask(x).unsqueeze(-1)
+        z = torch.log(x[..., :1].clamp(min=1e-4)) / 5 + 1
+        pid = nn.functional.one_hot(x[..., 3].long().clamp(0, 5), 6)[..., 1:].to(x.dtype)
+        return torch.cat([z, x[..., 1:3] * 10, pid], dim=-1) * m
+
+
+def _with_features(net_fn, features: int, pythia_features: bool, **kw) -> nn.Module:
+    if not pythia_features:
+        return net_fn(features=features, **kw)
+    if features != 4:
+        raise ValueError(f"pythia_features expects 4 input features (z, deta, dphi, pid), got {features}")
+    return nn.Sequential(ParticleFeatures(), net_fn(features=ParticleFeatures.out_features, **kw))
 
 
 class ParticleFlow(nn.Module):
@@ -132,24 +179,34 @@ class InteractionNetwork(nn.Module):
         return self.phi_c(o.sum(dim=1))
 
 
-def particle_flow(features: int = 4, latent: int = 64, hidden: int = 64, classes: int = 2) -> nn.Module:
-    """Factory for :class:`ParticleFlow` (a psdist ``model_fn``)."""
-    return ParticleFlow(features, latent, hidden, classes)
+def particle_flow(features: int = 4, latent: int = 64, hidden: int = 64, classes: int = 2,
+                  pythia_features: bool = True) -> nn.Module:
+    """:class:`ParticleFlow` (a psdist ``model_fn``); ``pythia_features`` adds :class:`ParticleFeatures`."""
+    return _with_features(ParticleFlow, features, pythia_features, latent=latent, hidden=hidden, classes=classes)
 
 
-def gru_tagger(features: int = 4, hidden: int = 64, classes: int = 2) -> nn.Module:
-    """Factory for :class:`GRUTagger`."""
-    return GRUTagger(features, hidden, classes)
+def gru_tagger(features: int = 4, hidden: int = 64, classes: int = 2, pythia_features: bool = True) -> nn.Module:
+    """:class:`GRUTagger`; ``pythia_features`` adds :class:`ParticleFeatures`."""
+    return _with_features(GRUTagger, features, pythia_features, hidden=hidden, classes=classes)
 
 
-def interaction_network(features: int = 4, effects: int = 16, hidden: int = 32, classes: int = 2) -> nn.Module:
-    """Factory for :class:`InteractionNetwork`."""
-    return InteractionNetwork(features, effects, hidden, classes)
+def interaction_network(features: int = 4, effects: int = 16, hidden: int = 32, classes: int = 2,
+                        pythia_features: bool = True) -> nn.Module:
+    """:class:`InteractionNetwork`; ``pythia_features`` adds :class:`ParticleFeatures`."""
+    return _with_features(InteractionNetwork, features, pythia_features, effects=effects, hidden=hidden,
+                          classes=classes)
+
+
+class SignedLog(nn.Module):
+    """sign(x)·log(1 + |x|): GeV-scale momenta and O(1) angles on comparable scales."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sign(x) * torch.log1p(x.abs())
 
 
 def event_classifier(inputs: int, hidden: int = 128, classes: int = 4, depth: int = 3) -> nn.Module:
     """Event-topology classifier on a fixed-size event vector (jets, leptons, missing ET)."""
-    return mlp(inputs=inputs, hidden=hidden, classes=classes, depth=depth, batchnorm=True)
+    return nn.Sequential(SignedLog(), mlp(inputs=inputs, hidden=hidden, classes=classes, depth=depth))
 
 
 class CaloCNN(nn.Module):

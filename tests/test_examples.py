@@ -1,0 +1,69 @@
+"""Every HEP example end to end at tiny size, on the shared cluster, reaching a stated figure."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+import psdist
+from psdist.hep import jetimages, showers
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
+
+import calo_gan
+import calorimeter
+import events
+import jet_images
+import particle_jets
+
+
+@pytest.fixture(scope="module")
+def shower_data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("showers") / "s.zarr"
+    showers.write_dataset(path, 1536, 384, chunk_rows=256)
+    return calorimeter.dataset(path)
+
+
+def test_jet_image_cnn(client, tmp_path):
+    data = jetimages.write_dataset(tmp_path / "j.zarr", jets=6144, val_jets=2048)
+    last = jet_images.run(data, epochs=3, client=client).history.last
+    assert last["val_auc"] >= 0.80
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["pfn", "jedi"])
+def test_particle_list_taggers_on_pythia_jets(client, tmp_path_factory, model):
+    pytest.importorskip("pythia8mc")
+    path = tmp_path_factory.getbasetemp() / "wqcd.zarr"
+    if not path.exists():
+        from psdist.hep import pythia
+
+        pythia.write_jets(path, "wqcd", 600, 200, mpi=False, chunk_rows=256)
+    lr = {"pfn": 3e-3, "jedi": 1e-3}[model]  # the interaction network is the more fragile under staleness
+    last = particle_jets.run(psdist.ZarrDataset(path), model, epochs=10, client=client, lr=lr)
+    assert last["val_auc"] >= 0.70  # W vs QCD from constituents alone; chance is 0.5 (plain PyTorch: 0.84)
+
+
+@pytest.mark.slow
+def test_event_topology(client, tmp_path):
+    pytest.importorskip("pythia8mc")
+    from psdist.hep import pythia
+
+    data = pythia.write_events(tmp_path / "ev.zarr", 300, 100, mpi=False, chunk_rows=256)
+    last = events.run(data, epochs=6, client=client)
+    assert last["val_accuracy"] >= 0.6  # 4 classes: chance is 0.25
+
+
+def test_calorimeter_type_and_energy(client, shower_data):
+    last = calorimeter.run(shower_data, epochs=4, client=client)
+    assert last["val_type_accuracy"] >= 0.6  # pions are easy, e-/γ differ by their start depth
+    assert last["val_resolution"] <= 0.25
+
+
+@pytest.mark.slow
+def test_calo_gan_moves_toward_real_showers(client, shower_data):
+    result = calo_gan.run(shower_data, epochs=4, client=client)
+    assert min(result["shape_distance"][-2:]) < 0.7 * result["initial_shape_distance"]
+    assert {"train_d_loss", "train_g_loss"} <= set(result["last"])
