@@ -216,11 +216,17 @@ class CaloCNN(nn.Module):
     Train with :func:`calo_loss` on labels (N, 2) = (class, true energy).
     """
 
-    def __init__(self, grid: int = 25, classes: int = 3, width: int = 16, hidden: int = 64) -> None:
+    def __init__(self, grid: int = 25, classes: int = 3, width: int = 16, hidden: int = 64,
+                 batchnorm: bool = False) -> None:
         super().__init__()
+
+        def norm(c: int) -> list[nn.Module]:
+            # off by default: BatchNorm makes asynchronous (stale) updates far less stable
+            return [nn.BatchNorm3d(c)] if batchnorm else []
+
         self.features = nn.Sequential(
-            nn.Conv3d(1, width, 3, padding=1), nn.BatchNorm3d(width), nn.ReLU(), nn.MaxPool3d(2),
-            nn.Conv3d(width, 2 * width, 3, padding=1), nn.BatchNorm3d(2 * width), nn.ReLU(), nn.MaxPool3d(2),
+            nn.Conv3d(1, width, 3, padding=1), *norm(width), nn.ReLU(), nn.MaxPool3d(2),
+            nn.Conv3d(width, 2 * width, 3, padding=1), *norm(2 * width), nn.ReLU(), nn.MaxPool3d(2),
             nn.Flatten(),
         )
         flat = 2 * width * (grid // 4) ** 3
@@ -235,9 +241,9 @@ class CaloCNN(nn.Module):
         return torch.cat([self.cls(h), self.energy(torch.cat([h, total], dim=1))], dim=1)
 
 
-def calo_cnn(grid: int = 25, classes: int = 3, width: int = 16, hidden: int = 64) -> nn.Module:
+def calo_cnn(grid: int = 25, classes: int = 3, width: int = 16, hidden: int = 64, batchnorm: bool = False) -> nn.Module:
     """Factory for :class:`CaloCNN`."""
-    return CaloCNN(grid, classes, width, hidden)
+    return CaloCNN(grid, classes, width, hidden, batchnorm)
 
 
 ENERGY_SCALE = 100.0  # GeV: energies are regressed in these units to keep the loss O(1)
