@@ -215,24 +215,16 @@ class ServerState:
             sum(t * c for t, c in enumerate(self.staleness_hist)) / pushes if pushes else 0.0
         )
         return {
-            "version": self.version,
+            **self._counters(),
             "lr": self.lr,
-            "applied": self.applied,
-            "rejected": dict(self.rejected),
-            "samples_applied": self.samples_applied,
-            "samples_rejected": self.samples_rejected,
-            "loss_sum": self.loss_sum,
-            "staleness_hist": list(self.staleness_hist),
             "staleness_mean": mean_tau,
             "staleness_max": len(self.staleness_hist) - 1 if pushes else 0,
             "workers": {w: asdict(s) for w, s in self.workers.items()},
             "time": self.clock(),
         }
 
-    # ------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """(JSON-safe scalars, arrays) of everything needed to resume."""
-        scalars: dict[str, Any] = {
+    def _counters(self) -> dict[str, Any]:
+        return {
             "version": self.version,
             "applied": self.applied,
             "rejected": dict(self.rejected),
@@ -240,6 +232,13 @@ class ServerState:
             "samples_rejected": self.samples_rejected,
             "loss_sum": self.loss_sum,
             "staleness_hist": list(self.staleness_hist),
+        }
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """(JSON-safe scalars, arrays) of everything needed to resume."""
+        scalars: dict[str, Any] = {
+            **self._counters(),
             "layout": self.layout.to_dict(),
             "optimizers": {},
         }

@@ -27,6 +27,17 @@ def blobs(n: int, d: int = 20, k: int = 4, seed: int = 0, spread: float = 1.0) -
     return x.astype(np.float32), y.astype(np.int64)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny tensors: one intra-op thread is fastest and immune to a busy machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def blob_data(tmp_path_factory: pytest.TempPathFactory) -> psdist.ZarrDataset:
     """4096 training rows in 8 chunks of 512, 1024 validation rows in 2 chunks."""

@@ -11,14 +11,7 @@ import torch
 from psdist.errors import CheckpointError, ModelError
 from psdist.flat import FlatBinding, FlatSpec, Layout, flatten, unflatten_into
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: one intra-op thread is fastest and immune to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class ConvNet(torch.nn.Module):

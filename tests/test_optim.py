@@ -29,13 +29,7 @@ N = 37
 STEPS = 5
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: one intra-op thread is fastest and immune to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def problem(seed: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
