@@ -15,6 +15,7 @@ import argparse
 import os
 
 import psdist
+from psdist.baseline import train_plain
 from psdist.hep import showers
 from psdist.hep.evaluate import shower_shape_distance
 from psdist.hep.gan import CaloGANStep, calo_gan
@@ -30,7 +31,7 @@ def run(data: psdist.ZarrDataset, epochs: int = 6, workers: int = 2, client=None
     trainer = psdist.Trainer(calo_gan, data=data, optimizer=adam(), step=CaloGANStep(), batch_size=batch_size,
                              workers=workers, client=client, seed=seed, max_staleness=8,
                              metrics={"shape_distance": shower_shape_distance})
-    untrained = psdist.baseline.train_plain(calo_gan, data, adam(), step=CaloGANStep(), epochs=0,
+    untrained = train_plain(calo_gan, data, adam(), step=CaloGANStep(), epochs=0,
                                             metrics={"shape_distance": shower_shape_distance}, seed=seed)
     history = trainer.fit(epochs)
     return {"initial_shape_distance": untrained["val_shape_distance"],

@@ -15,6 +15,7 @@ import torch
 
 from psdist.data import ZarrDataset
 from psdist.loop import as_labels, concat_outputs
+from psdist.metrics import default_metrics
 from psdist.optim import SGD, Adam, Optimizer, RMSprop
 from psdist.replica import Replica, as_model_dict
 from psdist.steps import Step, SupervisedStep
@@ -91,6 +92,6 @@ def train_plain(
     result = {"val_loss": loss_sum / max(n, 1)}
     if outs:
         outputs, target = concat_outputs(outs), np.concatenate(targets)
-        for name, fn in (metrics or {}).items():
+        for name, fn in {**default_metrics(info.y_dtype), **(metrics or {})}.items():
             result[f"val_{name}"] = float(fn(target, outputs))
     return result

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from itertools import islice
 from typing import Any
 
 import cloudpickle
@@ -285,32 +286,46 @@ class Trainer:
         self._state = sess.ps.state_dict().result(timeout=self.timeout)
         self.server_metrics = sess.ps.metrics().result(timeout=self.timeout)
 
-    def _submit_train(self, sess: Session, chunks: list[Chunk]) -> list[Any]:
-        return [
-            sess.client.submit(
-                train_task, sess.ps, sess.plugin, c, self.epoch,
-                task_seed(self.seed, self.epoch, c.index), self.batch_size, self.push_every,
-                self.timeout,
-                key=f"psdist-train-{sess.run_id}-e{self.epoch}-c{c.index}",
-                resources={SLOT: 1},
-                priority=len(chunks) - i,  # run in the seeded order (1 worker: reproducible)
-                pure=False,
-            )
-            for i, c in enumerate(chunks)
-        ]
+    def _submit_train(self, sess: Session, chunk: Chunk, rank: int) -> Any:
+        return sess.client.submit(
+            train_task, sess.ps, sess.plugin, chunk, self.epoch,
+            task_seed(self.seed, self.epoch, chunk.index), self.batch_size, self.push_every,
+            self.timeout,
+            key=f"psdist-train-{sess.run_id}-e{self.epoch}-c{chunk.index}",
+            resources={SLOT: 1},
+            priority=-rank,
+            pure=False,
+        )
 
-    def _epoch(self, sess: Session, info: DatasetInfo, metrics: dict[str, Any], progress: Progress | None) -> dict[str, Any]:
+    def _train_chunks(self, sess: Session, order: list[Chunk]) -> Iterator[ChunkResult]:
+        """Run the epoch's chunk tasks, at most two per training slot in flight.
+
+        A bounded window, not the whole epoch at once: the scheduler releases tasks that wait
+        for a resource in no fixed order, so with one worker a full submission would not train
+        the chunks in the seeded order (and runs would not be reproducible). Two per slot keep
+        every worker busy: the next task waits on the worker while the current one runs.
+        """
         from distributed import as_completed
 
+        slots = sum(1 for w in sess.client.scheduler_info(n_workers=-1)["workers"].values()
+                    if w.get("resources", {}).get(SLOT, 0) >= 1)
+        pending = iter(enumerate(order))
+        running = as_completed([self._submit_train(sess, c, i) for i, c in islice(pending, 2 * max(1, slots))])
+        for fut in running:
+            yield fut.result()
+            nxt = next(pending, None)
+            if nxt is not None:
+                running.add(self._submit_train(sess, nxt[1], nxt[0]))
+
+    def _epoch(self, sess: Session, info: DatasetInfo, metrics: dict[str, Any], progress: Progress | None) -> dict[str, Any]:
         t0 = time.perf_counter()
         m0 = sess.ps.metrics().result(timeout=self.timeout)
         order = epoch_order(info.train, self.seed, self.epoch)
         results: list[ChunkResult] = []
-        for fut in as_completed(self._submit_train(sess, order)):
-            r = fut.result()
+        for r in self._train_chunks(sess, order):
             results.append(r)
             if progress is not None:
-                progress({"event": "chunk", "epoch": self.epoch + 1, "done": len(results),
+                progress({"event": "chunk", "epoch": self.epoch + 1, "done": len(results), "chunk": r.chunk,
                           "total": len(order), "loss": r.loss_sum / max(r.samples, 1), "samples": r.samples})
         train_s = time.perf_counter() - t0
         m1 = sess.ps.metrics().result(timeout=self.timeout)

@@ -41,8 +41,8 @@ def test_particle_list_taggers_on_pythia_jets(client, tmp_path_factory, model):
         from psdist.hep import pythia
 
         pythia.write_jets(path, "wqcd", 600, 200, mpi=False, chunk_rows=256)
-    lr = {"pfn": 3e-3, "jedi": 1e-3}[model]  # the interaction network is the more fragile under staleness
-    last = particle_jets.run(psdist.ZarrDataset(path), model, epochs=10, client=client, lr=lr)
+    # a moderate rate: stale updates at 3e-3 sometimes stall the interaction network
+    last = particle_jets.run(psdist.ZarrDataset(path), model, epochs=12, client=client, lr=1e-3)
     assert last["val_auc"] >= 0.70  # W vs QCD from constituents alone; chance is 0.5 (plain PyTorch: 0.84)
 
 
