@@ -298,19 +298,22 @@ class Trainer:
         )
 
     def _train_chunks(self, sess: Session, order: list[Chunk]) -> Iterator[ChunkResult]:
-        """Run the epoch's chunk tasks, at most two per training slot in flight.
+        """Run the epoch's chunk tasks through a bounded window, in the seeded order.
 
-        A bounded window, not the whole epoch at once: the scheduler releases tasks that wait
-        for a resource in no fixed order, so with one worker a full submission would not train
-        the chunks in the seeded order (and runs would not be reproducible). Two per slot keep
-        every worker busy: the next task waits on the worker while the current one runs.
+        Not the whole epoch at once: the scheduler releases tasks that wait for a resource in
+        no fixed order. With one training slot the window is one task, so the chunks are
+        trained strictly in order and a run is reproducible (a second queued task was seen to
+        overtake the first on a fresh cluster); with several slots, two per slot keep every
+        worker busy (the next task waits on the worker while the current one runs).
         """
         from distributed import as_completed
 
         slots = sum(1 for w in sess.client.scheduler_info(n_workers=-1)["workers"].values()
                     if w.get("resources", {}).get(SLOT, 0) >= 1)
         pending = iter(enumerate(order))
-        running = as_completed([self._submit_train(sess, c, i) for i, c in islice(pending, 2 * max(1, slots))])
+        window = 1 if slots <= 1 else 2 * slots
+        logger.info("psdist: epoch %d over %d training slots, %d tasks in flight", self.epoch + 1, slots, window)
+        running = as_completed([self._submit_train(sess, c, i) for i, c in islice(pending, window)])
         for fut in running:
             yield fut.result()
             nxt = next(pending, None)
