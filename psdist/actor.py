@@ -2,14 +2,22 @@
 
 Plain methods run one at a time in the actor's worker thread (Dask runs every plain actor
 method of a worker in one thread), so the state needs no lock. They are short numpy work.
+
+The one exception is :meth:`ParameterServer.wait` (barrier rules): a coroutine, so Dask runs it
+on the worker's event loop and a waiting worker never occupies the actor thread. It touches the
+state only through the actor thread's executor, and sleeps on an :class:`asyncio.Event` that
+every state change (push, join, leave) sets from the actor thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import numpy as np
+from distributed import get_worker
 
+from psdist.errors import ServerError
 from psdist.flat import Layout
 from psdist.optim import Optimizer
 from psdist.protocol import Pull, Push, PushReply
@@ -35,12 +43,62 @@ class ParameterServer:
         max_staleness: int | None,
     ) -> None:
         self.state = ServerState(Layout.from_dict(layout), weights, optimizers, rule, max_staleness)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._changed: asyncio.Event | None = None
 
     def pull(self, worker: str, have_version: int = -1) -> Pull:
         return self.state.pull(worker, have_version)
 
     def push(self, push: Push, pull: bool = True) -> PushReply:
-        return self.state.push(push, pull)
+        reply = self.state.push(push, pull)
+        self._notify()
+        return reply
+
+    def join(self, worker: str) -> None:
+        self.state.join(worker)
+        self._notify()
+
+    def leave(self, worker: str) -> None:
+        self.state.leave(worker)
+        self._notify()
+
+    def _notify(self) -> None:
+        # actor thread -> event loop: wake the waiters, who re-check on the actor thread
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    async def wait(self, worker: str, have_version: int, timeout: float) -> Pull:
+        """Answer a pull once the rule lets ``worker`` go on; evict silent workers at ``timeout``."""
+        loop = self._loop = asyncio.get_running_loop()
+        actor_thread = get_worker().executors["actor"]
+        deadline = loop.time() + timeout
+        evicted = False
+        while True:
+            if self._changed is None:
+                self._changed = asyncio.Event()
+            changed = self._changed  # taken before the check, so no wake-up is missed
+            pull = await loop.run_in_executor(actor_thread, self.state.pull_if_ready, worker, have_version)
+            if pull is not None:
+                return pull
+            left = deadline - loop.time()
+            if left <= 0:
+                if evicted:
+                    raise ServerError(
+                        f"{worker} waited {timeout} s for workers {sorted(self.state.active)} under "
+                        f"{type(self.state.rule).__name__}; none of them moved"
+                    )
+                await loop.run_in_executor(actor_thread, self.state.evict_silent, timeout)
+                evicted, deadline = True, loop.time() + 1.0
+                continue
+            try:
+                await asyncio.wait_for(changed.wait(), left)
+            except asyncio.TimeoutError:  # builtin TimeoutError from 3.11 on
+                pass
 
     def register(self, worker: str, info: dict[str, Any]) -> None:
         self.state.register(worker, **info)

@@ -41,6 +41,7 @@ class ChunkResult:
     version: int = 0
     compute_s: float = 0.0
     comm_s: float = 0.0
+    wait_s: float = 0.0  # held back by a barrier rule (SSP, Sync)
     read_s: float = 0.0
     # (phase, start, stop) wall-clock spans for the timeline (pull/compute/push)
     spans: list[tuple[str, float, float]] = field(default_factory=list)
@@ -110,14 +111,33 @@ def train_rows(
     xt, yt = _to_device(x[perm], replica.device), _to_device(as_labels(y[perm]), replica.device)
 
     t0 = time.time()
-    replica.load(server.pull(replica.worker, replica.version))
-    t1 = time.time()
-    res.spans.append(("pull", t0, t1))
-    res.comm_s += t1 - t0
+    server.join(replica.worker)
+    try:
+        rule.begin(replica, server.wait(replica.worker, replica.version))
+        t1 = time.time()
+        res.spans.append(("pull", t0, t1))
+        res.comm_s += t1 - t0
+        _train_batches(replica, server, rule, step, xt, yt, batch_size, push_every, res)
+    finally:
+        server.leave(replica.worker)
+    res.version = replica.version
+    return res
+
+
+def _train_batches(
+    replica: Replica,
+    server: ServerHandle,
+    rule: WorkerRule,
+    step: Callable[[Replica, torch.Tensor, torch.Tensor], float],
+    xt: torch.Tensor,
+    yt: torch.Tensor,
+    batch_size: int,
+    push_every: int,
+    res: ChunkResult,
+) -> None:
     replica.train(True)
     replica.zero_grad()
-
-    bounds = batch_bounds(len(x), batch_size)
+    bounds = batch_bounds(len(xt), batch_size)
     acc_batches = acc_samples = 0
     acc_loss = 0.0
     t_compute = time.time()
@@ -129,15 +149,23 @@ def train_rows(
         acc_batches += 1
         acc_samples += hi - lo
         acc_loss += loss * (hi - lo)
-        if acc_batches < push_every and i < len(bounds) - 1:
+        last = i == len(bounds) - 1
+        if acc_batches < push_every and not last:
             continue
         t_comm = time.time()
         res.spans.append(("compute", t_compute, t_comm))
         res.compute_s += t_comm - t_compute
         reply = rule.communicate(replica, server, acc_batches, acc_samples, acc_loss / acc_samples)
-        t_compute = time.time()
-        res.spans.append(("push", t_comm, t_compute))
-        res.comm_s += t_compute - t_comm
+        t_push = time.time()
+        res.spans.append(("push", t_comm, t_push))
+        if reply.wait and not last:  # a barrier holds us; the chunk's last push needs no weights
+            rule.resume(replica, server)
+            t_compute = time.time()
+            res.spans.append(("wait", t_push, t_compute))
+            res.wait_s += t_compute - t_push
+        else:
+            t_compute = t_push
+        res.comm_s += t_push - t_comm
         res.pushes += 1
         res.samples += acc_samples
         res.loss_sum += acc_loss
@@ -150,8 +178,6 @@ def train_rows(
             res.rejected[kind] = res.rejected.get(kind, 0) + 1
         acc_batches = acc_samples = 0
         acc_loss = 0.0
-    res.version = replica.version
-    return res
 
 
 @torch.no_grad()
@@ -164,14 +190,27 @@ def evaluate_rows(
     *,
     batch_size: int,
     chunk: int = 0,
+    keep_local: bool = False,
 ) -> EvalResult:
-    """Evaluate the server's current weights on one chunk; outputs come back for metrics."""
-    replica.load(server.pull(replica.worker, replica.version))
-    replica.train(False)
-    xt, yt = _to_device(x, replica.device), _to_device(as_labels(y), replica.device)
-    loss_sum, outs = 0.0, []
-    for lo, hi in batch_bounds(len(x), batch_size):
-        ls, out = evaluate(replica, xt[lo:hi], yt[lo:hi])
-        loss_sum += ls
-        outs.append(_numpy(out))
-    return EvalResult(chunk, len(x), loss_sum, concat_outputs(outs), np.asarray(y), replica.version)
+    """Evaluate the server's current weights on one chunk; outputs come back for metrics.
+
+    With ``keep_local`` (rules whose workers hold local weights, e.g. EASGD) the replica's own
+    weights and version are put back afterwards.
+    """
+    saved = (replica.weights_vector(), replica.version) if keep_local and replica.version >= 0 else None
+    pulled = server.pull(replica.worker, -1 if saved else replica.version)
+    try:
+        replica.load(pulled)
+        version = replica.version
+        replica.train(False)
+        xt, yt = _to_device(x, replica.device), _to_device(as_labels(y), replica.device)
+        loss_sum, outs = 0.0, []
+        for lo, hi in batch_bounds(len(x), batch_size):
+            ls, out = evaluate(replica, xt[lo:hi], yt[lo:hi])
+            loss_sum += ls
+            outs.append(_numpy(out))
+    finally:
+        if saved is not None:
+            replica.set_weights(saved[0])
+            replica.version = saved[1]
+    return EvalResult(chunk, len(x), loss_sum, concat_outputs(outs), np.asarray(y), version)

@@ -49,22 +49,32 @@ class Push:
 
 @dataclass
 class Pull:
-    """The server's answer to a pull: ``weights`` is ``None`` when the caller is current."""
+    """The server's answer to a pull: ``weights`` is ``None`` when the caller is current.
+
+    ``lr`` is the learning rate in force for the first model, ``lrs`` for each model (rules
+    with local optimizers follow the server's schedule and ``set_lr`` through them).
+    """
 
     version: int
     weights: np.ndarray | None
     lr: float = 0.0
+    lrs: dict[str, float] | None = None
 
 
 @dataclass
 class PushReply:
-    """The server's answer to a push (and, with ``pull``, the fresh weights)."""
+    """The server's answer to a push (and, with ``pull``, the fresh weights).
+
+    ``wait`` is set when a barrier rule (SSP, Sync) holds the worker back: ``pull`` is then
+    ``None`` and the worker calls :meth:`ServerHandle.wait` before computing again.
+    """
 
     applied: bool
     version: int
     staleness: int
     reason: str | None = None
     pull: Pull | None = None
+    wait: bool = False
 
 
 class ServerHandle(Protocol):
@@ -73,3 +83,13 @@ class ServerHandle(Protocol):
     def pull(self, worker: str, have_version: int = -1) -> Pull: ...
 
     def push(self, push: Push, pull: bool = True) -> PushReply: ...
+
+    def join(self, worker: str) -> None:
+        """The worker starts training (a chunk): barriers count it from now on."""
+
+    def leave(self, worker: str) -> None:
+        """The worker stops training: barriers no longer wait for it."""
+
+    def wait(self, worker: str, have_version: int = -1) -> Pull:
+        """Block until the rule lets ``worker`` compute again, then pull."""
+        ...

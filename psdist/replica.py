@@ -96,6 +96,23 @@ class Replica:
                 self._buffers_at_pull[g.buffers] = w[g.buffers]
         self.version = pull.version
 
+    def weights_vector(self) -> np.ndarray:
+        """A copy of the replica's whole weight vector (server layout, buffers included)."""
+        out = np.empty(self.layout.size, dtype=np.float32)
+        for g in self.layout.groups:
+            b = self.bindings[g.name]
+            assert b.weights is not None
+            out[g.params] = b.weights[: g.spec.n_params].detach().cpu().numpy()
+            if g.spec.n_buffers:
+                out[g.buffers] = b.buffer_vector()
+        return out
+
+    def set_weights(self, w: np.ndarray) -> None:
+        """Overwrite the local weights (the version is left alone: local rules move it)."""
+        src = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
+        for g in self.layout.groups:
+            self.bindings[g.name].load(src[g.whole])
+
     def gradient_update(self, scale: float = 1.0) -> np.ndarray:
         """A push vector: ``scale`` × accumulated gradients, and each buffer's change since pull."""
         out = np.empty(self.layout.size, dtype=np.float32)

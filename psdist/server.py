@@ -97,13 +97,21 @@ class ServerState:
         self.staleness_hist: list[int] = []  # staleness_hist[tau] = pushes received at tau
         self.workers: dict[str, WorkerStats] = {}
         self._snapshot: tuple[int, np.ndarray] | None = None
+        # membership for barrier rules: active worker -> clock (pushes since it joined the run)
+        self.active: dict[str, int] = {}
+        self._left_clock: dict[str, int] = {}
+        self._seen: dict[str, float] = {}
+        self.waits = 0  # replies that held a worker back
+        self.clock_gap_max = 0  # largest clock gap at which a worker was let go on
+        self.evicted = 0  # workers dropped after a silence longer than the wait timeout
 
     # ------------------------------------------------------------------ pull / push
     def pull(self, worker: str, have_version: int = -1) -> Pull:
         """Current version and weights; no weights when ``have_version`` is current."""
         self.server_rule.on_pull(self, worker)
         weights = None if have_version == self.version else self.snapshot()
-        return Pull(self.version, weights, self.lr)
+        lrs = {n: opt.lr_at(self.version) for n, opt in self.optimizers.items()}
+        return Pull(self.version, weights, self.lr, lrs)
 
     def snapshot(self) -> np.ndarray:
         """A read-only copy of the weights at this version, made once per version.
@@ -128,9 +136,11 @@ class ServerState:
             )
         stats = self.workers.setdefault(push.worker, WorkerStats())
         stats.pushes += 1
-        stats.last_push = self.clock()
+        stats.last_push = self._seen[push.worker] = self.clock()
+        if push.worker in self.active:
+            self.active[push.worker] += 1
         self._count_staleness(tau)
-        reason = self._admission(push, tau)
+        reason = self._admission(push, tau) or self.server_rule.admit(self, push, tau)
         if reason is None:
             self.server_rule.apply(self, push, tau)
             self.applied += 1
@@ -144,8 +154,12 @@ class ServerState:
             self.rejected[kind] = self.rejected.get(kind, 0) + 1
             self.samples_rejected += push.samples
             stats.rejected += 1
-        reply = self.pull(push.worker, push.base_version) if pull else None
-        return PushReply(reason is None, self.version, tau, reason, reply)
+        reply, wait = None, False
+        if pull:
+            reply = self.pull_if_ready(push.worker, push.base_version)
+            wait = reply is None
+            self.waits += wait
+        return PushReply(reason is None, self.version, tau, reason, reply, wait)
 
     def _check_shape(self, push: Push) -> None:
         u = push.update
@@ -171,6 +185,62 @@ class ServerState:
         if tau >= len(self.staleness_hist):
             self.staleness_hist.extend([0] * (tau + 1 - len(self.staleness_hist)))
         self.staleness_hist[tau] += 1
+
+    # ------------------------------------------------------------------ membership and barriers
+    def join(self, worker: str) -> None:
+        """``worker`` starts training: barrier rules count it until it leaves.
+
+        It enters at the slowest active clock (or its own old clock if nobody trains), so a
+        worker that comes back neither races ahead nor holds the others back.
+        """
+        self._seen[worker] = self.clock()
+        if worker not in self.active:
+            floor = min(self.active.values()) if self.active else self._left_clock.get(worker, 0)
+            self.active[worker] = floor
+
+    def leave(self, worker: str) -> None:
+        """``worker`` stops training (end of chunk, lost, evicted); barriers stop waiting for it."""
+        clock = self.active.pop(worker, None)
+        if clock is not None:
+            self._left_clock[worker] = clock
+            self.server_rule.on_leave(self, worker)
+
+    def clock_gap(self, worker: str) -> int:
+        """How many clocks ``worker`` is ahead of the slowest active worker (0 if inactive)."""
+        if worker not in self.active:
+            return 0
+        return self.active[worker] - min(self.active.values())
+
+    def may_proceed(self, worker: str) -> bool:
+        """Whether the rule lets ``worker`` compute its next update now."""
+        return worker not in self.active or self.server_rule.may_proceed(self, worker)
+
+    def pull_if_ready(self, worker: str, have_version: int = -1) -> Pull | None:
+        """A pull if ``worker`` may go on, else ``None`` (the shell makes it wait)."""
+        self._seen[worker] = self.clock()
+        if not self.may_proceed(worker):
+            return None
+        self.clock_gap_max = max(self.clock_gap_max, self.clock_gap(worker))
+        return self.pull(worker, have_version)
+
+    def wait(self, worker: str, have_version: int = -1) -> Pull:
+        """:meth:`pull_if_ready` for single-threaded callers, which cannot block."""
+        pull = self.pull_if_ready(worker, have_version)
+        if pull is None:
+            raise ServerError(
+                f"{worker} must wait for other workers under {type(self.rule).__name__}, which "
+                "one thread cannot do: drive the state through psdist.local.LocalServer"
+            )
+        return pull
+
+    def evict_silent(self, silence: float) -> list[str]:
+        """Make active workers not heard of for ``silence`` seconds leave; returns them."""
+        now = self.clock()
+        gone = [w for w in self.active if now - self._seen.get(w, now) > silence]
+        for w in gone:
+            self.leave(w)
+        self.evicted += len(gone)
+        return gone
 
     # ------------------------------------------------------------------ applying updates
     def _groups(self, push: Push):
@@ -219,6 +289,10 @@ class ServerState:
             "lr": self.lr,
             "staleness_mean": mean_tau,
             "staleness_max": len(self.staleness_hist) - 1 if pushes else 0,
+            "active": sorted(self.active),
+            "clock_gap_max": self.clock_gap_max,
+            "waits": self.waits,
+            "evicted": self.evicted,
             "workers": {w: asdict(s) for w, s in self.workers.items()},
             "time": self.clock(),
         }

@@ -92,7 +92,10 @@ def open_session(spec: SessionSpec, client: Any | None = None) -> Iterator[Sessi
         if spec.resume is not None:
             version = ps.load_state_dict(*spec.resume).result()
             logger.info("psdist: parameter server restored at version %d", version)
-        plugin = RunPlugin(run_id, spec.model_fn, spec.step, spec.rule, spec.data, ps_address, exclusive)
+        plugin = RunPlugin(
+            run_id, spec.model_fn, spec.step, spec.rule, spec.data, ps_address, exclusive,
+            spec.optimizers,
+        )
         client.register_plugin(plugin, name=plugin.name)
         stack.callback(client.unregister_worker_plugin, plugin.name)
         logger.info("psdist: parameter server on %s (exclusive=%s)", ps_address, exclusive)

@@ -125,15 +125,17 @@ class Trainer:
         self.step = step if step is not None else SupervisedStep(loss_fn)  # type: ignore[arg-type]
         self.data = data if isinstance(data, ZarrDataset) else ZarrDataset(data)
         self.optimizer = optimizer if optimizer is not None else SGD(lr=0.01)
-        self.rule = rule if rule is not None else Downpour()
+        self.workers = _int_at_least("workers", workers, 1, "workers=2")
+        # rules whose defaults depend on the number of workers (EASGD's alpha) resolve them now
+        self.rule = (rule if rule is not None else Downpour()).for_workers(self.workers)
         if max_staleness is not None:
             _int_at_least("max_staleness", max_staleness, 0, "max_staleness=4 (or None for no bound)")
         self.max_staleness = max_staleness
         self.push_every = _int_at_least("push_every", push_every, 1, "push_every=1")
         self.batch_size = _int_at_least("batch_size", batch_size, 1, "batch_size=128")
-        self.workers = _int_at_least("workers", workers, 1, "workers=2")
         self.threads_per_worker = _int_at_least("threads_per_worker", threads_per_worker, 1, "1")
-        self.rule.check(push_every, max_staleness)
+        opts = self.optimizer if isinstance(self.optimizer, dict) else {"model": self.optimizer}
+        self.rule.check(push_every, max_staleness, opts)
         if not (isinstance(timeout, (int, float)) and timeout > 0):
             raise ConfigError(f"timeout={timeout!r} must be a positive number of seconds")
         self.client = client
@@ -289,7 +291,8 @@ class Trainer:
     def _submit_train(self, sess: Session, chunk: Chunk, rank: int) -> Any:
         return sess.client.submit(
             train_task, sess.ps, sess.plugin, chunk, self.epoch,
-            task_seed(self.seed, self.epoch, chunk.index), self.batch_size, self.push_every,
+            task_seed(self.seed, self.epoch, chunk.index), self.batch_size,
+            self.rule.comm_period(self.push_every),
             self.timeout,
             key=f"psdist-train-{sess.run_id}-e{self.epoch}-c{chunk.index}",
             resources={SLOT: 1},

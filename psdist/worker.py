@@ -83,6 +83,8 @@ class RunPlugin(WorkerPlugin):
         Worker holding the parameter server; it gets no training slot when ``ps_exclusive``.
     ps_exclusive
         Keep training tasks off the parameter server's worker.
+    optimizers
+        The training's optimizers (rules with local steps build their local optimizers from them).
     """
 
     def __init__(
@@ -94,6 +96,7 @@ class RunPlugin(WorkerPlugin):
         data: ZarrDataset,
         ps_address: str,
         ps_exclusive: bool,
+        optimizers: dict[str, Any] | None = None,
     ) -> None:
         self.name = f"psdist-run-{run_id}"
         self.run_id = run_id
@@ -103,6 +106,7 @@ class RunPlugin(WorkerPlugin):
         self.data = data
         self.ps_address = ps_address
         self.ps_exclusive = ps_exclusive
+        self.optimizers = optimizers
         self._replica: Replica | None = None
         self._worker_rule: Any = None
         self._group: Any = None
@@ -143,7 +147,7 @@ class RunPlugin(WorkerPlugin):
             if not gpu:
                 torch.set_num_threads(max(1, worker.state.nthreads))
             self._replica = Replica(worker.address, as_model_dict(self.model_fn()), device)
-            self._worker_rule = self.rule.worker_side()
+            self._worker_rule = self.rule.worker_side(self.optimizers)
             info = {
                 "host": socket.gethostname(),
                 "device": device,
@@ -166,9 +170,9 @@ class ActorServer:
         self.ps = ps
         self.timeout = timeout
 
-    def _call(self, what: str, fut: Any) -> Any:
+    def _call(self, what: str, fut: Any, timeout: float | None = None) -> Any:
         try:
-            return fut.result(timeout=timedelta(seconds=self.timeout))
+            return fut.result(timeout=timedelta(seconds=timeout or self.timeout))
         except TimeoutError as e:
             raise ServerError(
                 f"the parameter server did not answer {what} within {self.timeout} s; "
@@ -180,6 +184,16 @@ class ActorServer:
 
     def push(self, push: Push, pull: bool = True) -> PushReply:
         return self._call("a push", self.ps.push(push, pull))
+
+    def join(self, worker: str) -> None:
+        self._call("a join", self.ps.join(worker))
+
+    def leave(self, worker: str) -> None:
+        self._call("a leave", self.ps.leave(worker))
+
+    def wait(self, worker: str, have_version: int = -1) -> Pull:
+        # the server gives up (evicting silent workers) after `timeout`; we allow it that long
+        return self._call("a wait", self.ps.wait(worker, have_version, self.timeout), 2 * self.timeout + 10)
 
 
 def _plugin(name: str) -> RunPlugin:
@@ -218,9 +232,9 @@ def evaluate_task(ps: Any, plugin: str, chunk: Chunk, batch_size: int, timeout: 
     """Dask task: evaluate the current weights on one validation chunk."""
     run = _plugin(plugin)
     with run.lock:
-        replica, _ = run.replica(ps, timeout)
+        replica, rule = run.replica(ps, timeout)
         x, y = run.read(chunk)
         return evaluate_rows(
             replica, ActorServer(ps, timeout), run.step.evaluate, x, y,
-            batch_size=batch_size, chunk=chunk.index,
+            batch_size=batch_size, chunk=chunk.index, keep_local=rule.keeps_local,
         )

@@ -66,6 +66,15 @@ class Recorder:
         self.pushes.append(copy.deepcopy(push))
         return self.state.push(push, pull)
 
+    def join(self, worker: str) -> None:
+        self.state.join(worker)
+
+    def leave(self, worker: str) -> None:
+        self.state.leave(worker)
+
+    def wait(self, worker: str, have_version: int = -1) -> Pull:
+        return self.state.wait(worker, have_version)
+
 
 # ----------------------------------------------------------------------------- batch_bounds
 @pytest.mark.parametrize(
