@@ -13,7 +13,18 @@ from psdist.flat import Entry, FlatSpec, Layout
 from psdist.hep.models import mlp
 from psdist.optim import SGD
 from psdist.protocol import Push
-from psdist.rules import DCASGD, Downpour, DynSGD, StalenessAware, rule_from_config
+from psdist.rules import (
+    DCASGD,
+    EAMSGD,
+    EASGD,
+    GEM,
+    SSP,
+    Downpour,
+    DynSGD,
+    StalenessAware,
+    Sync,
+    rule_from_config,
+)
 from psdist.server import ServerState
 
 
@@ -60,7 +71,11 @@ def test_dc_asgd_without_staleness_is_plain_sgd():
     np.testing.assert_allclose(s.weights, w0 - 0.1 * g, rtol=1e-6)
 
 
-@pytest.mark.parametrize("rule", [Downpour(), StalenessAware(), DynSGD(), DCASGD(lam=0.1)])
+@pytest.mark.parametrize(
+    "rule",
+    [Downpour(), StalenessAware(), DynSGD(), DCASGD(lam=0.1), Sync(), SSP(bound=3), EASGD(alpha=0.2, period=4),
+     EAMSGD(momentum=0.9), GEM(kappa=1.5)],
+)
 def test_rules_round_trip_through_config(rule):
     assert rule_from_config(rule.to_config()) == rule
 
@@ -72,11 +87,36 @@ def test_unknown_rule_and_bad_lambda():
         DCASGD(lam=-1).check(1, None)
 
 
-@pytest.mark.parametrize("rule", [StalenessAware(), DynSGD(), DCASGD()])
-def test_rule_trains_on_two_workers(client, blob_data, rule):
+MOMENTUM = SGD(lr=0.1, momentum=0.5)
+
+
+@pytest.mark.parametrize(
+    "rule, optimizer",
+    [
+        (StalenessAware(), MOMENTUM),
+        (DynSGD(), MOMENTUM),
+        (DCASGD(), MOMENTUM),
+        (Sync(), MOMENTUM),
+        (SSP(bound=2), MOMENTUM),
+        (EASGD(period=4), MOMENTUM),  # the optimizer runs locally on each worker
+        (EAMSGD(period=4), SGD(lr=0.02)),
+        (GEM(), SGD(lr=0.1)),  # GEM brings its own momentum
+    ],
+    ids=lambda v: type(v).__name__,
+)
+def test_rule_trains_on_two_workers(client, blob_data, rule, optimizer):
+    """Every rule reaches 95 % validation accuracy on 4 blobs (chance 25 %) with 2 workers."""
     model_fn = functools.partial(mlp, inputs=20, hidden=32, classes=4)
-    trainer = psdist.Trainer(model_fn, torch.nn.functional.cross_entropy, blob_data, SGD(lr=0.1, momentum=0.5),
+    trainer = psdist.Trainer(model_fn, torch.nn.functional.cross_entropy, blob_data, optimizer,
                              rule=rule, batch_size=64, client=client, seed=1)
     history = trainer.fit(epochs=3)
     assert history.last["val_accuracy"] >= 0.95
-    assert history.last["staleness_mean"] > 0  # really asynchronous
+    m = trainer.server_metrics
+    assert sum(r["samples"] for r in history) == 3 * 4096  # every row trained once per epoch
+    if isinstance(rule, Sync):
+        assert m["staleness_max"] == 0 and m["rejected"] == {}  # every gradient from the round's weights
+        assert m["version"] < m["applied"]  # rounds with two contributions were merged
+    elif isinstance(rule, SSP):
+        assert m["clock_gap_max"] <= 2
+    elif not isinstance(rule, (EASGD,)):
+        assert history.last["staleness_mean"] > 0  # really asynchronous
