@@ -355,6 +355,9 @@ class Trainer:
             "compute_s": sum(r.compute_s for r in results),
             "comm_s": sum(r.comm_s for r in results),
             "read_s": sum(r.read_s for r in results),
+            "wait_s": sum(r.wait_s for r in results),  # held back by a barrier rule
+            "waits": m1["waits"] - m0["waits"],
+            "clock_gap_max": m1["clock_gap_max"],
         }
         if info.val:
             record.update(self._validate(sess, info, metrics))
