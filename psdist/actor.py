@@ -19,6 +19,7 @@ from distributed import get_worker
 
 from psdist.errors import ServerError
 from psdist.flat import Layout
+from psdist.monitor import TOPIC, Throttle, event
 from psdist.optim import Optimizer
 from psdist.protocol import Pull, Push, PushReply
 from psdist.rules import Rule
@@ -41,10 +42,15 @@ class ParameterServer:
         optimizers: dict[str, Optimizer],
         rule: Rule,
         max_staleness: int | None,
+        run_id: str | None = None,
+        publish_every: float = 0.5,
     ) -> None:
         self.state = ServerState(Layout.from_dict(layout), weights, optimizers, rule, max_staleness)
+        self.run_id = run_id
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Event | None = None
+        self._throttle = Throttle(publish_every)
+        self._worker: Any = None
 
     def pull(self, worker: str, have_version: int = -1) -> Pull:
         return self.state.pull(worker, have_version)
@@ -52,7 +58,17 @@ class ParameterServer:
     def push(self, push: Push, pull: bool = True) -> PushReply:
         reply = self.state.push(push, pull)
         self._notify()
+        if self._throttle.due():
+            self.publish()
         return reply
+
+    def publish(self) -> int:
+        """Log a snapshot of the counters for the dashboard (throttled on pushes); the version."""
+        if self.run_id is not None:
+            if self._worker is None:
+                self._worker = get_worker()
+            self._worker.log_event(TOPIC, event("server", self.run_id, **self.state.metrics()))
+        return self.state.version
 
     def join(self, worker: str) -> None:
         self.state.join(worker)
@@ -105,6 +121,7 @@ class ParameterServer:
 
     def set_lr(self, lr: float, group: str | None = None) -> float:
         self.state.set_lr(lr, group)
+        self.publish()
         return self.state.lr
 
     def metrics(self) -> dict[str, Any]:

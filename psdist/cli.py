@@ -40,29 +40,6 @@ Make a dataset first, e.g.: psdist generate jet-images data/jets.zarr
 """
 
 
-def _progress_bar(epochs: int, first_epoch: int) -> Any:
-    from tqdm.auto import tqdm
-
-    state: dict[str, Any] = {"bar": None}
-
-    def progress(event: dict[str, Any]) -> None:
-        if event["event"] == "chunk":
-            if state["bar"] is None:
-                state["bar"] = tqdm(total=event["total"], desc=f"epoch {event['epoch']}/{first_epoch + epochs}",
-                                    unit="chunk", leave=True, file=sys.stderr)
-            state["bar"].update(1)
-            state["bar"].set_postfix(loss=f"{event['loss']:.4f}")
-        elif event["event"] == "epoch":
-            bar, rec = state.pop("bar", None), event["record"]
-            state["bar"] = None
-            if bar is not None:
-                extra = {k: f"{v:.4f}" for k, v in rec.items() if k.startswith("val_")}
-                bar.set_postfix(loss=f"{rec['train_loss']:.4f}", **extra)
-                bar.close()
-
-    return progress
-
-
 def summary_table(records: list[dict[str, Any]]) -> str:
     """A fixed-width table of the history (what the CLI prints at the end)."""
     if not records:
@@ -81,6 +58,7 @@ def summary_table(records: list[dict[str, Any]]) -> str:
 
 def _train(a: argparse.Namespace) -> int:
     from psdist.config import load_config
+    from psdist.progress import progress_bar
     from psdist.trainer import Trainer
 
     cfg = load_config(a.config, {"epochs": a.epochs, "workers": a.workers,
@@ -100,13 +78,16 @@ def _train(a: argparse.Namespace) -> int:
         print(f"resuming {a.resume} at epoch {trainer.epoch}, version {trainer.version}", file=sys.stderr)
     else:
         trainer = Trainer(cfg.model_fn(), cfg.loss_fn(), cfg.dataset(), client=client, **kwargs)
-    history = trainer.fit(cfg.epochs, progress=None if a.quiet else _progress_bar(cfg.epochs, trainer.epoch))
+    history = trainer.fit(cfg.epochs, progress=None if a.quiet else progress_bar(cfg.epochs, trainer.epoch))
     print(summary_table(history.records))
     if trainer.stopped_reason:
         print(f"stopped early: {trainer.stopped_reason}")
     if cfg.checkpoint:
         trainer.save(cfg.checkpoint)
         print(f"checkpoint written to {cfg.checkpoint}")
+    if a.trace:
+        trainer.trace(a.trace)
+        print(f"timeline written to {a.trace} (open in chrome://tracing or ui.perfetto.dev)")
     if a.history:
         if a.history.endswith(".csv"):
             history.to_csv(a.history)
@@ -155,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--save", metavar="CKPT", help="write a checkpoint at the end")
     t.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint")
     t.add_argument("--history", metavar="FILE", help="write the history (.json or .csv)")
+    t.add_argument("--trace", metavar="FILE", help="write a Chrome-trace timeline of every worker (.json)")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_train)
 

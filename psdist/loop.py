@@ -57,6 +57,9 @@ class EvalResult:
     outputs: Any
     targets: np.ndarray
     version: int
+    worker: str = ""
+    start: float = 0.0  # wall-clock span of the evaluation (timeline)
+    stop: float = 0.0
 
 
 def _numpy(out: Any) -> Any:
@@ -197,6 +200,7 @@ def evaluate_rows(
     With ``keep_local`` (rules whose workers hold local weights, e.g. EASGD) the replica's own
     weights and version are put back afterwards.
     """
+    t0 = time.time()
     saved = (replica.weights_vector(), replica.version) if keep_local and replica.version >= 0 else None
     pulled = server.pull(replica.worker, -1 if saved else replica.version)
     try:
@@ -213,4 +217,5 @@ def evaluate_rows(
         if saved is not None:
             replica.set_weights(saved[0])
             replica.version = saved[1]
-    return EvalResult(chunk, len(x), loss_sum, concat_outputs(outs), np.asarray(y), version)
+    return EvalResult(chunk, len(x), loss_sum, concat_outputs(outs), np.asarray(y), version,
+                      replica.worker, t0, time.time())

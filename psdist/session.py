@@ -83,6 +83,7 @@ def open_session(spec: SessionSpec, client: Any | None = None) -> Iterator[Sessi
             spec.optimizers,
             spec.rule,
             spec.max_staleness,
+            run_id,
             actor=True,
             workers=[ps_address],
             key=f"psdist-ps-{run_id}",

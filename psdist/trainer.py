@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 import numpy as np
@@ -25,6 +27,7 @@ from psdist.flat import Layout, flatten, unflatten_into
 from psdist.history import History
 from psdist.loop import ChunkResult, EvalResult, as_labels, concat_outputs
 from psdist.metrics import default_metrics
+from psdist.monitor import TOPIC, event
 from psdist.optim import SGD, Optimizer, optimizer_from_config
 from psdist.replica import Replica, as_model_dict, layout_of
 from psdist.rules import Downpour, Rule, rule_from_config
@@ -33,11 +36,17 @@ from psdist.steps import SupervisedStep
 from psdist.stopping import EarlyStopping
 from psdist.worker import SLOT, evaluate_task, train_task
 
+if TYPE_CHECKING:
+    from psdist.handle import TrainingHandle
+
 __all__ = ["Trainer"]
 
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[dict[str, Any]], None]
+
+#: Timeline spans kept for :meth:`Trainer.trace` (the oldest are dropped beyond this).
+MAX_SPANS = 500_000
 
 
 def _int_at_least(name: str, value: Any, low: int, example: str) -> int:
@@ -151,6 +160,14 @@ class Trainer:
         self.dashboard_link: str | None = None
         self.ps_address: str | None = None
         self.server_metrics: dict[str, Any] = {}  # the server's counters at the end of fit
+        self.dashboard_url: str | None = None  # the psdist page of the current/last training
+        self.run_id: str | None = None
+        # (worker, phase, start, stop, epoch, chunk) of every pull/compute/push/wait/read/validate
+        self.timeline: deque[tuple[str, str, float, float, int, int]] = deque(maxlen=MAX_SPANS)
+        self._sess: Session | None = None
+        self._stop = threading.Event()
+        self._live = threading.Event()
+        self._handle_running = False
         self._state: tuple[dict[str, Any], dict[str, np.ndarray]] | None = None
         for name, fn in (("model_fn", model_fn), ("loss_fn", loss_fn), ("step", self.step)):
             try:
@@ -246,34 +263,61 @@ class Trainer:
         return info, spec, metrics
 
     # ------------------------------------------------------------------ training
-    def fit(self, epochs: int = 1, *, progress: Progress | None = None) -> History:
+    def fit(
+        self, epochs: int = 1, *, progress: Progress | None = None, block: bool = True
+    ) -> History | TrainingHandle:
         """Train ``epochs`` more epochs; returns the (whole) history.
 
         Everything is checked before a cluster starts; the embedded cluster (if any) is closed
-        at the end, also on error.
+        at the end, also on error. With ``block=False`` the training runs in a background
+        thread and a :class:`~psdist.handle.TrainingHandle` comes back at once (live progress
+        in Jupyter, ``handle.stop()``, ``handle.result()``, ``trainer.set_lr()`` meanwhile).
         """
         _int_at_least("epochs", epochs, 1, "fit(epochs=5)")
-        info, spec, metrics = self._prepare()
+        if not block:
+            from psdist.handle import TrainingHandle
+
+            return TrainingHandle.start(self, epochs, progress)
+        return self._fit(epochs, progress)
+
+    def _fit(self, epochs: int, progress: Progress | None, prepared: Any = None) -> History:
+        info, spec, metrics = prepared if prepared is not None else self._prepare()
         with open_session(spec, self.client) as sess:
             self.dashboard_link = sess.dashboard_link
             self.ps_address = sess.ps_address
-            logger.info("psdist: training %d epochs; dashboard %s", epochs, self.dashboard_link)
+            self.run_id = sess.run_id
+            self.dashboard_url = self._dashboard(sess)
+            self._publish(sess, "start", name=self.name, ps=sess.ps_address, epochs=epochs, config=self._config())
+            logger.info("psdist: training %d epochs; live page %s", epochs, self.dashboard_url or self.dashboard_link)
+            self._sess = sess
+            self._live.set()
+            if progress is not None:
+                progress({"event": "start", "run": sess.run_id, "dashboard": self.dashboard_url or self.dashboard_link})
+            reason = "completed"
             try:
                 for _ in range(epochs):
                     record = self._epoch(sess, info, metrics, progress)
                     self.history.append(record)
+                    sess.ps.publish().result(timeout=self.timeout)  # a fresh snapshot for the page
+                    self._publish(sess, "epoch", record=record)
+                    if record.get("partial"):
+                        reason = self.stopped_reason = "stopped by the user"
+                        logger.info("psdist: stopped after %d of the epoch's chunks", record["chunks"])
+                        break
                     self.epoch += 1
                     if progress is not None:
                         progress({"event": "epoch", "record": record})
                     if self.early_stopping is not None and self.early_stopping.update(record):
-                        self.stopped_reason = self.early_stopping.reason
+                        reason = self.stopped_reason = self.early_stopping.reason
                         logger.info("psdist: early stop: %s", self.stopped_reason)
                         break
             except BaseException as exc:
                 # keep what the server learned (Ctrl-C in a notebook, a failed task), without
                 # letting a second failure hide the first
+                self._sess = None
                 try:
                     self._fetch_state(sess)
+                    self._publish(sess, "end", reason=f"error: {exc!r}")
                 except Exception as second:
                     note = f"psdist could not fetch the server state afterwards: {second!r}"
                     if hasattr(exc, "add_note"):
@@ -281,8 +325,82 @@ class Trainer:
                     else:  # Python 3.10
                         logger.error(note)
                 raise
+            finally:
+                self._sess = None
             self._fetch_state(sess)
+            self._publish(sess, "end", reason=reason)
         return self.history
+
+    @property
+    def name(self) -> str:
+        """A label for logs and the dashboard: the model factory's name."""
+        fn = getattr(self.model_fn, "func", self.model_fn)  # functools.partial
+        return getattr(fn, "__name__", type(fn).__name__)
+
+    def _config(self) -> dict[str, Any]:
+        opts = self.optimizer if isinstance(self.optimizer, dict) else {"model": self.optimizer}
+        return {
+            "rule": self.rule.to_config(), "optimizers": {k: o.to_config() for k, o in opts.items()},
+            "batch_size": self.batch_size, "push_every": self.push_every, "workers": self.workers,
+            "max_staleness": self.max_staleness, "data": str(self.data.path), "seed": self.seed,
+        }
+
+    def _publish(self, sess: Session, kind: str, **fields: Any) -> None:
+        sess.client.log_event(TOPIC, event(kind, sess.run_id, **fields))
+
+    def _dashboard(self, sess: Session) -> str | None:
+        """Install the psdist page in the cluster's dashboard; its URL for this run."""
+        if sess.dashboard_link is None:
+            return None
+        try:  # TEMPORARY until psdist.dashboard lands
+            from psdist import dashboard
+        except ImportError:
+            return None
+        dashboard.install(sess.client)
+        return dashboard.page_url(sess.client, sess.run_id)
+
+    # ------------------------------------------------------------------ control while training
+    def set_lr(self, lr: float, model: str | None = None) -> float:
+        """Change the learning rate (all models, or ``model``); takes effect at the server now.
+
+        While a training runs (``fit(block=False)`` or from another thread) the parameter server
+        switches at once and the dashboard shows it; otherwise the next ``fit`` starts with it.
+        Schedules keep applying their factor on top of the new base rate. Returns the rate in
+        force for the first model.
+        """
+        if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+            raise ConfigError(f"lr={lr!r} must be a positive number, e.g. trainer.set_lr(0.01)")
+        opts = self.optimizer if isinstance(self.optimizer, dict) else {"model": self.optimizer}
+        if model is not None and model not in opts:
+            raise ConfigError(f"no model {model!r}; models are {sorted(opts)}")
+        for name, opt in opts.items():
+            if model in (None, name):
+                opt.set_lr(lr)
+                if self._state is not None and name in self._state[0]["optimizers"]:
+                    self._state[0]["optimizers"][name]["state"]["lr"] = float(lr)
+        sess = self._sess
+        if sess is None:
+            return float(lr)
+        now = sess.ps.set_lr(float(lr), model).result(timeout=self.timeout)
+        self._publish(sess, "lr", lr=float(lr), model=model)
+        logger.info("psdist: learning rate set to %g%s", lr, f" for {model}" if model else "")
+        return float(now)
+
+    def stop(self) -> None:
+        """Ask a running ``fit`` to end after the chunk tasks already running (see the handle)."""
+        self._stop.set()
+
+    def trace(self, path: str | None = None) -> dict[str, Any]:
+        """The timeline (pull/compute/push/wait/read/validate per worker) as a Chrome trace.
+
+        Open the file in ``chrome://tracing`` or https://ui.perfetto.dev. Returns the trace dict.
+        """
+        from psdist.trace import chrome_trace, write_trace
+
+        trace = chrome_trace(self.timeline, name=self.name)
+        if path is not None:
+            write_trace(path, trace)
+        return trace
 
     def _fetch_state(self, sess: Session) -> None:
         self._state = sess.ps.state_dict().result(timeout=self.timeout)
@@ -319,7 +437,7 @@ class Trainer:
         running = as_completed([self._submit_train(sess, c, i) for i, c in islice(pending, window)])
         for fut in running:
             yield fut.result()
-            nxt = next(pending, None)
+            nxt = None if self._stop.is_set() else next(pending, None)  # stop: drain, add none
             if nxt is not None:
                 running.add(self._submit_train(sess, nxt[1], nxt[0]))
 
@@ -330,6 +448,10 @@ class Trainer:
         results: list[ChunkResult] = []
         for r in self._train_chunks(sess, order):
             results.append(r)
+            self.timeline.extend((r.worker, phase, a, b, self.epoch + 1, r.chunk) for phase, a, b in r.spans)
+            self._publish(sess, "chunk", epoch=self.epoch + 1, chunk=r.chunk, worker=r.worker, samples=r.samples,
+                          loss=r.loss_sum / max(r.samples, 1), compute_s=r.compute_s, comm_s=r.comm_s,
+                          wait_s=r.wait_s, read_s=r.read_s, done=len(results), total=len(order))
             if progress is not None:
                 progress({"event": "chunk", "epoch": self.epoch + 1, "done": len(results), "chunk": r.chunk,
                           "total": len(order), "loss": r.loss_sum / max(r.samples, 1), "samples": r.samples})
@@ -359,6 +481,8 @@ class Trainer:
             "waits": m1["waits"] - m0["waits"],
             "clock_gap_max": m1["clock_gap_max"],
         }
+        if len(results) < len(order):  # stop() was called: this epoch is not complete
+            record["partial"] = True
         if info.val:
             record.update(self._validate(sess, info, metrics))
         record["wall_s"] = time.perf_counter() - t0
@@ -374,6 +498,7 @@ class Trainer:
             for c in info.val
         ]
         results: list[EvalResult] = sorted(sess.client.gather(futs), key=lambda r: r.chunk)
+        self.timeline.extend((r.worker, "validate", r.start, r.stop, self.epoch + 1, r.chunk) for r in results)
         n = sum(r.samples for r in results)
         outputs = concat_outputs([r.outputs for r in results])
         targets = np.concatenate([r.targets for r in results])
