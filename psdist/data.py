@@ -180,6 +180,15 @@ class ZarrDataset:
             ) from e
         return x, y
 
+    def read_validation(self) -> tuple[np.ndarray, np.ndarray]:
+        """All validation rows ``(x, y)`` in memory (for evaluating a trained model)."""
+        info = self.describe()
+        if not info.val:
+            raise DataError(f"{os.fspath(self.path)!r} has no validation rows; give val_fraction=0.2")
+        g = self.open_group()
+        parts = [self.read(c, g) for c in info.val]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
 
 def _check_pair(xname: str, xa: Any, yname: str, ya: Any) -> None:
     if xa.shape[0] != ya.shape[0]:

@@ -349,14 +349,9 @@ class Trainer:
         sess.client.log_event(TOPIC, event(kind, sess.run_id, **fields))
 
     def _dashboard(self, sess: Session) -> str | None:
-        """Install the psdist page in the cluster's dashboard; its URL for this run."""
-        if sess.dashboard_link is None:
-            return None
-        try:  # TEMPORARY until psdist.dashboard lands
-            from psdist import dashboard
-        except ImportError:
-            return None
-        dashboard.install(sess.client)
+        """Install the psdist page in the cluster's dashboard; its URL for this run (or None)."""
+        from psdist import dashboard
+
         return dashboard.page_url(sess.client, sess.run_id)
 
     # ------------------------------------------------------------------ control while training
