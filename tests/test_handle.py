@@ -90,7 +90,8 @@ def test_chrome_trace_has_every_phase_per_worker(client, blob_data, tmp_path):
     trace = json.loads(path.read_text())
     spans = [e for e in trace["traceEvents"] if e["ph"] == "X"]
     threads = {e["args"]["name"] for e in trace["traceEvents"] if e["name"] == "thread_name"}
-    assert len(threads) == 2  # the two data workers
+    pushed = {w for w, s in t.server_metrics["workers"].items() if s["pushes"] > 0}
+    assert threads == pushed  # one row per data worker that trained (the scheduler picks which)
     phases = {e["name"] for e in spans}
     assert {"read", "pull", "compute", "push", "validate"} <= phases
     assert all(e["dur"] >= 0 and e["ts"] >= 0 for e in spans)
