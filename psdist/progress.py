@@ -28,10 +28,15 @@ def progress_bar(epochs: int, first_epoch: int = 0, *, file: Any = None) -> Prog
             if state["bar"] is None:
                 state["bar"] = tqdm(total=event["total"], desc=f"epoch {event['epoch']}/{first_epoch + epochs}",
                                     unit="chunk", leave=True, file=out)
-                state["t0"], state["samples"] = time.perf_counter(), 0
-            state["samples"] += event["samples"]
-            rate = state["samples"] / max(time.perf_counter() - state["t0"], 1e-9)
+                state["t0"], state["samples"], state["first"] = time.perf_counter(), 0, 0
             state["bar"].update(1)
+            if state["samples"] == 0:  # the clock starts at the first finished chunk
+                state["t0"] = time.perf_counter()
+                state["samples"] = state["first"] = event["samples"]
+                state["bar"].set_postfix(loss=f"{event['loss']:.4f}")
+                return
+            state["samples"] += event["samples"]
+            rate = (state["samples"] - state["first"]) / max(time.perf_counter() - state["t0"], 1e-9)
             state["bar"].set_postfix(loss=f"{event['loss']:.4f}", samples_s=f"{rate:.0f}")
         elif event["event"] == "epoch":
             bar, rec = state["bar"], event["record"]
