@@ -26,6 +26,13 @@ from psdist.trainer import Trainer
 
 __version__ = "0.1.0"
 
+
+def batch_cluster(config: str, jobs: int = 1, **kwargs: object) -> tuple[object, object]:
+    """A dask-jobqueue cluster from a ``jobqueue/*.yaml`` config (:func:`psdist.batch.batch_cluster`)."""
+    from psdist.batch import batch_cluster as _batch_cluster
+
+    return _batch_cluster(config, jobs=jobs, **kwargs)
+
 __all__ = [
     "CheckpointError",
     "ClusterError",
@@ -39,6 +46,7 @@ __all__ = [
     "Trainer",
     "ZarrDataset",
     "__version__",
+    "batch_cluster",
     "metrics",
     "optim",
     "rules",

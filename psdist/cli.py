@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 from psdist.convert_cli import add_convert_parser
-from psdist.errors import PsdistError
+from psdist.errors import ConfigError, PsdistError
 
 __all__ = ["main"]
 
@@ -58,16 +58,33 @@ def summary_table(records: list[dict[str, Any]]) -> str:
 
 def _train(a: argparse.Namespace) -> int:
     from psdist.config import load_config
-    from psdist.progress import progress_bar
-    from psdist.trainer import Trainer
 
     cfg = load_config(a.config, {"epochs": a.epochs, "workers": a.workers,
                                  "threads_per_worker": a.threads, "checkpoint": a.save})
-    client = None
-    if a.scheduler:
+    client = cluster = None
+    if a.cluster and a.scheduler:
+        raise ConfigError("give --cluster (start jobs on a batch system) or --scheduler (use a running one), not both")
+    if a.cluster:
+        from psdist.batch import batch_cluster
+
+        cluster, client = batch_cluster(a.cluster, jobs=a.jobs if a.jobs is not None else cfg.workers)
+    elif a.scheduler:
         from distributed import Client
 
         client = Client(a.scheduler)
+    try:
+        return _run(a, cfg, client)
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _run(a: argparse.Namespace, cfg: Any, client: Any) -> int:
+    from psdist.progress import progress_bar
+    from psdist.trainer import Trainer
+
     kwargs = cfg.trainer_kwargs()
     if a.resume:
         trainer = Trainer.load(a.resume, cfg.model_fn(), cfg.loss_fn(), cfg.dataset(), client=client,
@@ -93,8 +110,6 @@ def _train(a: argparse.Namespace) -> int:
             history.to_csv(a.history)
         else:
             history.to_json(a.history)
-    if client is not None:
-        client.close()
     return 0
 
 
@@ -133,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--workers", type=int, help="data workers of the embedded cluster")
     t.add_argument("--threads", type=int, help="threads per worker (torch threads)")
     t.add_argument("--scheduler", help="address of a running Dask scheduler (default: start a LocalCluster)")
+    t.add_argument("--cluster", metavar="JOBQUEUE",
+                   help="start the workers as batch jobs: a jobqueue/ config name or file (slurm-gpu, site.yaml)")
+    t.add_argument("--jobs", type=int, help="data jobs with --cluster (default: the config's workers)")
     t.add_argument("--save", metavar="CKPT", help="write a checkpoint at the end")
     t.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint")
     t.add_argument("--history", metavar="FILE", help="write the history (.json or .csv)")

@@ -15,6 +15,7 @@ from typing import Any
 import dask
 
 from psdist.errors import ClusterError
+from psdist.worker import PS_RESOURCE
 
 __all__ = ["embedded_cluster", "malloc_config", "pick_ps_worker"]
 
@@ -90,6 +91,9 @@ def pick_ps_worker(client: Any, preferred: str | None = None) -> tuple[str, bool
     embedded cluster that is the extra worker started for it).
     """
     info = client.scheduler_info(n_workers=-1)["workers"]
+    dedicated = sorted(a for a, w in info.items() if PS_RESOURCE in (w.get("resources") or {}))
+    if preferred is None and dedicated:  # a worker started for it (psdist.batch): never a data worker
+        return dedicated[0], True
     if not info:
         raise ClusterError(
             "the Dask cluster has no workers; start some first, e.g. cluster.scale(2), "

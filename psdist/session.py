@@ -89,13 +89,16 @@ def open_session(spec: SessionSpec, client: Any | None = None) -> Iterator[Sessi
             key=f"psdist-ps-{run_id}",
         )
         ps = future.result()
-        stack.callback(lambda: future.release())
+        # cancel, not release: the Actor handle holds its own reference to the key (kept alive by
+        # reference cycles inside distributed until the garbage collector runs), which otherwise
+        # keeps the parameter server and its weights on the cluster after the training
+        stack.callback(client.cancel, [future])
         if spec.resume is not None:
             version = ps.load_state_dict(*spec.resume).result()
             logger.info("psdist: parameter server restored at version %d", version)
         plugin = RunPlugin(
             run_id, spec.model_fn, spec.step, spec.rule, spec.data, ps_address, exclusive,
-            spec.optimizers,
+            spec.optimizers, ps_key=future.key,
         )
         client.register_plugin(plugin, name=plugin.name)
         stack.callback(client.unregister_worker_plugin, plugin.name)

@@ -403,7 +403,7 @@ class Trainer:
 
     def _submit_train(self, sess: Session, chunk: Chunk, rank: int) -> Any:
         return sess.client.submit(
-            train_task, sess.ps, sess.plugin, chunk, self.epoch,
+            train_task, sess.plugin, chunk, self.epoch,
             task_seed(self.seed, self.epoch, chunk.index), self.batch_size,
             self.rule.comm_period(self.push_every),
             self.timeout,
@@ -420,21 +420,30 @@ class Trainer:
         no fixed order. With one training slot the window is one task, so the chunks are
         trained strictly in order and a run is reproducible (a second queued task was seen to
         overtake the first on a fresh cluster); with several slots, two per slot keep every
-        worker busy (the next task waits on the worker while the current one runs).
+        worker busy (the next task waits on the worker while the current one runs). The slots
+        are counted again after every chunk: workers that join (``cluster.scale``, ``adapt``)
+        widen the window at once, workers that leave narrow it (their tasks are rescheduled).
         """
         from distributed import as_completed
 
-        slots = sum(1 for w in sess.client.scheduler_info(n_workers=-1)["workers"].values()
-                    if w.get("resources", {}).get(SLOT, 0) >= 1)
+        def window() -> int:
+            slots = sum(1 for w in sess.client.scheduler_info(n_workers=-1)["workers"].values()
+                        if w.get("resources", {}).get(SLOT, 0) >= 1)
+            return 1 if slots <= 1 else 2 * slots
+
         pending = iter(enumerate(order))
-        window = 1 if slots <= 1 else 2 * slots
-        logger.info("psdist: epoch %d over %d training slots, %d tasks in flight", self.epoch + 1, slots, window)
-        running = as_completed([self._submit_train(sess, c, i) for i, c in islice(pending, window)])
+        size = window()
+        logger.info("psdist: epoch %d, %d tasks in flight", self.epoch + 1, size)
+        running = as_completed([self._submit_train(sess, c, i) for i, c in islice(pending, size)])
+        in_flight = running.count()
         for fut in running:
+            in_flight -= 1
             yield fut.result()
-            nxt = None if self._stop.is_set() else next(pending, None)  # stop: drain, add none
-            if nxt is not None:
-                running.add(self._submit_train(sess, nxt[1], nxt[0]))
+            if self._stop.is_set():  # stop: drain, add none
+                continue
+            for i, c in islice(pending, max(0, window() - in_flight)):
+                running.add(self._submit_train(sess, c, i))
+                in_flight += 1
 
     def _epoch(self, sess: Session, info: DatasetInfo, metrics: dict[str, Any], progress: Progress | None) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -487,7 +496,7 @@ class Trainer:
     def _validate(self, sess: Session, info: DatasetInfo, metrics: dict[str, Any]) -> dict[str, float]:
         futs = [
             sess.client.submit(
-                evaluate_task, sess.ps, sess.plugin, c, self.batch_size, self.timeout,
+                evaluate_task, sess.plugin, c, self.batch_size, self.timeout,
                 key=f"psdist-val-{sess.run_id}-e{self.epoch}-c{c.index}", resources={SLOT: 1}, pure=False,
             )
             for c in info.val

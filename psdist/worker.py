@@ -26,12 +26,14 @@ from psdist.protocol import Pull, Push, PushReply
 from psdist.replica import Replica, as_model_dict
 from psdist.rules import Rule
 
-__all__ = ["SLOT", "ActorServer", "MallocFix", "RunPlugin", "evaluate_task", "train_task"]
+__all__ = ["PS_RESOURCE", "SLOT", "ActorServer", "MallocFix", "RunPlugin", "evaluate_task", "train_task"]
 
 logger = logging.getLogger(__name__)
 
 #: Worker resource that admits one psdist training task at a time per worker.
 SLOT = "psdist-slot"
+#: Worker resource of a worker dedicated to parameter servers (psdist.batch): never a data worker.
+PS_RESOURCE = "psdist-ps"
 
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -97,6 +99,7 @@ class RunPlugin(WorkerPlugin):
         ps_address: str,
         ps_exclusive: bool,
         optimizers: dict[str, Any] | None = None,
+        ps_key: str | None = None,
     ) -> None:
         self.name = f"psdist-run-{run_id}"
         self.run_id = run_id
@@ -107,6 +110,8 @@ class RunPlugin(WorkerPlugin):
         self.ps_address = ps_address
         self.ps_exclusive = ps_exclusive
         self.optimizers = optimizers
+        self.ps_key = ps_key
+        self._ps: Any = None
         self._replica: Replica | None = None
         self._worker_rule: Any = None
         self._group: Any = None
@@ -115,23 +120,39 @@ class RunPlugin(WorkerPlugin):
     def __getstate__(self) -> dict[str, Any]:
         # only the recipe travels; the replica, lock and open store are per process
         state = dict(self.__dict__)
-        for k in ("_replica", "_worker_rule", "_group", "_lock", "_worker"):
+        for k in ("_replica", "_worker_rule", "_group", "_lock", "_worker", "_ps"):
             state.pop(k, None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._replica, self._worker_rule, self._group = None, None, None
+        self._replica, self._worker_rule, self._group, self._ps = None, None, None, None
         self._lock = threading.Lock()
 
     async def setup(self, worker: Any) -> None:
         self._worker = worker
-        slots = 0 if (self.ps_exclusive and worker.address == self.ps_address) else 1
+        dedicated = worker.state.total_resources.get(PS_RESOURCE, 0) > 0
+        slots = 0 if dedicated or (self.ps_exclusive and worker.address == self.ps_address) else 1
         await worker.set_resources(**{SLOT: slots})
 
     def teardown(self, worker: Any) -> None:
         self._replica = None
         self._group = None
+
+    def server(self) -> Any:
+        """This worker's handle on the parameter server, made once from its address and key.
+
+        Tasks do not carry the Actor: an Actor argument is a dependency on the actor's key, and
+        the scheduler then sends every chunk task to the workers already holding a copy of it —
+        workers that join later (scale, adapt) would get none.
+        """
+        if self._ps is None:
+            from distributed import Actor
+
+            from psdist.actor import ParameterServer
+
+            self._ps = Actor(ParameterServer, self.ps_address, self.ps_key, worker=self._worker)
+        return self._ps
 
     @property
     def lock(self) -> threading.Lock:
@@ -201,7 +222,6 @@ def _plugin(name: str) -> RunPlugin:
 
 
 def train_task(
-    ps: Any,
     plugin: str,
     chunk: Chunk,
     epoch: int,
@@ -213,6 +233,7 @@ def train_task(
     """Dask task: train on one chunk against the parameter server."""
     run = _plugin(plugin)
     with run.lock:
+        ps = run.server()
         replica, rule = run.replica(ps, timeout)
         t0 = time.time()
         x, y = run.read(chunk)
@@ -228,10 +249,11 @@ def train_task(
         return result
 
 
-def evaluate_task(ps: Any, plugin: str, chunk: Chunk, batch_size: int, timeout: float) -> EvalResult:
+def evaluate_task(plugin: str, chunk: Chunk, batch_size: int, timeout: float) -> EvalResult:
     """Dask task: evaluate the current weights on one validation chunk."""
     run = _plugin(plugin)
     with run.lock:
+        ps = run.server()
         replica, rule = run.replica(ps, timeout)
         x, y = run.read(chunk)
         return evaluate_rows(

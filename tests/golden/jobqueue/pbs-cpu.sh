@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+
+#PBS -N psdist-worker
+#PBS -q workq
+#PBS -l select=1:ncpus=4:mem=8192MB
+#PBS -l walltime=02:00:00
+export MALLOC_TRIM_THRESHOLD_=1073741824 MALLOC_MMAP_THRESHOLD_=33554432
+<python> -m distributed.cli.dask_worker tcp://<scheduler> --name dummy-name --nthreads 4 --memory-limit 8.00GiB --nanny --death-timeout 60 --local-directory ${TMPDIR:-/tmp}

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+
+#SBATCH -J psdist-worker
+#SBATCH -p cpu
+#SBATCH -n 1
+#SBATCH --cpus-per-task=4
+#SBATCH --mem=8G
+#SBATCH -t 02:00:00
+export MALLOC_TRIM_THRESHOLD_=1073741824 MALLOC_MMAP_THRESHOLD_=33554432
+<python> -m distributed.cli.dask_worker tcp://<scheduler> --name dummy-name --nthreads 4 --memory-limit 8.00GiB --nanny --death-timeout 60 --local-directory ${TMPDIR:-/tmp}
