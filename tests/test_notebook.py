@@ -25,8 +25,8 @@ def test_jet_tagging_notebook_runs_and_reaches_its_metric(tmp_path, monkeypatch)
     texts = {i: "".join(o.get("data", {}).get("text/plain", "") for o in c.outputs if o.output_type == "execute_result")
              for i, c in enumerate(nb.cells) if c.cell_type == "code"}
     summary = ast.literal_eval(next(t for t in texts.values() if t.startswith("{'val_accuracy'")))
-    assert summary["epochs"] == 2
-    assert summary["val_accuracy"] >= 0.65 and summary["auc"] >= 0.8  # toy q/g jets: 10k jets, 2 epochs give ~0.73 / 0.85
+    assert summary["epochs"] == 4
+    assert summary["val_accuracy"] >= 0.65 and summary["auc"] >= 0.8, summary  # toy q/g jets: 10k jets, 4 epochs; one CI run of 2 epochs ended at 0.61
     assert summary["lr_now"] == pytest.approx(5e-4)  # set_lr reached the running server
     handle_repr = next(t for t in texts.values() if t.startswith("<TrainingHandle"))
     assert "psdist training jet_cnn" in handle_repr
