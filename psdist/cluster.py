@@ -57,14 +57,25 @@ def _restore_environ() -> Iterator[None]:
 
 def embedded_cluster(
     workers: int, threads_per_worker: int, malloc_fix: bool = True, dashboard_address: str | None = ":0",
-    **kwargs: Any,
+    security: Any = None, **kwargs: Any,
 ) -> tuple[Any, Any]:
     """Start a LocalCluster of ``workers`` data workers plus one for the parameter server.
+
+    ``security`` turns on TLS for every connection (client, scheduler, workers, and so every
+    pull and push): ``True`` makes a temporary self-signed certificate (needs ``cryptography``),
+    or give a ``distributed.Security`` or ``{"ca_file": ..., "cert": ..., "key": ...}`` (see
+    :func:`psdist.security.as_security`). The cluster then listens on ``tls://`` addresses and
+    the returned client holds the credentials; ``cluster.security`` has them for other clients.
 
     Returns ``(cluster, client)``; the caller closes both.
     """
     from distributed import Client, LocalCluster
 
+    from psdist.security import as_security
+
+    sec = as_security(security)
+    if sec is not None:
+        kwargs = {"protocol": "tls://", **kwargs, "security": sec}
     n = workers + 1 if workers >= 1 else 1
     with malloc_config(malloc_fix), _restore_environ():
         cluster = LocalCluster(
@@ -75,11 +86,12 @@ def embedded_cluster(
             **kwargs,
         )
         try:
-            client = Client(cluster)
+            client = Client(cluster, security=sec)
         except BaseException:
             cluster.close()
             raise
-    logger.info("psdist: embedded LocalCluster with %d workers; dashboard %s", n, client.dashboard_link)
+    logger.info("psdist: embedded LocalCluster with %d workers at %s; dashboard %s", n,
+                cluster.scheduler_address, client.dashboard_link)
     return cluster, client
 
 
