@@ -17,6 +17,7 @@ A config file (``jobqueue/slurm-cpu.yaml``)::
     gpus: 0                # GPUs per data job; checked against the batch system
     cluster: {...}         # keyword arguments of dask_jobqueue.SLURMCluster, unchanged
     ps: {...}              # overrides of those for the parameter server's job
+    security: {ca_file: ~/.psdist/ca.pem, cert: ~/.psdist/cert.pem, key: ~/.psdist/key.pem}   # optional: TLS
 
 **Where the parameter server lives.** An actor cannot move: a retired worker would take the
 weights with it. The parameter server gets its own batch job, submitted with dask-jobqueue's own
@@ -115,15 +116,17 @@ class BatchConfig:
     ps: dict[str, Any] = field(default_factory=dict)
     gpus: int = 0
     source: str = "<dict>"
+    #: TLS: ``None`` (none), ``True`` (a temporary certificate) or ``{ca_file, cert, key}`` PEM files
+    security: Any = None
 
     @classmethod
     def from_dict(cls, raw: Any, source: str = "<dict>") -> BatchConfig:
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: a batch config is a mapping with system: and cluster:")
-        unknown = set(raw) - {"system", "cluster", "ps", "gpus"}
+        unknown = set(raw) - {"system", "cluster", "ps", "gpus", "security"}
         if unknown:
             raise ConfigError(
-                f"{source}: unknown keys {sorted(unknown)}; a batch config has system, gpus, cluster, ps "
+                f"{source}: unknown keys {sorted(unknown)}; a batch config has system, gpus, cluster, ps, security "
                 "(dask-jobqueue settings go under cluster:)"
             )
         system = raw.get("system")
@@ -139,7 +142,15 @@ class BatchConfig:
         gpus = raw.get("gpus", 0)
         if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
             raise ConfigError(f"{source}: gpus={gpus!r} must be a whole number >= 0 (GPUs per data job)")
-        return cls(system, dict(cluster), dict(ps), gpus, source)
+        security = raw.get("security")
+        if "security" in cluster and security is not None:
+            raise ConfigError(f"{source}: security is given twice (top level and under cluster:); keep one")
+        if security is not None and not isinstance(security, (bool, dict)):
+            raise ConfigError(
+                f"{source}: security: {security!r} must be true (a temporary certificate) or a mapping "
+                "{ca_file: ..., cert: ..., key: ...} of PEM files (see docs/security.md)"
+            )
+        return cls(system, dict(cluster), dict(ps), gpus, source, security)
 
     @property
     def cluster_class(self) -> type:
@@ -149,6 +160,8 @@ class BatchConfig:
     def cluster_kwargs(self, **overrides: Any) -> dict[str, Any]:
         """The cluster's keyword arguments with ``overrides`` applied, checked (no batch system needed)."""
         kwargs = {**self.cluster, **overrides}
+        if self.security is not None and "security" not in overrides:
+            kwargs["security"] = self._security()
         kwargs.setdefault("name", "psdist")  # workers psdist-0, psdist-1, ...; the PS is psdist-ps
         system = SYSTEMS[self.system]
         if system.needs_queue and not kwargs.get("queue"):
@@ -169,6 +182,15 @@ class BatchConfig:
                     "worker_extra_args: [--resources, GPU=1] (psdist trains on CUDA where a worker has it)"
                 )
         return kwargs
+
+    def _security(self) -> Any:
+        """The config's ``security:`` as a ``distributed.Security`` (files checked here) or ``None``."""
+        from psdist.security import as_security
+
+        try:
+            return as_security(self.security)
+        except ConfigError as e:
+            raise ConfigError(f"{self.source}: {e}") from e
 
     def ps_kwargs(self, job_kwargs: dict[str, Any]) -> dict[str, Any]:
         """The parameter server's job: the data jobs' settings, the ``ps:`` overrides, one process."""
