@@ -8,6 +8,7 @@ and say how to fix it.
 from __future__ import annotations
 
 __all__ = [
+    "BadChunkError",
     "CheckpointError",
     "ClusterError",
     "ConfigError",
@@ -44,3 +45,44 @@ class ServerError(PsdistError, RuntimeError):
 
 class ClusterError(PsdistError, RuntimeError):
     """The Dask cluster cannot run the training as asked."""
+
+
+class BadChunkError(DataError):
+    """A chunk of the Zarr store cannot be read: its file is missing, truncated or corrupted.
+
+    Parameters
+    ----------
+    message
+        The full explanation (store, array, chunk, cause, fix).
+    path
+        The store's path.
+    array
+        Name of the array holding the bad chunk (``"x"``, ``"y"``, ...).
+    chunk
+        Index of the psdist chunk (the task) whose rows could not be read.
+    rows
+        ``(start, stop)`` rows of that task.
+    store_chunk
+        Coordinates of the bad Zarr chunk in the array's chunk grid, when known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        path: str = "",
+        array: str = "",
+        chunk: int = -1,
+        rows: tuple[int, int] = (0, 0),
+        store_chunk: tuple[int, ...] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.path = path
+        self.array = array
+        self.chunk = chunk
+        self.rows = tuple(rows)
+        self.store_chunk = None if store_chunk is None else tuple(store_chunk)
+
+    def __reduce__(self) -> tuple[type, tuple]:
+        # exceptions pickle as cls(*args) by default, which would drop the fields (Dask pickles
+        # a task's exception to send it to the client)
+        return type(self), (str(self), self.path, self.array, self.chunk, self.rows, self.store_chunk)
