@@ -11,7 +11,18 @@ from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["Pull", "Push", "PushReply", "ServerHandle"]
+__all__ = ["NONFINITE", "STALE", "Pull", "Push", "PushReply", "ServerHandle", "reason_kind"]
+
+#: Rejection kind of a push whose update or loss holds NaN/Inf (a key of the server's
+#: ``metrics()["rejected"]`` and of :attr:`psdist.loop.ChunkResult.rejected`).
+NONFINITE = "nonfinite"
+#: Rejection kind of a push computed from weights older than ``max_staleness`` versions.
+STALE = "stale"
+
+
+def reason_kind(reason: str | None) -> str:
+    """The stable kind of a rejection reason: the text before its first colon (``"nonfinite"``)."""
+    return (reason or "rejected").split(":", 1)[0].strip() or "rejected"
 
 
 @dataclass
@@ -65,6 +76,8 @@ class Pull:
 class PushReply:
     """The server's answer to a push (and, with ``pull``, the fresh weights).
 
+    ``reason`` (rejected pushes) starts with a stable kind and a colon, e.g.
+    ``"nonfinite: ..."`` or ``"stale: ..."``; :func:`reason_kind` extracts it.
     ``wait`` is set when a barrier rule (SSP, Sync) holds the worker back: ``pull`` is then
     ``None`` and the worker calls :meth:`ServerHandle.wait` before computing again.
     """

@@ -19,7 +19,7 @@ import numpy as np
 from psdist.errors import ConfigError, ServerError
 from psdist.flat import Layout
 from psdist.optim import Optimizer
-from psdist.protocol import Pull, Push, PushReply
+from psdist.protocol import NONFINITE, STALE, Pull, Push, PushReply, reason_kind
 from psdist.rules import Downpour, Rule
 
 __all__ = ["ServerState", "WorkerStats"]
@@ -32,6 +32,7 @@ class WorkerStats:
     pushes: int = 0
     applied: int = 0
     rejected: int = 0
+    nonfinite: int = 0  # of the rejected, those holding NaN/Inf
     samples: int = 0
     last_push: float = 0.0
     last_loss: float = float("nan")
@@ -150,10 +151,11 @@ class ServerState:
             stats.samples += push.samples
             stats.last_loss = push.loss
         else:
-            kind = reason.split(":", 1)[0]
+            kind = reason_kind(reason)
             self.rejected[kind] = self.rejected.get(kind, 0) + 1
             self.samples_rejected += push.samples
             stats.rejected += 1
+            stats.nonfinite += kind == NONFINITE
         reply, wait = None, False
         if pull:
             reply = self.pull_if_ready(push.worker, push.base_version)
@@ -176,9 +178,9 @@ class ServerState:
 
     def _admission(self, push: Push, tau: int) -> str | None:
         if not math.isfinite(push.loss) or not np.isfinite(push.update).all():
-            return "nonfinite: the update or loss holds NaN/Inf; lower the learning rate or check the data"
+            return f"{NONFINITE}: the update or loss holds NaN/Inf; lower the learning rate or check the data"
         if self.max_staleness is not None and tau > self.max_staleness:
-            return f"stale: staleness {tau} > max_staleness {self.max_staleness}; pull and recompute"
+            return f"{STALE}: staleness {tau} > max_staleness {self.max_staleness}; pull and recompute"
         return None
 
     def _count_staleness(self, tau: int) -> None:
@@ -279,13 +281,19 @@ class ServerState:
         self.workers.setdefault(worker, WorkerStats()).info.update(info)
 
     def metrics(self) -> dict[str, Any]:
-        """A JSON-safe snapshot of the counters (cumulative; callers take differences)."""
+        """A JSON-safe snapshot of the counters (cumulative; callers take differences).
+
+        ``rejected`` counts rejected pushes by kind (:func:`~psdist.protocol.reason_kind`:
+        ``"nonfinite"``, ``"stale"``, or a rule's own); ``nonfinite`` repeats the non-finite
+        count so it is there (0) before the first such push.
+        """
         pushes = sum(self.staleness_hist)
         mean_tau = (
             sum(t * c for t, c in enumerate(self.staleness_hist)) / pushes if pushes else 0.0
         )
         return {
             **self._counters(),
+            "nonfinite": self.rejected.get(NONFINITE, 0),  # = rejected["nonfinite"], always present
             "lr": self.lr,
             "staleness_mean": mean_tau,
             "staleness_max": len(self.staleness_hist) - 1 if pushes else 0,
