@@ -6,6 +6,8 @@ in-process :class:`~psdist.server.ServerState`, and in the simulator.
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,12 +16,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from psdist.protocol import ServerHandle
+from psdist.data import nonfinite_rows
+from psdist.protocol import NONFINITE, ServerHandle, reason_kind
 from psdist.replica import Replica
 from psdist.rules import WorkerRule
 from psdist.steps import reported_loss
 
-__all__ = ["ChunkResult", "EvalResult", "as_labels", "batch_bounds", "concat_outputs", "evaluate_rows", "train_rows"]
+__all__ = [
+    "ChunkResult",
+    "EvalResult",
+    "as_labels",
+    "batch_bounds",
+    "concat_outputs",
+    "evaluate_rows",
+    "nonfinite_rows",
+    "train_rows",
+]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -45,6 +59,21 @@ class ChunkResult:
     read_s: float = 0.0
     # (phase, start, stop) wall-clock spans for the timeline (pull/compute/push)
     spans: list[tuple[str, float, float]] = field(default_factory=list)
+    batches: int = 0  # minibatches of the chunk, skipped ones included
+    nonfinite_batches: int = 0  # skipped, no gradient: NaN/Inf in their inputs or their loss
+    nonfinite_inputs: int = 0  # of those, skipped for their inputs (before the forward pass)
+    bad_chunks: int = 0  # 1: the chunk could not be read and was skipped (skip_bad_chunks)
+    bad: list[str] = field(default_factory=list)  # why (the read errors of skipped chunks)
+
+    @property
+    def pushes_nonfinite(self) -> int:
+        """Pushes the server rejected because the update or loss held NaN/Inf."""
+        return self.rejected.get(NONFINITE, 0)
+
+    @classmethod
+    def skipped(cls, chunk: int, epoch: int, worker: str, device: str, error: BaseException) -> ChunkResult:
+        """The result of a chunk that could not be read and was skipped: 0 samples, counted."""
+        return cls(chunk, epoch, worker, device, bad_chunks=1, bad=[str(error)])
 
 
 @dataclass
@@ -60,6 +89,14 @@ class EvalResult:
     worker: str = ""
     start: float = 0.0  # wall-clock span of the evaluation (timeline)
     stop: float = 0.0
+    bad_chunks: int = 0  # 1: the chunk could not be read and was skipped; leave it out of metrics
+    bad: list[str] = field(default_factory=list)
+
+    @classmethod
+    def skipped(cls, chunk: int, worker: str, error: BaseException) -> EvalResult:
+        """A validation chunk that could not be read: no samples, no outputs (``None``)."""
+        now = time.time()
+        return cls(chunk, 0, 0.0, None, np.empty(0), -1, worker, now, now, bad_chunks=1, bad=[str(error)])
 
 
 def _numpy(out: Any) -> Any:
@@ -108,10 +145,20 @@ def train_rows(
     chunk: int = 0,
     epoch: int = 0,
 ) -> ChunkResult:
-    """Train on the rows of one chunk, shuffled with ``seed``, pushing every ``push_every``."""
+    """Train on the rows of one chunk, shuffled with ``seed``, pushing every ``push_every``.
+
+    A minibatch with NaN/Inf in its inputs (``x``, or float labels) is skipped before the
+    forward pass; one whose loss comes out NaN/Inf has its gradient (and BatchNorm statistics)
+    taken back, so the other minibatches of the same push are not poisoned. Both are counted
+    in ``nonfinite_batches`` and send nothing; a push window left without a good minibatch is
+    not sent. Pushes the server rejects as non-finite (a NaN gradient behind a finite loss) are
+    counted in ``pushes_nonfinite``.
+    """
     res = ChunkResult(chunk, epoch, replica.worker, str(replica.device))
     perm = np.random.default_rng(seed).permutation(len(x))
     xt, yt = _to_device(x[perm], replica.device), _to_device(as_labels(y[perm]), replica.device)
+    bad = nonfinite_rows(x, y)
+    bad_before = np.concatenate([[0], np.cumsum(bad[perm])]) if bad.any() else None
 
     t0 = time.time()
     server.join(replica.worker)
@@ -120,11 +167,47 @@ def train_rows(
         t1 = time.time()
         res.spans.append(("pull", t0, t1))
         res.comm_s += t1 - t0
-        _train_batches(replica, server, rule, step, xt, yt, batch_size, push_every, res)
+        _train_batches(replica, server, rule, step, xt, yt, batch_size, push_every, res, bad_before)
     finally:
         server.leave(replica.worker)
     res.version = replica.version
+    if res.nonfinite_batches:
+        logger.warning(
+            "psdist: chunk %d (epoch %d) on %s: %d of %d minibatches skipped for NaN/Inf (%d in the "
+            "inputs, %d in the loss)", chunk, epoch, replica.worker, res.nonfinite_batches, res.batches,
+            res.nonfinite_inputs, res.nonfinite_batches - res.nonfinite_inputs,
+        )
     return res
+
+
+def _save(replica: Replica, grads: bool) -> list[tuple[Any, Any, list[torch.Tensor]]]:
+    """What a minibatch may change besides the weights: gradients (if asked) and buffers."""
+    saved = []
+    for b in replica.bindings.values():
+        assert b.weights is not None and b.grads is not None
+        n = b.spec.n_params
+        ints = [t.clone() for t in b.module.buffers() if not t.is_floating_point()]
+        saved.append((b.grads.clone() if grads else None, b.weights[n:].clone() if b.spec.n_buffers else None, ints))
+    return saved
+
+
+@torch.no_grad()
+def _restore(replica: Replica, saved: list[tuple[Any, Any, list[torch.Tensor]]]) -> None:
+    """Undo a minibatch: gradients back to ``saved`` (zero when not saved), buffers too."""
+    for b, (grads, buffers, ints) in zip(replica.bindings.values(), saved, strict=True):
+        assert b.weights is not None and b.grads is not None
+        if grads is None:
+            b.grads.zero_()
+        else:
+            b.grads.copy_(grads)
+        if buffers is not None:
+            b.weights[b.spec.n_params :].copy_(buffers)
+        for t, old in zip([t for t in b.module.buffers() if not t.is_floating_point()], ints, strict=True):
+            t.copy_(old)
+
+
+def _finite(loss: float, named: dict[str, float]) -> bool:
+    return math.isfinite(loss) and all(math.isfinite(v) for v in named.values())
 
 
 def _train_batches(
@@ -137,6 +220,7 @@ def _train_batches(
     batch_size: int,
     push_every: int,
     res: ChunkResult,
+    bad_before: np.ndarray | None = None,
 ) -> None:
     replica.train(True)
     replica.zero_grad()
@@ -145,15 +229,25 @@ def _train_batches(
     acc_loss = 0.0
     t_compute = time.time()
     for i, (lo, hi) in enumerate(bounds):
-        loss, named = reported_loss(step(replica, xt[lo:hi], yt[lo:hi]))
-        for k, v in named.items():
-            res.losses[k] = res.losses.get(k, 0.0) + v * (hi - lo)
-        rule.after_backward(replica)
-        acc_batches += 1
-        acc_samples += hi - lo
-        acc_loss += loss * (hi - lo)
         last = i == len(bounds) - 1
-        if acc_batches < push_every and not last:
+        res.batches += 1
+        if bad_before is not None and bad_before[hi] > bad_before[lo]:
+            res.nonfinite_batches += 1  # NaN/Inf inputs: no forward pass at all
+            res.nonfinite_inputs += 1
+        else:
+            saved = _save(replica, grads=acc_batches > 0)
+            loss, named = reported_loss(step(replica, xt[lo:hi], yt[lo:hi]))
+            if not _finite(loss, named):
+                _restore(replica, saved)
+                res.nonfinite_batches += 1
+            else:
+                for k, v in named.items():
+                    res.losses[k] = res.losses.get(k, 0.0) + v * (hi - lo)
+                rule.after_backward(replica)
+                acc_batches += 1
+                acc_samples += hi - lo
+                acc_loss += loss * (hi - lo)
+        if acc_batches == 0 or (acc_batches < push_every and not last):
             continue
         t_comm = time.time()
         res.spans.append(("compute", t_compute, t_comm))
@@ -177,7 +271,7 @@ def _train_batches(
             res.applied += 1
             res.samples_applied += acc_samples
         else:
-            kind = (reply.reason or "rejected").split(":", 1)[0]
+            kind = reason_kind(reply.reason)
             res.rejected[kind] = res.rejected.get(kind, 0) + 1
         acc_batches = acc_samples = 0
         acc_loss = 0.0

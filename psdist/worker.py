@@ -20,7 +20,7 @@ import torch
 from distributed import WorkerPlugin, get_worker
 
 from psdist.data import Chunk, ZarrDataset
-from psdist.errors import ServerError
+from psdist.errors import BadChunkError, ServerError
 from psdist.loop import ChunkResult, EvalResult, evaluate_rows, train_rows
 from psdist.protocol import Pull, Push, PushReply
 from psdist.replica import Replica, as_model_dict
@@ -179,9 +179,21 @@ class RunPlugin(WorkerPlugin):
         return self._replica, self._worker_rule
 
     def read(self, chunk: Chunk) -> tuple[np.ndarray, np.ndarray]:
+        """The chunk's rows, from the store opened once per worker.
+
+        :class:`~psdist.errors.BadChunkError` when a chunk of the store is missing or corrupted;
+        the task functions skip it or fail as the dataset's ``skip_bad_chunks`` says.
+        """
         if self._group is None:
             self._group = self.data.open_group()
         return self.data.read(chunk, self._group)
+
+    def skip(self, chunk: Chunk, error: BadChunkError, what: str) -> bool:
+        """Whether to skip a bad chunk (``skip_bad_chunks``); logs a warning naming it if so."""
+        if not self.data.skip_bad_chunks:
+            return False
+        logger.warning("psdist: skipping bad %s chunk %d: %s", what, chunk.index, error)
+        return True
 
 
 class ActorServer:
@@ -230,13 +242,25 @@ def train_task(
     push_every: int,
     timeout: float,
 ) -> ChunkResult:
-    """Dask task: train on one chunk against the parameter server."""
+    """Dask task: train on one chunk against the parameter server.
+
+    A bad chunk (:class:`~psdist.errors.BadChunkError`) fails the task, or with the dataset's
+    ``skip_bad_chunks`` gives a result of 0 samples with ``bad_chunks=1``.
+    """
     run = _plugin(plugin)
     with run.lock:
         ps = run.server()
         replica, rule = run.replica(ps, timeout)
         t0 = time.time()
-        x, y = run.read(chunk)
+        try:
+            x, y = run.read(chunk)
+        except BadChunkError as e:
+            if not run.skip(chunk, e, "training"):
+                raise
+            result = ChunkResult.skipped(chunk.index, epoch, replica.worker, str(replica.device), e)
+            result.read_s = time.time() - t0
+            result.spans.append(("read", t0, t0 + result.read_s))
+            return result
         t1 = time.time()
         torch.manual_seed(seed)  # dropout and friends: reproducible per chunk and epoch
         result = train_rows(
@@ -250,12 +274,21 @@ def train_task(
 
 
 def evaluate_task(plugin: str, chunk: Chunk, batch_size: int, timeout: float) -> EvalResult:
-    """Dask task: evaluate the current weights on one validation chunk."""
+    """Dask task: evaluate the current weights on one validation chunk.
+
+    A bad chunk fails the task, or with ``skip_bad_chunks`` gives a result with ``bad_chunks=1``,
+    no samples and ``outputs=None``, to be left out of the metrics.
+    """
     run = _plugin(plugin)
     with run.lock:
         ps = run.server()
         replica, rule = run.replica(ps, timeout)
-        x, y = run.read(chunk)
+        try:
+            x, y = run.read(chunk)
+        except BadChunkError as e:
+            if not run.skip(chunk, e, "validation"):
+                raise
+            return EvalResult.skipped(chunk.index, replica.worker, e)
         return evaluate_rows(
             replica, ActorServer(ps, timeout), run.step.evaluate, x, y,
             batch_size=batch_size, chunk=chunk.index, keep_local=rule.keeps_local,

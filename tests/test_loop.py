@@ -180,7 +180,16 @@ def _nan_step(replica: Replica, xb: torch.Tensor, yb: torch.Tensor) -> float:
     return float(loss.detach())
 
 
-def test_nonfinite_pushes_are_rejected_and_counted() -> None:
+def _nan_gradient_step(replica: Replica, xb: torch.Tensor, yb: torch.Tensor) -> float:
+    """A finite loss behind a NaN gradient: only the server can tell."""
+    loss = F.cross_entropy(replica.module(xb), yb)
+    loss.backward()
+    with torch.no_grad():
+        next(replica.module.parameters()).grad[0, 0] = float("nan")  # .grad is a view: edit in place
+    return float(loss.detach())
+
+
+def test_nonfinite_loss_is_skipped_on_the_worker() -> None:
     x, y = blobs(256, seed=3)
     replica = Replica("w0", {"model": mlp(2, batchnorm=False)})
     state = server_for(replica, lr=0.05)
@@ -189,12 +198,31 @@ def test_nonfinite_pushes_are_rejected_and_counted() -> None:
         replica, state, Downpour().worker_side(), _nan_step, x, y,
         batch_size=64, push_every=1, seed=0,
     )
-    assert res.pushes == 4
+    # every loss is NaN: nothing is sent at all (it used to be sent and rejected)
+    assert (res.batches, res.nonfinite_batches, res.nonfinite_inputs) == (4, 4, 0)
+    assert res.pushes == 0 and res.applied == 0 and res.samples == 0 and res.loss_sum == 0.0
+    assert state.version == 0 and sum(state.staleness_hist) == 0
+    assert state.weights.tobytes() == before.tobytes()
+
+
+def test_nonfinite_pushes_are_rejected_and_counted() -> None:
+    x, y = blobs(256, seed=3)
+    replica = Replica("w0", {"model": mlp(2, batchnorm=False)})
+    state = server_for(replica, lr=0.05)
+    before = state.weights.copy()
+    res = train_rows(
+        replica, state, Downpour().worker_side(), _nan_gradient_step, x, y,
+        batch_size=64, push_every=1, seed=0,
+    )
+    assert res.pushes == 4 and res.nonfinite_batches == 0
     assert res.applied == 0
-    assert res.rejected == {"nonfinite": 4}
+    assert res.rejected == {"nonfinite": 4} and res.pushes_nonfinite == 4
     assert res.samples == 256 and res.samples_applied == 0
     assert state.version == 0
     assert state.weights.tobytes() == before.tobytes()
+    m = state.metrics()
+    assert m["rejected"] == {"nonfinite": 4} and m["nonfinite"] == 4
+    assert m["workers"]["w0"]["nonfinite"] == 4 and m["workers"]["w0"]["rejected"] == 4
 
 
 # ----------------------------------------------------------------------------- mean gradient
