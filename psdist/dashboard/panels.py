@@ -34,7 +34,8 @@ class StatusPanel(Component):
     The same figures are in the one-row source ``psdist-summary`` (for scripts and tests).
     """
 
-    SUMMARY = ("run", "status", "version", "lr", "applied", "rejected", "samples_applied")
+    SUMMARY = ("run", "status", "version", "lr", "applied", "rejected", "samples_applied",
+               "pushes_nonfinite", "nonfinite_batches", "bad_chunks")
 
     def __init__(self) -> None:
         super().__init__()
@@ -57,13 +58,19 @@ class StatusPanel(Component):
             ("samples applied", run.samples_applied), ("staleness mean / max",
                                                        f"{_fmt(run.staleness_mean, 3)} / {run.staleness_max}"),
             ("workers training", len(run.active)),
+            ("NaN/Inf", f"{run.nonfinite_batches} minibatches skipped, {run.nonfinite} pushes rejected"),
+            ("bad chunks skipped", run.bad_chunks),
         ]
+        if run.bad:
+            facts.append(("last bad chunk", run.bad[-1]))
         if run.rejected:
             facts.append(("rejected by reason", ", ".join(f"{k}: {v}" for k, v in sorted(run.rejected.items()))))
         for key in ("rule", "optimizers", "batch_size", "push_every", "max_staleness", "data"):
             if key in run.config:
                 facts.append((key, run.config[key]))
-        cells = "".join(f"<tr><th style='text-align:left;padding-right:1em;vertical-align:top'>"
+        alarm = {"NaN/Inf", "bad chunks skipped", "last bad chunk"} if run.bad_data else set()
+        cells = "".join(f"<tr{' class=psdist-alarm style=color:#c62828' if k in alarm else ''}>"
+                        f"<th style='text-align:left;padding-right:1em;vertical-align:top'>"
                         f"{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in facts)
         return f"<h3>{html.escape(run.title)}</h3><table class='psdist-status'>{cells}</table>"
 
@@ -75,17 +82,20 @@ class StatusPanel(Component):
             set_data(self.source, {k: [] for k in self.SUMMARY})
             return
         lr = run.lr if run.lr is not None else math.nan
-        values = (run.run, run.status, run.version, lr, run.applied, run.rejected_total, run.samples_applied)
+        values = (run.run, run.status, run.version, lr, run.applied, run.rejected_total, run.samples_applied,
+                  run.nonfinite, run.nonfinite_batches, run.bad_chunks)
         set_data(self.source, {k: [v] for k, v in zip(self.SUMMARY, values, strict=True)})
 
 
 class WorkerTable(Component):
-    """One row per worker: host, device, chunks done, pushes, samples/s, last push age, state."""
+    """One row per worker: host, device, chunks done, pushes, NaN/bad data, samples/s, last push age, state."""
 
     COLUMNS = (
         ("name", "name", None), ("worker", "address", None), ("host", "host", None), ("device", "device", None),
         ("threads", "threads", "0"), ("state", "state", None), ("chunks", "chunks", "0"),
         ("pushes", "pushes", "0"), ("applied", "applied", "0"), ("rejected", "rejected", "0"),
+        ("nonfinite", "NaN pushes", "0"), ("nonfinite_batches", "NaN batches", "0"),
+        ("bad_chunks", "bad chunks", "0"),
         ("samples_per_s", "samples/s", "0.0"), ("last_loss", "last loss", "0.0000"),
         ("last_push_age", "last push (s ago)", "0.0"),
     )

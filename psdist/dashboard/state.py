@@ -20,10 +20,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from psdist.dashboard.series import Series, as_float, as_int
+from psdist.protocol import NONFINITE
 
 __all__ = ["RunState", "Runs"]
 
 logger = logging.getLogger(__name__)
+
+#: Bad-chunk messages a run keeps for the page.
+BAD_KEPT = 5
 
 
 class RunState:
@@ -65,6 +69,11 @@ class RunState:
         self.staleness_max = 0
         self.active: set[str] = set()
         self.waits = 0
+        self.nonfinite = 0  # pushes the server rejected for NaN/Inf (its snapshot)
+        # bad data, from the chunk messages (summed over the run)
+        self.nonfinite_batches = 0  # minibatches skipped on the workers for NaN/Inf inputs or loss
+        self.bad_chunks = 0  # chunks that could not be read and were skipped
+        self.bad: list[str] = []  # the last few bad-chunk messages, newest last
         self.server: dict[str, Any] = {}
         self._server_time: float | None = None  # PS clock of the last snapshot
         self._server_seen = 0.0  # local clock when it arrived
@@ -134,6 +143,14 @@ class RunState:
             self.chunks = (as_int(msg.get("done")), as_int(msg.get("total")))
         if busy > 0 and not math.isnan(samples):
             row["chunk_samples_per_s"] = samples / busy
+        nonfinite, bad = as_int(msg.get("nonfinite_batches")), as_int(msg.get("bad_chunks"))
+        self.nonfinite_batches += nonfinite
+        self.bad_chunks += bad
+        row["nonfinite_batches"] += nonfinite
+        row["bad_chunks"] += bad
+        why = msg.get("bad")
+        if bad and isinstance(why, (list, tuple)):
+            self.bad = (self.bad + [str(w) for w in why])[-BAD_KEPT:]
         loss = as_float(msg.get("loss"))
         self.chunk_loss.append(version=self.version, t=self.elapsed(t), loss=loss, epoch=as_float(msg.get("epoch")))
 
@@ -194,6 +211,7 @@ class RunState:
             self.staleness_mean = as_float(msg.get("staleness_mean"))
             self.staleness_max = as_int(msg.get("staleness_max"))
             self.waits = as_int(msg.get("waits"))
+            self.nonfinite = as_int(msg.get("nonfinite"), rejected.get(NONFINITE, 0))
             active = msg.get("active")
             self.active = {str(a) for a in active} if isinstance(active, (list, tuple)) else set()
             self._server_time, self._server_seen = st, self.clock()
@@ -208,7 +226,7 @@ class RunState:
                 "worker": worker, "name": "", "host": "", "device": "", "threads": math.nan,
                 "chunks": 0, "pushes": 0, "applied": 0, "rejected": 0, "samples": 0,
                 "samples_per_s": math.nan, "chunk_samples_per_s": math.nan, "last_loss": math.nan,
-                "last_push": math.nan,
+                "last_push": math.nan, "nonfinite": 0, "nonfinite_batches": 0, "bad_chunks": 0,
             }
         return row
 
@@ -219,7 +237,7 @@ class RunState:
             if info.get(key) is not None:
                 row[key] = str(info[key])
         row["threads"] = as_float(info.get("threads")) if "threads" in info else row["threads"]
-        for key in ("pushes", "applied", "rejected", "samples"):
+        for key in ("pushes", "applied", "rejected", "nonfinite", "samples"):
             row[key] = as_int(s.get(key))
         row["last_loss"] = as_float(s.get("last_loss"))
         last = as_float(s.get("last_push"))
@@ -229,6 +247,11 @@ class RunState:
     @property
     def rejected_total(self) -> int:
         return sum(self.rejected.values())
+
+    @property
+    def bad_data(self) -> bool:
+        """Whether the run met NaN/Inf or bad chunks (the page then shows them in red)."""
+        return bool(self.nonfinite or self.nonfinite_batches or self.bad_chunks)
 
     @property
     def title(self) -> str:
