@@ -12,7 +12,7 @@ from psdist.checkpoint import read_checkpoint, write_checkpoint
 from psdist.errors import ConfigError, ServerError
 from psdist.flat import Entry, FlatSpec, Layout
 from psdist.optim import SGD, Optimizer
-from psdist.protocol import Push
+from psdist.protocol import NONFINITE, STALE, Push, reason_kind
 from psdist.server import ServerState
 
 N_PARAMS = 4
@@ -209,6 +209,25 @@ def test_nonfinite_buffer_part_or_loss_rejected() -> None:
     assert push(state, "a", grad(2), loss=float("nan")).reason.startswith("nonfinite")
     assert state.rejected == {"nonfinite": 2}
     assert state.weights.tobytes() == before.tobytes()
+
+
+def test_rejection_kinds_are_stable_keys_in_metrics_and_per_worker() -> None:
+    state = make_state(max_staleness=0)
+    m = state.metrics()
+    assert m["nonfinite"] == 0 and m["rejected"] == {}  # there before the first NaN
+    push(state, "a", grad(0))
+    bad = grad(1)
+    bad[0] = np.nan
+    r1 = push(state, "a", bad)
+    r2 = push(state, "b", grad(2), base=0)  # stale
+    r3 = push(state, "b", grad(3), loss=float("inf"))
+    assert [reason_kind(r.reason) for r in (r1, r2, r3)] == [NONFINITE, STALE, NONFINITE]
+    assert reason_kind(None) == "rejected" and reason_kind("custom: why") == "custom"
+    m = state.metrics()
+    assert m["rejected"] == {"nonfinite": 2, "stale": 1} and m["nonfinite"] == 2
+    assert (m["workers"]["a"]["nonfinite"], m["workers"]["b"]["nonfinite"]) == (1, 1)
+    assert (m["workers"]["a"]["rejected"], m["workers"]["b"]["rejected"]) == (1, 2)
+    json.dumps(m)
 
 
 def test_wrong_size_push_raises_server_error() -> None:
