@@ -21,6 +21,7 @@ from psdist.errors import (
     ServerError,
 )
 from psdist.history import History
+from psdist.recovery import Checkpoints
 from psdist.stopping import EarlyStopping
 from psdist.trainer import Trainer
 
@@ -35,6 +36,7 @@ def batch_cluster(config: str, jobs: int = 1, **kwargs: object) -> tuple[object,
 
 __all__ = [
     "CheckpointError",
+    "Checkpoints",
     "ClusterError",
     "ConfigError",
     "DataError",

@@ -60,7 +60,9 @@ def _train(a: argparse.Namespace) -> int:
     from psdist.config import load_config
 
     cfg = load_config(a.config, {"epochs": a.epochs, "workers": a.workers,
-                                 "threads_per_worker": a.threads, "checkpoint": a.save})
+                                 "threads_per_worker": a.threads, "checkpoint": a.save,
+                                 "checkpoint_every_versions": a.checkpoint_every_versions,
+                                 "checkpoint_every_seconds": a.checkpoint_every_seconds})
     client = cluster = None
     if a.cluster and a.scheduler:
         raise ConfigError("give --cluster (start jobs on a batch system) or --scheduler (use a running one), not both")
@@ -91,7 +93,8 @@ def _run(a: argparse.Namespace, cfg: Any, client: Any) -> int:
                                workers=cfg.workers, threads_per_worker=cfg.threads_per_worker,
                                timeout=cfg.timeout, malloc_fix=cfg.malloc_fix,
                                early_stopping=kwargs["early_stopping"], metrics=kwargs["metrics"],
-                               step=kwargs["step"])
+                               step=kwargs["step"], checkpoints=kwargs["checkpoints"],
+                               chunk_timeout=kwargs["chunk_timeout"])
         print(f"resuming {a.resume} at epoch {trainer.epoch}, version {trainer.version}", file=sys.stderr)
     else:
         trainer = Trainer(cfg.model_fn(), cfg.loss_fn(), cfg.dataset(), client=client, **kwargs)
@@ -151,7 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cluster", metavar="JOBQUEUE",
                    help="start the workers as batch jobs: a jobqueue/ config name or file (slurm-gpu, site.yaml)")
     t.add_argument("--jobs", type=int, help="data jobs with --cluster (default: the config's workers)")
-    t.add_argument("--save", metavar="CKPT", help="write a checkpoint at the end")
+    t.add_argument("--save", metavar="CKPT",
+                   help="checkpoint file: written at each epoch end, every --checkpoint-every-* and at the end")
+    t.add_argument("--checkpoint-every-versions", type=int, metavar="N",
+                   help="also checkpoint every N server updates within an epoch")
+    t.add_argument("--checkpoint-every-seconds", type=float, metavar="T",
+                   help="also checkpoint every T seconds within an epoch (default 60)")
     t.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint")
     t.add_argument("--history", metavar="FILE", help="write the history (.json or .csv)")
     t.add_argument("--trace", metavar="FILE", help="write a Chrome-trace timeline of every worker (.json)")

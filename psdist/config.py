@@ -31,6 +31,7 @@ import yaml
 from psdist.data import ZarrDataset
 from psdist.errors import ConfigError
 from psdist.optim import Optimizer, optimizer_from_config
+from psdist.recovery import Checkpoints
 from psdist.rules import Downpour, Rule, rule_from_config
 from psdist.stopping import EarlyStopping
 
@@ -87,6 +88,10 @@ class TrainConfig:
     malloc_fix: bool = True
     early_stopping: dict[str, Any] | None = None
     checkpoint: str | None = None
+    checkpoint_every_versions: int | None = None
+    checkpoint_every_seconds: float | None = 60.0
+    max_restarts: int = 3
+    chunk_timeout: float | None = None
     metrics: dict[str, str] = field(default_factory=dict)
     step: str | None = None
     step_args: dict[str, Any] = field(default_factory=dict)
@@ -172,6 +177,9 @@ class TrainConfig:
             "seed": self.seed,
             "malloc_fix": self.malloc_fix,
             "timeout": self.timeout,
+            "checkpoints": Checkpoints(self.checkpoint, self.checkpoint_every_versions,
+                                       self.checkpoint_every_seconds, self.max_restarts),
+            "chunk_timeout": self.chunk_timeout,
         }
 
 

@@ -21,17 +21,20 @@ import numpy as np
 import torch
 
 from psdist.checkpoint import read_checkpoint, write_checkpoint
+from psdist.checks import dry_run
 from psdist.data import Chunk, DatasetInfo, ZarrDataset, epoch_order, task_seed
-from psdist.errors import ConfigError, DataError, ModelError
+from psdist.epoch import EpochProgress
+from psdist.errors import ConfigError, DataError, ModelError, ServerError
 from psdist.flat import Layout, flatten, unflatten_into
 from psdist.history import History
-from psdist.loop import ChunkResult, EvalResult, as_labels, concat_outputs
+from psdist.loop import ChunkResult, EvalResult, concat_outputs
 from psdist.metrics import default_metrics
 from psdist.monitor import TOPIC, event
 from psdist.optim import SGD, Optimizer, optimizer_from_config
-from psdist.replica import Replica, as_model_dict, layout_of
+from psdist.recovery import Checkpoints
+from psdist.replica import as_model_dict, layout_of
 from psdist.rules import Downpour, Rule, rule_from_config
-from psdist.session import Session, SessionSpec, open_session
+from psdist.session import ParameterServerLost, Session, SessionSpec, open_session
 from psdist.steps import SupervisedStep
 from psdist.stopping import EarlyStopping
 from psdist.worker import SLOT, evaluate_task, train_task
@@ -99,6 +102,14 @@ class Trainer:
         Undo Dask's ``MALLOC_TRIM_THRESHOLD_`` on workers (about 2x faster PyTorch CPU training).
     timeout
         Seconds any call to the parameter server may take before it is an error.
+    checkpoints
+        Recovery points (:class:`~psdist.recovery.Checkpoints`): how often the server's state is
+        saved within an epoch, to which file, how many lost parameter servers to replace.
+        Default: in memory, every 60 s and at each epoch end.
+    chunk_timeout
+        Seconds a chunk task may take before its worker counts as hung and is restarted (its
+        tasks then run elsewhere). Default: the larger of ``timeout`` and 20 times the
+        slowest chunk so far.
     """
 
     def __init__(
@@ -122,6 +133,8 @@ class Trainer:
         seed: int = 0,
         malloc_fix: bool = True,
         timeout: float = 300.0,
+        checkpoints: Checkpoints | None = None,
+        chunk_timeout: float | None = None,
     ) -> None:
         if not callable(model_fn):
             raise ModelError(f"model_fn={model_fn!r} must be a function returning an nn.Module")
@@ -154,6 +167,13 @@ class Trainer:
         self.seed = int(seed)
         self.malloc_fix = bool(malloc_fix)
         self.timeout = float(timeout)
+        if checkpoints is not None and not isinstance(checkpoints, Checkpoints):
+            raise ConfigError(f"checkpoints={checkpoints!r} must be psdist.Checkpoints(...), e.g. "
+                              "Checkpoints('run.ckpt', every_versions=500)")
+        self.checkpoints = checkpoints if checkpoints is not None else Checkpoints()
+        if chunk_timeout is not None and not (isinstance(chunk_timeout, (int, float)) and chunk_timeout > 0):
+            raise ConfigError(f"chunk_timeout={chunk_timeout!r} must be a positive number of seconds (or None)")
+        self.chunk_timeout = None if chunk_timeout is None else float(chunk_timeout)
         self.history = History()
         self.epoch = 0  # epochs completed
         self.stopped_reason: str | None = None
@@ -169,6 +189,12 @@ class Trainer:
         self._live = threading.Event()
         self._handle_running = False
         self._state: tuple[dict[str, Any], dict[str, np.ndarray]] | None = None
+        self._progress: EpochProgress | None = None  # the running (or interrupted) epoch
+        # the last recovery point: (server state, progress at that moment or None at an epoch end)
+        self._point: tuple[tuple[dict[str, Any], dict[str, np.ndarray]], dict[str, Any] | None] | None = None
+        self._point_at = (0, 0.0)  # (version, monotonic time) of that point
+        self._seen_version = 0  # the highest server version any result reported
+        self._slowest = 0.0  # the longest chunk task so far (s), for the hung-worker timeout
         for name, fn in (("model_fn", model_fn), ("loss_fn", loss_fn), ("step", self.step)):
             try:
                 cloudpickle.dumps(fn)
@@ -200,57 +226,13 @@ class Trainer:
         models = as_model_dict(built)
         return models, layout_of(models)
 
-    def _dry_run(self, models: dict[str, torch.nn.Module], info: DatasetInfo) -> None:
-        """Push real rows through the step: shape errors surface before any cluster."""
-        first = info.train[0] if info.train else info.val[0]
-        rows = Chunk(first.index, first.x, first.y, first.start, min(first.stop, first.start + 64))
-        x, y = self.data.read(rows)
-        replica = Replica("dry-run", models)
-        xt, yt = torch.from_numpy(x), torch.from_numpy(as_labels(y))
-        try:
-            self.step(replica, xt, yt)
-            replica.train(False)
-            with torch.no_grad():
-                _, out = self.step.evaluate(replica, xt, yt)
-        except Exception as e:
-            shape = ""
-            if len(models) == 1:
-                with torch.no_grad():
-                    try:
-                        shape = f", the model outputs {tuple(replica.module(xt).shape)}"
-                    except Exception:
-                        shape = ", and the model fails on them"
-            raise ModelError(
-                f"the model and loss do not fit the data: rows of shape {tuple(xt.shape)} with "
-                f"labels {tuple(yt.shape)} {yt.dtype}{shape} — {type(e).__name__}: {e}"
-            ) from e
-        if y.dtype.kind in "iu" and isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[1] > 1:
-            top = self._label_max()
-            if top >= out.shape[1]:
-                raise ModelError(
-                    f"the labels go up to {top} but the model outputs {out.shape[1]} classes "
-                    f"(the model outputs {tuple(out.shape)} for {len(x)} rows): give it {top + 1} outputs"
-                )
-
-    def _label_max(self) -> int:
-        """Largest integer label in the training and validation arrays (read in chunks)."""
-        g = self.data.open_group()
-        top = 0
-        for name in (self.data.y, self.data.y_val):
-            if name in g:
-                arr = g[name]
-                step = int(arr.chunks[0]) * 16
-                for s in range(0, arr.shape[0], step):
-                    top = max(top, int(np.max(arr[s : s + step])))
-        return top
-
     def _prepare(self) -> tuple[DatasetInfo, SessionSpec, dict[str, Any]]:
         info = self.data.describe()
         if not info.train:
             raise DataError(f"{self.data.path!r} leaves no training chunks after the validation split")
         models, layout = self._build()
         weights = np.concatenate([flatten(models[g.name], g.spec) for g in layout.groups])
-        self._dry_run(models, info)
+        dry_run(self.step, self.data, models, info)
         optimizers = self._optimizers(layout)
         if self._state is not None:
             layout.check_same(Layout.from_dict(self._state[0]["layout"]))
@@ -295,16 +277,19 @@ class Trainer:
                 progress({"event": "start", "run": sess.run_id, "dashboard": self.dashboard_url or self.dashboard_link})
             reason = "completed"
             try:
+                self._take_point(sess, write=False)  # a lost server before any point restarts here
                 for _ in range(epochs):
-                    record = self._epoch(sess, info, metrics, progress)
+                    record = self._recovering_epoch(sess, info, metrics, progress)
                     self.history.append(record)
-                    sess.ps.publish().result(timeout=self.timeout)  # a fresh snapshot for the page
+                    sess.call("publish", timeout=self.timeout)  # a fresh snapshot for the page
                     self._publish(sess, "epoch", record=record)
                     if record.get("partial"):
                         reason = self.stopped_reason = "stopped by the user"
                         logger.info("psdist: stopped after %d of the epoch's chunks", record["chunks"])
                         break
                     self.epoch += 1
+                    self._progress = None
+                    self._take_point(sess, write=True)
                     if progress is not None:
                         progress({"event": "epoch", "record": record})
                     if self.early_stopping is not None and self.early_stopping.update(record):
@@ -376,7 +361,7 @@ class Trainer:
         sess = self._sess
         if sess is None:
             return float(lr)
-        now = sess.ps.set_lr(float(lr), model).result(timeout=self.timeout)
+        now = sess.call("set_lr", float(lr), model, timeout=self.timeout)
         self._publish(sess, "lr", lr=float(lr), model=model)
         logger.info("psdist: learning rate set to %g%s", lr, f" for {model}" if model else "")
         return float(now)
@@ -398,23 +383,126 @@ class Trainer:
         return trace
 
     def _fetch_state(self, sess: Session) -> None:
-        self._state = sess.ps.state_dict().result(timeout=self.timeout)
-        self.server_metrics = sess.ps.metrics().result(timeout=self.timeout)
+        self._state = sess.call("state_dict", timeout=self.timeout)
+        self.server_metrics = sess.call("metrics", timeout=self.timeout)
 
+    # ------------------------------------------------------------------ recovery
+    def _take_point(self, sess: Session, write: bool) -> None:
+        """A recovery point: the server's state now, with the epoch's progress; to file if asked."""
+        state = sess.call("state_dict", timeout=self.timeout)
+        progress = self._progress.to_dict() if self._progress is not None else None
+        self._point = (state, progress)
+        version = int(state[0]["version"])
+        self._point_at = (version, time.monotonic())
+        self._seen_version = max(self._seen_version, version)
+        if write and self.checkpoints.path is not None:
+            self._state = state
+            self.save(self.checkpoints.path)
+            logger.info("psdist: checkpoint %s at version %d", self.checkpoints.path, version)
+
+    def _point_due(self) -> bool:
+        version, at = self._point_at
+        return self.checkpoints.due(self._seen_version, version, time.monotonic(), at)
+
+    def _recovering_epoch(self, sess: Session, info: DatasetInfo, metrics: dict[str, Any],
+                          progress: Progress | None) -> dict[str, Any]:
+        """One epoch; a lost parameter server is replaced from the last point and the epoch goes on."""
+        while True:
+            try:
+                return self._epoch(sess, info, metrics, progress)
+            except Exception as exc:
+                if isinstance(exc, ParameterServerLost) or not sess.ps_alive():
+                    self._recover(sess, exc)
+                    continue
+                raise
+
+    def _recover(self, sess: Session, exc: BaseException) -> None:
+        if sess.restarts >= self.checkpoints.max_restarts:
+            raise ServerError(
+                f"lost the parameter server {sess.restarts + 1} times (max_restarts="
+                f"{self.checkpoints.max_restarts}); last: {exc!r}. Check the PS worker's memory and logs, "
+                "or allow more with Checkpoints(max_restarts=...)"
+            ) from exc
+        assert self._point is not None
+        state, point_progress = self._point
+        before = self._progress if self._progress is not None else EpochProgress(self.epoch + 1)
+        point_version = sess.restart_ps(state)
+        after = (EpochProgress.from_dict(point_progress) if point_progress is not None
+                 and point_progress["epoch"] == before.epoch else EpochProgress(before.epoch))
+        after.faults = dict(before.faults)  # what went wrong so far this epoch stays counted
+        after.faults["ps_restarts"] += 1
+        after.faults["versions_lost"] += max(0, self._seen_version - point_version)
+        after.faults["chunks_redone"] += len(set(before.done) - set(after.done))
+        after.train_s = before.train_s
+        self._progress = after
+        self.ps_address = sess.ps_address
+        self._seen_version = point_version
+        self._point_at = (point_version, time.monotonic())
+        self._publish(sess, "recovery", error=repr(exc), version=point_version,
+                      versions_lost=after.faults["versions_lost"], ps=sess.ps_address)
+        logger.warning(
+            "psdist: parameter server lost (%r); restarted on %s from version %d; this epoch so far: "
+            "%d updates lost, %d finished chunks redone", exc, sess.ps_address, point_version,
+            after.faults["versions_lost"], after.faults["chunks_redone"],
+        )
+
+    # ------------------------------------------------------------------ chunk tasks
     def _submit_train(self, sess: Session, chunk: Chunk, rank: int) -> Any:
         return sess.client.submit(
             train_task, sess.plugin, chunk, self.epoch,
             task_seed(self.seed, self.epoch, chunk.index), self.batch_size,
             self.rule.comm_period(self.push_every),
             self.timeout,
-            key=f"psdist-train-{sess.run_id}-e{self.epoch}-c{chunk.index}",
+            key=f"psdist-train-{sess.run_id}-e{self.epoch}-c{chunk.index}-r{sess.restarts}",
             resources={SLOT: 1},
             priority=-rank,
             pure=False,
         )
 
-    def _train_chunks(self, sess: Session, order: list[Chunk]) -> Iterator[ChunkResult]:
-        """Run the epoch's chunk tasks through a bounded window, in the seeded order.
+    def _await(self, sess: Session, running: dict[Any, float]) -> list[Any]:
+        """Futures of ``running`` (future → submit time) that finished; watches the cluster meanwhile.
+
+        Waits in slices: between them a lost parameter server raises, and a chunk task older
+        than the chunk timeout gets its worker restarted (Dask reruns its tasks elsewhere).
+        """
+        from distributed import wait
+
+        while True:
+            try:
+                done, _ = wait(list(running), timeout=1.0, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                done = set()
+            if done:
+                return sorted(done, key=lambda f: running[f])
+            if not sess.ps_alive():
+                raise ParameterServerLost(f"the parameter server's worker {sess.ps_address} left the cluster")
+            self._restart_hung(sess, running)
+
+    def _restart_hung(self, sess: Session, running: dict[Any, float]) -> None:
+        limit = self.chunk_timeout or max(self.timeout, 20 * self._slowest)
+        now = time.monotonic()
+        old = {f.key for f, t in running.items() if now - t > limit}
+        if not old:
+            return
+        hung = {w: old & set(keys) for w, keys in sess.client.processing().items() if old & set(keys)}
+        workers = sess.client.scheduler_info(n_workers=-1)["workers"]
+        for w in sorted(hung):
+            if not workers.get(w, {}).get("nanny"):
+                raise ServerError(
+                    f"worker {w} has run chunk task(s) {sorted(old)} for more than {limit:.0f} s and "
+                    "has no nanny to restart it; use a cluster with processes (LocalCluster(processes=True)) "
+                    "or raise Trainer(chunk_timeout=...)"
+                )
+            logger.warning("psdist: %s hung on %s for more than %.0f s; restarting it", w, sorted(old), limit)
+            sess.client.restart_workers([w], raise_for_error=True)
+            if self._progress is not None:
+                self._progress.faults["chunks_hung"] += len(hung[w])
+        for f in running:
+            if f.key in old:
+                running[f] = now  # its rerun gets a fresh allowance
+
+    def _train_chunks(self, sess: Session, todo: list[tuple[int, Chunk]]) -> Iterator[ChunkResult]:
+        """Run chunk tasks through a bounded window, in the seeded order.
 
         Not the whole epoch at once: the scheduler releases tasks that wait for a resource in
         no fixed order. With one training slot the window is one task, so the chunks are
@@ -423,69 +511,83 @@ class Trainer:
         worker busy (the next task waits on the worker while the current one runs). The slots
         are counted again after every chunk: workers that join (``cluster.scale``, ``adapt``)
         widen the window at once, workers that leave narrow it (their tasks are rescheduled).
+        Unfinished tasks are cancelled when the caller stops early or fails.
         """
-        from distributed import as_completed
 
         def window() -> int:
             slots = sum(1 for w in sess.client.scheduler_info(n_workers=-1)["workers"].values()
                         if w.get("resources", {}).get(SLOT, 0) >= 1)
             return 1 if slots <= 1 else 2 * slots
 
-        pending = iter(enumerate(order))
-        size = window()
-        logger.info("psdist: epoch %d, %d tasks in flight", self.epoch + 1, size)
-        running = as_completed([self._submit_train(sess, c, i) for i, c in islice(pending, size)])
-        in_flight = running.count()
-        for fut in running:
-            in_flight -= 1
-            yield fut.result()
-            if self._stop.is_set():  # stop: drain, add none
-                continue
-            for i, c in islice(pending, max(0, window() - in_flight)):
-                running.add(self._submit_train(sess, c, i))
-                in_flight += 1
+        pending = iter(todo)
+        running: dict[Any, float] = {}
+
+        def top_up() -> None:
+            for i, c in islice(pending, max(0, window() - len(running))):
+                running[self._submit_train(sess, c, i)] = time.monotonic()
+
+        top_up()  # the first window goes out even if stop() came early: a stop trains those
+        logger.info("psdist: epoch %d, %d tasks in flight", self.epoch + 1, len(running))
+        try:
+            while running:
+                for fut in self._await(sess, running):
+                    started = running.pop(fut)
+                    result = fut.result()
+                    # released now, not when garbage-collected: a finished chunk whose result
+                    # still sits on a worker that dies would be recomputed (trained twice)
+                    fut.release()
+                    self._slowest = max(self._slowest, time.monotonic() - started)
+                    yield result
+                if not self._stop.is_set():  # stop: drain, add none
+                    top_up()
+        finally:
+            if running:
+                sess.client.cancel(list(running))
 
     def _epoch(self, sess: Session, info: DatasetInfo, metrics: dict[str, Any], progress: Progress | None) -> dict[str, Any]:
         t0 = time.perf_counter()
-        m0 = sess.ps.metrics().result(timeout=self.timeout)
+        wall0 = time.time()
+        prog = self._progress
+        if prog is None or prog.epoch != self.epoch + 1:
+            prog = self._progress = EpochProgress(self.epoch + 1)
+        if prog.server_start is None:
+            m0 = sess.call("metrics", timeout=self.timeout)
+            prog.server_start = {"applied": m0["applied"], "rejected": sum(m0["rejected"].values()),
+                                 "waits": m0["waits"]}
         order = epoch_order(info.train, self.seed, self.epoch)
-        results: list[ChunkResult] = []
-        for r in self._train_chunks(sess, order):
-            results.append(r)
-            self.timeline.extend((r.worker, phase, a, b, self.epoch + 1, r.chunk) for phase, a, b in r.spans)
-            self._publish(sess, "chunk", epoch=self.epoch + 1, chunk=r.chunk, worker=r.worker, samples=r.samples,
-                          loss=r.loss_sum / max(r.samples, 1), compute_s=r.compute_s, comm_s=r.comm_s,
-                          wait_s=r.wait_s, read_s=r.read_s, done=len(results), total=len(order))
-            if progress is not None:
-                progress({"event": "chunk", "epoch": self.epoch + 1, "done": len(results), "chunk": r.chunk,
-                          "total": len(order), "loss": r.loss_sum / max(r.samples, 1), "samples": r.samples})
-        train_s = time.perf_counter() - t0
-        m1 = sess.ps.metrics().result(timeout=self.timeout)
-        samples = sum(r.samples for r in results)
-        taus = [t for r in results for t in r.staleness]
-        rejected = sum(m1["rejected"].values()) - sum(m0["rejected"].values())
-        record: dict[str, Any] = {
-            "epoch": self.epoch + 1,
-            "train_loss": sum(r.loss_sum for r in results) / max(samples, 1),
-            "samples": samples,
-            "samples_per_s": samples / train_s if train_s > 0 else math.nan,
-            "pushes_applied": m1["applied"] - m0["applied"],
-            "pushes_rejected": rejected,
-            "staleness_mean": float(np.mean(taus)) if taus else 0.0,
-            "staleness_max": int(max(taus)) if taus else 0,
+        todo = [(i, c) for i, c in enumerate(order) if c.index not in prog.done]
+        try:
+            for r in self._train_chunks(sess, todo):
+                prog.add(r)
+                self._seen_version = max(self._seen_version, r.version)
+                self.timeline.extend((r.worker, phase, a, b, self.epoch + 1, r.chunk) for phase, a, b in r.spans)
+                self._publish(sess, "chunk", epoch=self.epoch + 1, chunk=r.chunk, worker=r.worker, samples=r.samples,
+                              loss=r.loss_sum / max(r.samples, 1), compute_s=r.compute_s, comm_s=r.comm_s,
+                              wait_s=r.wait_s, read_s=r.read_s, done=len(prog.done), total=len(order),
+                              pushes=r.pushes)
+                if progress is not None:
+                    progress({"event": "chunk", "epoch": self.epoch + 1, "done": len(prog.done), "chunk": r.chunk,
+                              "total": len(order), "loss": r.loss_sum / max(r.samples, 1), "samples": r.samples,
+                              "worker": r.worker, "pushes": r.pushes})
+                if self._point_due():
+                    self._take_point(sess, write=True)
+        finally:
+            prog.train_s += time.perf_counter() - t0
+            self._count_worker_losses(sess, prog, wall0)
+        m1 = sess.call("metrics", timeout=self.timeout)
+        start = prog.server_start
+        received = m1["applied"] + sum(m1["rejected"].values()) - start["applied"] - start["rejected"]
+        record: dict[str, Any] = prog.record()
+        record.update({
+            "pushes_applied": m1["applied"] - start["applied"],
+            "pushes_rejected": sum(m1["rejected"].values()) - start["rejected"],
+            "pushes_orphaned": prog.faults["pushes_orphaned"] + max(0, received - prog.pushes),
             "version": m1["version"],
             "lr": m1["lr"],
-            "chunks": len(results),
-            **{f"train_{k}": sum(r.losses.get(k, 0.0) for r in results) / max(samples, 1)
-               for k in (results[0].losses if results else {})},
-            "compute_s": sum(r.compute_s for r in results),
-            "comm_s": sum(r.comm_s for r in results),
-            "read_s": sum(r.read_s for r in results),
-            "wait_s": sum(r.wait_s for r in results),  # held back by a barrier rule
-            "waits": m1["waits"] - m0["waits"],
+            "waits": m1["waits"] - start["waits"],
             "clock_gap_max": m1["clock_gap_max"],
-        }
-        if len(results) < len(order):  # stop() was called: this epoch is not complete
+        })
+        if len(prog.done) < len(order):  # stop() was called: this epoch is not complete
             record["partial"] = True
         if info.val:
             record.update(self._validate(sess, info, metrics))
@@ -493,15 +595,35 @@ class Trainer:
         logger.info("psdist: epoch %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})
         return record
 
+    def _count_worker_losses(self, sess: Session, prog: EpochProgress, since: float) -> None:
+        """Workers the scheduler removed since ``since`` and this epoch's chunks Dask reran for it."""
+        prefix = f"psdist-train-{sess.run_id}-e{self.epoch}-"
+        for ts, msg in sess.client.get_events("all"):
+            if ts < since or not isinstance(msg, dict) or msg.get("action") != "remove-worker":
+                continue
+            prog.faults["workers_lost"] += 1
+            prog.faults["chunks_rerun"] += sum(1 for k in msg.get("processing-tasks", ()) if str(k).startswith(prefix))
+
     def _validate(self, sess: Session, info: DatasetInfo, metrics: dict[str, Any]) -> dict[str, float]:
-        futs = [
+        futs = {
             sess.client.submit(
                 evaluate_task, sess.plugin, c, self.batch_size, self.timeout,
-                key=f"psdist-val-{sess.run_id}-e{self.epoch}-c{c.index}", resources={SLOT: 1}, pure=False,
-            )
+                key=f"psdist-val-{sess.run_id}-e{self.epoch}-c{c.index}-r{sess.restarts}",
+                resources={SLOT: 1}, pure=False,
+            ): time.monotonic()
             for c in info.val
-        ]
-        results: list[EvalResult] = sorted(sess.client.gather(futs), key=lambda r: r.chunk)
+        }
+        gathered: list[EvalResult] = []
+        try:
+            while futs:
+                for f in self._await(sess, futs):
+                    del futs[f]
+                    gathered.append(f.result())
+                    f.release()
+        finally:
+            if futs:
+                sess.client.cancel(list(futs))
+        results = sorted(gathered, key=lambda r: r.chunk)
         self.timeline.extend((r.worker, "validate", r.start, r.stop, self.epoch + 1, r.chunk) for r in results)
         n = sum(r.samples for r in results)
         outputs = concat_outputs([r.outputs for r in results])
@@ -540,6 +662,7 @@ class Trainer:
         scalars, arrays = self._state
         meta = {
             "epoch": self.epoch,
+            "progress": self._progress.to_dict() if self._progress is not None else None,
             "history": self.history.records,
             "server": scalars,
             "trainer": {
@@ -573,6 +696,9 @@ class Trainer:
         t._state = (server, arrays)
         t.epoch = int(meta["epoch"])
         t.history = History(meta["history"])
+        if meta.get("progress"):  # saved mid-epoch: the epoch goes on with the chunks not done
+            t._progress = EpochProgress.from_dict(meta["progress"])
+            t._progress.resumed = True
         if t.early_stopping is not None and meta.get("early_stopping"):
             t.early_stopping.load_state(meta["early_stopping"])
         return t

@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 SLOT = "psdist-slot"
 #: Worker resource of a worker dedicated to parameter servers (psdist.batch): never a data worker.
 PS_RESOURCE = "psdist-ps"
+#: Seconds between the checks of a waiting parameter-server call (see ActorServer).
+SLICE = 1.0
 
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -116,11 +118,12 @@ class RunPlugin(WorkerPlugin):
         self._worker_rule: Any = None
         self._group: Any = None
         self._lock = threading.Lock()
+        self.closed = threading.Event()  # set at teardown: this run's tasks stop waiting
 
     def __getstate__(self) -> dict[str, Any]:
         # only the recipe travels; the replica, lock and open store are per process
         state = dict(self.__dict__)
-        for k in ("_replica", "_worker_rule", "_group", "_lock", "_worker", "_ps"):
+        for k in ("_replica", "_worker_rule", "_group", "_lock", "_worker", "_ps", "closed"):
             state.pop(k, None)
         return state
 
@@ -128,6 +131,7 @@ class RunPlugin(WorkerPlugin):
         self.__dict__.update(state)
         self._replica, self._worker_rule, self._group, self._ps = None, None, None, None
         self._lock = threading.Lock()
+        self.closed = threading.Event()
 
     async def setup(self, worker: Any) -> None:
         self._worker = worker
@@ -136,6 +140,9 @@ class RunPlugin(WorkerPlugin):
         await worker.set_resources(**{SLOT: slots})
 
     def teardown(self, worker: Any) -> None:
+        # the training ended, or its parameter server was replaced (a new plugin of the same
+        # name): a task still waiting on the old server gives up now, not at its timeout
+        self.closed.set()
         self._replica = None
         self._group = None
 
@@ -197,20 +204,35 @@ class RunPlugin(WorkerPlugin):
 
 
 class ActorServer:
-    """:class:`~psdist.protocol.ServerHandle` over the actor, with a timeout on every call."""
+    """:class:`~psdist.protocol.ServerHandle` over the actor, with a timeout on every call.
 
-    def __init__(self, ps: Any, timeout: float) -> None:
+    A call waits in slices of :data:`SLICE` seconds; between slices it gives up when the run's
+    plugin was torn down (training over, or the parameter server replaced after its worker
+    died): an actor call to a dead worker would otherwise wait until the timeout.
+    """
+
+    def __init__(self, ps: Any, timeout: float, closed: threading.Event | None = None) -> None:
         self.ps = ps
         self.timeout = timeout
+        self.closed = closed if closed is not None else _closed_event(ps)
 
     def _call(self, what: str, fut: Any, timeout: float | None = None) -> Any:
-        try:
-            return fut.result(timeout=timedelta(seconds=timeout or self.timeout))
-        except TimeoutError as e:
-            raise ServerError(
-                f"the parameter server did not answer {what} within {self.timeout} s; "
-                "raise Trainer(timeout=...) if it is overloaded"
-            ) from e
+        limit = timeout or self.timeout
+        deadline = time.monotonic() + limit
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return fut.result(timeout=timedelta(seconds=min(SLICE, max(0.01, left))))
+            except TimeoutError:
+                if self.closed is not None and self.closed.is_set():
+                    raise ServerError(
+                        f"{what} was abandoned: this training's parameter server was replaced or the training ended"
+                    ) from None
+                if time.monotonic() >= deadline:
+                    raise ServerError(
+                        f"the parameter server did not answer {what} within {limit} s; "
+                        "raise Trainer(timeout=...) if it is overloaded"
+                    ) from None
 
     def pull(self, worker: str, have_version: int = -1) -> Pull:
         return self._call("a pull", self.ps.pull(worker, have_version))
@@ -227,6 +249,18 @@ class ActorServer:
     def wait(self, worker: str, have_version: int = -1) -> Pull:
         # the server gives up (evicting silent workers) after `timeout`; we allow it that long
         return self._call("a wait", self.ps.wait(worker, have_version, self.timeout), 2 * self.timeout + 10)
+
+
+def _closed_event(ps: Any) -> threading.Event | None:
+    """The teardown event of the run plugin that made ``ps`` (None outside a worker)."""
+    try:
+        plugins = get_worker().plugins
+    except ValueError:
+        return None
+    for p in plugins.values():
+        if isinstance(p, RunPlugin) and p._ps is ps:
+            return p.closed
+    return None
 
 
 def _plugin(name: str) -> RunPlugin:

@@ -67,7 +67,7 @@ def test_stop_ends_after_running_chunks_with_a_checkpoint(client, blob_data, tmp
     history = handle.stop(checkpoint=str(ckpt), timeout=120)
     rec = history.last
     assert t.stopped_reason == "stopped by the user" and rec["partial"] is True
-    assert 2 <= rec["chunks"] < 8 and rec["chunks"] == len(chunks)  # in-flight tasks finished, no new one
+    assert 2 <= rec["chunks"] < 8 and rec["chunks"] == len(chunks), rec  # in-flight tasks finished, no new one
     assert t.epoch == 0 and len(history) == 1  # the partial epoch is not counted as done
     m = t.server_metrics
     assert m["samples_applied"] + m["samples_rejected"] == rec["samples"]  # every pushed sample accounted

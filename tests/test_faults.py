@@ -1,0 +1,156 @@
+"""Faults injected for real: worker processes SIGKILLed mid-epoch, a hung worker, a lost PS.
+
+Each test starts its own LocalCluster of processes (one for the parameter server, two for data)
+because it breaks it. Kills happen from the trainer's progress callback, at a chunk count, so
+the moment is deterministic; what follows is Dask's and psdist's recovery, checked by exact
+counts of chunks, samples and pushes, and by the accuracy reached.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import pytest
+import torch
+from conftest import blobs
+
+import psdist
+from psdist.cluster import embedded_cluster
+from psdist.steps import SupervisedStep
+
+ROWS, CHUNK, BATCH = 4096, 256, 64  # 16 chunks of 4 pushes each
+CE = torch.nn.functional.cross_entropy
+
+
+def mlp() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(20, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> psdist.ZarrDataset:
+    x, y = blobs(ROWS, seed=1)
+    xv, yv = blobs(1024, seed=2)
+    return psdist.write_zarr(tmp_path_factory.mktemp("faults") / "blobs.zarr", x, y, xv, yv, chunk_rows=CHUNK)
+
+
+@pytest.fixture
+def cluster_client():
+    cluster, client = embedded_cluster(workers=2, threads_per_worker=1, dashboard_address=None)
+    yield client
+    client.close()
+    cluster.close()
+
+
+def trainer(data, client, **kw) -> psdist.Trainer:
+    return psdist.Trainer(mlp, CE, data, optimizer=psdist.optim.SGD(lr=0.1), batch_size=BATCH,
+                          client=client, seed=0, **kw)
+
+
+def pushes_by_worker(events: list[dict]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for ev in events:
+        out[ev["worker"]] = out.get(ev["worker"], 0) + ev["pushes"]
+    return out
+
+
+@pytest.mark.slow
+def test_killed_data_worker_has_its_chunks_rerun_and_every_push_accounted(data, cluster_client):
+    client = cluster_client
+    pids = client.run(os.getpid)
+    t = trainer(data, client)
+    chunks: list[dict] = []
+    killed: list[str] = []
+
+    def progress(ev):
+        if ev["event"] != "chunk":
+            return
+        chunks.append(ev)
+        if len(chunks) == 3:  # mid-epoch 1: SIGKILL a data worker that is running a chunk
+            busy = [w for w, keys in client.processing().items() if w != t.ps_address and keys]
+            killed.append(busy[0])
+            os.kill(pids[busy[0]], signal.SIGKILL)
+
+    history = t.fit(2, progress=progress)
+    first, last = history[0], history[1]
+    assert killed and first["workers_lost"] == 1
+    assert first["chunks_rerun"] >= 1  # the victim's running (and queued) chunk tasks ran elsewhere
+    for rec in history:  # every chunk once, every row once
+        assert rec["chunks"] == ROWS // CHUNK and rec["samples"] == ROWS
+        assert sum(ev["epoch"] == rec["epoch"] for ev in chunks) == ROWS // CHUNK
+    assert last["workers_lost"] == 0 and last["chunks_rerun"] == 0
+    # every push the server received is a finished chunk's, except the killed attempt's
+    server = {w: s["pushes"] for w, s in t.server_metrics["workers"].items()}
+    reported = pushes_by_worker(chunks)
+    for w, n in server.items():
+        if w != killed[0]:
+            assert n == reported.get(w, 0)
+    orphans = server.get(killed[0], 0) - reported.get(killed[0], 0)
+    assert first["pushes_orphaned"] == orphans >= 0
+    assert sum(server.values()) == sum(r["pushes_applied"] + r["pushes_rejected"] for r in history)
+    assert last["val_accuracy"] >= 0.95
+
+
+class HangOnce(SupervisedStep):
+    """A training step that hangs forever on its 6th batch in the first process to get there."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__(CE)
+        self.marker = marker
+        self.calls = 0
+
+    def __call__(self, replica, x, y):
+        self.calls += 1
+        if self.calls == 6:
+            try:  # O_EXCL: exactly one process in the whole cluster hangs, once
+                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                pass
+            else:
+                threading.Event().wait()  # hung: only a restart of the process ends this
+        return super().__call__(replica, x, y)
+
+
+@pytest.mark.slow
+def test_hung_worker_is_restarted_and_the_training_finishes(data, cluster_client, tmp_path):
+    marker = str(tmp_path / "hung")
+    t = psdist.Trainer(mlp, data=data, step=HangOnce(marker), optimizer=psdist.optim.SGD(lr=0.1),
+                       batch_size=BATCH, client=cluster_client, seed=0, chunk_timeout=5.0)
+    history = t.fit(1)
+    rec = history.last
+    assert os.path.exists(marker)  # the hang really happened
+    assert rec["chunks_hung"] == 1 and rec["workers_lost"] == 1 and rec["chunks_rerun"] >= 1
+    assert rec["chunks"] == ROWS // CHUNK and rec["samples"] == ROWS
+    assert rec["val_accuracy"] >= 0.95
+
+
+@pytest.mark.slow
+def test_killed_parameter_server_restarts_from_the_last_point(data, cluster_client):
+    client = cluster_client
+    pids = client.run(os.getpid)
+    every = 8  # versions between recovery points (2 chunks)
+    t = trainer(data, client, checkpoints=psdist.Checkpoints(every_versions=every))
+    chunks: list[dict] = []
+    killed: list[str] = []
+
+    def progress(ev):
+        if ev["event"] != "chunk":
+            return
+        chunks.append(ev)
+        if len(chunks) == 7:  # mid-epoch 1: SIGKILL the parameter server's process
+            killed.append(t.ps_address)
+            os.kill(pids[t.ps_address], signal.SIGKILL)
+
+    history = t.fit(2, progress=progress)
+    first, last = history[0], history[1]
+    assert killed and first["ps_restarts"] == 1 and t.ps_address != killed[0]
+    # lost: the updates since the last point, at most one interval plus what the chunks in
+    # flight (4 tasks of 4 pushes) applied before the point came due
+    assert 0 <= first["versions_lost"] <= every + 4 * 4
+    # the chunks finished after the point were trained again: each reported twice
+    assert sum(ev["epoch"] == 1 for ev in chunks) == ROWS // CHUNK + first["chunks_redone"]
+    for rec in history:
+        assert rec["chunks"] == ROWS // CHUNK and rec["samples"] == ROWS
+    assert last["ps_restarts"] == 0 and sum(ev["epoch"] == 2 for ev in chunks) == ROWS // CHUNK
+    assert last["val_accuracy"] >= 0.95
