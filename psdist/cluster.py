@@ -66,6 +66,8 @@ def embedded_cluster(
     or give a ``distributed.Security`` or ``{"ca_file": ..., "cert": ..., "key": ...}`` (see
     :func:`psdist.security.as_security`). The cluster then listens on ``tls://`` addresses and
     the returned client holds the credentials; ``cluster.security`` has them for other clients.
+    TLS does not cover the dashboard (plain HTTP): with ``security``, a ``dashboard_address``
+    without a host (``":0"``, ``":8787"``) listens on 127.0.0.1 only; name a host to expose it.
 
     Returns ``(cluster, client)``; the caller closes both.
     """
@@ -76,6 +78,9 @@ def embedded_cluster(
     sec = as_security(security)
     if sec is not None:
         kwargs = {"protocol": "tls://", **kwargs, "security": sec}
+        if dashboard_address is not None and dashboard_address.startswith(":"):
+            # the dashboard is plain HTTP: ":port" would listen on every interface
+            dashboard_address = "127.0.0.1" + dashboard_address
     n = workers + 1 if workers >= 1 else 1
     with malloc_config(malloc_fix), _restore_environ():
         cluster = LocalCluster(
