@@ -12,6 +12,7 @@ from __future__ import annotations
 from psdist import metrics, optim, rules
 from psdist.data import ZarrDataset, write_zarr
 from psdist.errors import (
+    BadChunkError,
     CheckpointError,
     ClusterError,
     ConfigError,
@@ -35,6 +36,7 @@ def batch_cluster(config: str, jobs: int = 1, **kwargs: object) -> tuple[object,
     return _batch_cluster(config, jobs=jobs, **kwargs)
 
 __all__ = [
+    "BadChunkError",
     "CheckpointError",
     "Checkpoints",
     "ClusterError",

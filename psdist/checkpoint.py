@@ -3,7 +3,7 @@
 A checkpoint is a zip archive holding ``meta.json`` (numbers, strings, the layout, the history)
 and one ``.npy`` member per array, each with its SHA-256 recorded in the metadata. It is written
 to a temporary file in the same directory, synced, and renamed over the target, so a crash
-mid-write leaves the previous checkpoint intact. Loading reads arrays with
+mid-write leaves the previous checkpoint intact (and the next write removes the leftover). Loading reads arrays with
 ``allow_pickle=False``: a checkpoint can never run code.
 """
 
@@ -44,7 +44,8 @@ def write_checkpoint(path: str | os.PathLike[str], meta: dict[str, Any], arrays:
         header = json.dumps(meta, allow_nan=True).encode()
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint metadata is not JSON-serialisable: {e}") from e
-    fd, tmp = tempfile.mkstemp(prefix=".psdist-ckpt-", dir=directory)
+    prefix = f".psdist-ckpt-{os.path.basename(path)}-"
+    fd, tmp = tempfile.mkstemp(prefix=prefix, dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as z:
@@ -63,6 +64,14 @@ def write_checkpoint(path: str | os.PathLike[str], meta: dict[str, Any], arrays:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+    # a writer killed mid-write (SIGKILL, node lost) leaves its temporary file; one checkpoint
+    # file has one writer at a time, so the next successful write removes what earlier ones left
+    for name in os.listdir(directory):
+        if name.startswith(prefix):
+            try:
+                os.unlink(os.path.join(directory, name))
+            except FileNotFoundError:  # removed meanwhile: nothing left to do
+                pass
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

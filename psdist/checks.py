@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from psdist.data import Chunk, DatasetInfo, ZarrDataset
-from psdist.errors import ModelError
+from psdist.errors import BadChunkError, DataError, ModelError
 from psdist.loop import as_labels
 from psdist.replica import Replica
 
@@ -21,9 +21,17 @@ __all__ = ["dry_run", "label_max"]
 
 def dry_run(step: Any, data: ZarrDataset, models: dict[str, torch.nn.Module], info: DatasetInfo) -> None:
     """Push up to 64 real rows through ``step`` (train and evaluate); raise on any mismatch."""
-    first = info.train[0] if info.train else info.val[0]
-    rows = Chunk(first.index, first.x, first.y, first.start, min(first.stop, first.start + 64))
-    x, y = data.read(rows)
+    x = y = None
+    for first in (*info.train, *info.val):  # with skip_bad_chunks, the first readable chunk
+        rows = Chunk(first.index, first.x, first.y, first.start, min(first.stop, first.start + 64))
+        try:
+            x, y = data.read(rows)
+            break
+        except BadChunkError:
+            if not data.skip_bad_chunks:
+                raise
+    if x is None or y is None:
+        raise DataError(f"no chunk of {data.path!r} can be read; run ZarrDataset(...).scan() to list them")
     replica = Replica("dry-run", models)
     xt, yt = torch.from_numpy(x), torch.from_numpy(as_labels(y))
     try:

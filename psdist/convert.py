@@ -43,7 +43,7 @@ from psdist.convert_sources import (
     with_label,
     x_names,
 )
-from psdist.data import ZarrDataset, compressor_codecs
+from psdist.data import EVERY_CHUNK_ATTR, ZarrDataset, compressor_codecs
 from psdist.errors import ConfigError, DataError
 
 __all__ = ["Progress", "from_hdf5", "from_numpy", "from_root"]
@@ -373,8 +373,10 @@ class _Sink:
         if (name.startswith("x") and dtype.kind != "f") or dtype == np.float64:
             dtype = np.dtype(np.float32)
         self.name, self.rows, self.chunk, self.dtype = name, rows, chunk_rows, dtype
+        # every chunk written and marked so: a chunk file missing later is damage (ZarrDataset.read)
         self.z = group.create_array(name, shape=(rows, *shape), dtype=dtype,
-                                    chunks=(min(chunk_rows, max(1, rows)), *shape), compressors=codecs)
+                                    chunks=(min(chunk_rows, max(1, rows)), *shape), compressors=codecs,
+                                    attributes={EVERY_CHUNK_ATTR: True}, config={"write_empty_chunks": True})
         self.pos = 0
         self._buf: list[np.ndarray] = []
         self._have = 0

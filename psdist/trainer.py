@@ -26,6 +26,7 @@ from psdist.data import Chunk, DatasetInfo, ZarrDataset, epoch_order, task_seed
 from psdist.epoch import EpochProgress
 from psdist.errors import ConfigError, DataError, ModelError, ServerError
 from psdist.flat import Layout, flatten, unflatten_into
+from psdist.guard import NonfiniteGuard
 from psdist.history import History
 from psdist.loop import ChunkResult, EvalResult, concat_outputs
 from psdist.metrics import default_metrics
@@ -195,6 +196,8 @@ class Trainer:
         self._point_at = (0, 0.0)  # (version, monotonic time) of that point
         self._seen_version = 0  # the highest server version any result reported
         self._slowest = 0.0  # the longest chunk task so far (s), for the hung-worker timeout
+        self._gone: set[str] = set()  # removed workers the server was told of
+        self._guard = NonfiniteGuard()  # stops a run that only produces NaN (new at each fit)
         for name, fn in (("model_fn", model_fn), ("loss_fn", loss_fn), ("step", self.step)):
             try:
                 cloudpickle.dumps(fn)
@@ -276,6 +279,7 @@ class Trainer:
             if progress is not None:
                 progress({"event": "start", "run": sess.run_id, "dashboard": self.dashboard_url or self.dashboard_link})
             reason = "completed"
+            self._guard = NonfiniteGuard()
             try:
                 self._take_point(sess, write=False)  # a lost server before any point restarts here
                 for _ in range(epochs):
@@ -476,7 +480,17 @@ class Trainer:
                 return sorted(done, key=lambda f: running[f])
             if not sess.ps_alive():
                 raise ParameterServerLost(f"the parameter server's worker {sess.ps_address} left the cluster")
+            self._forget_lost(sess)
             self._restart_hung(sess, running)
+
+    def _forget_lost(self, sess: Session) -> None:
+        """Tell the server that workers the scheduler removed are gone: barriers stop waiting for them."""
+        for _ts, msg in sess.client.get_events("all"):
+            w = msg.get("worker") if isinstance(msg, dict) and msg.get("action") == "remove-worker" else None
+            if w is not None and w not in self._gone:
+                self._gone.add(w)
+                if w != sess.ps_address:
+                    sess.call("leave", w, timeout=self.timeout)
 
     def _restart_hung(self, sess: Session, running: dict[Any, float]) -> None:
         limit = self.chunk_timeout or max(self.timeout, 20 * self._slowest)
@@ -564,11 +578,16 @@ class Trainer:
                 self._publish(sess, "chunk", epoch=self.epoch + 1, chunk=r.chunk, worker=r.worker, samples=r.samples,
                               loss=r.loss_sum / max(r.samples, 1), compute_s=r.compute_s, comm_s=r.comm_s,
                               wait_s=r.wait_s, read_s=r.read_s, done=len(prog.done), total=len(order),
-                              pushes=r.pushes)
+                              pushes=r.pushes, batches=r.batches, nonfinite_batches=r.nonfinite_batches,
+                              nonfinite_inputs=r.nonfinite_inputs, pushes_nonfinite=r.pushes_nonfinite,
+                              bad_chunks=r.bad_chunks, bad=r.bad)
                 if progress is not None:
                     progress({"event": "chunk", "epoch": self.epoch + 1, "done": len(prog.done), "chunk": r.chunk,
                               "total": len(order), "loss": r.loss_sum / max(r.samples, 1), "samples": r.samples,
                               "worker": r.worker, "pushes": r.pushes})
+                verdict = self._guard.update(r)
+                if verdict is not None:  # only NaN (or only unreadable chunks): stop, do not spin
+                    raise DataError(verdict)
                 if self._point_due():
                     self._take_point(sess, write=True)
         finally:
@@ -623,12 +642,17 @@ class Trainer:
         finally:
             if futs:
                 sess.client.cancel(list(futs))
-        results = sorted(gathered, key=lambda r: r.chunk)
-        self.timeline.extend((r.worker, "validate", r.start, r.stop, self.epoch + 1, r.chunk) for r in results)
+        self.timeline.extend((r.worker, "validate", r.start, r.stop, self.epoch + 1, r.chunk) for r in gathered)
+        # chunks skipped as unreadable (skip_bad_chunks) are left out of the metrics, and counted
+        results = sorted((r for r in gathered if not r.bad_chunks), key=lambda r: r.chunk)
+        if not results:
+            raise DataError(f"every validation chunk of {self.data.path!r} is unreadable: "
+                            + "; ".join(b for r in gathered for b in r.bad[:1]))
         n = sum(r.samples for r in results)
         outputs = concat_outputs([r.outputs for r in results])
         targets = np.concatenate([r.targets for r in results])
-        out = {"val_loss": sum(r.loss_sum for r in results) / n}
+        out = {"val_loss": sum(r.loss_sum for r in results) / n,
+               "val_bad_chunks": sum(r.bad_chunks for r in gathered)}
         for name, fn in metrics.items():
             out[f"val_{name}"] = float(fn(targets, outputs))
         return out
@@ -649,6 +673,11 @@ class Trainer:
         if len(models) != 1:
             raise ModelError(f"this training has several models {list(models)}; use models()")
         return next(iter(models.values()))
+
+    @property
+    def resumes_mid_epoch(self) -> bool:
+        """Whether the next ``fit`` first finishes an epoch a checkpoint interrupted."""
+        return self._progress is not None and bool(self._progress.done)
 
     @property
     def version(self) -> int:

@@ -327,3 +327,43 @@ def test_interrupt_keeps_previous(tmp_path, monkeypatch) -> None:
         write_checkpoint(path, {"generation": 2}, {"a": np.zeros(5)})
     monkeypatch.undo()
     _assert_previous_intact(path, arrays)
+
+
+WRITER = """
+import sys, zipfile
+import numpy as np
+from psdist.checkpoint import write_checkpoint
+path = sys.argv[1]
+write_checkpoint(path, {"generation": 1}, {"w": np.full(1000, 1.0, np.float32)})
+real = zipfile.ZipFile.writestr
+def stall(self, name, data, *a, **k):
+    real(self, name, data, *a, **k)
+    if name.startswith("arrays/"):  # half the archive is on disk: tell the parent, then wait to die
+        print("mid-write", flush=True)
+        sys.stdin.readline()
+zipfile.ZipFile.writestr = stall
+write_checkpoint(path, {"generation": 2}, {"w": np.full(1000, 2.0, np.float32), "m": np.zeros(1000)})
+print("finished", flush=True)
+"""
+
+
+def test_sigkill_during_a_write_leaves_the_previous_checkpoint(tmp_path) -> None:
+    """A real process killed (SIGKILL) in the middle of writing generation 2."""
+    import signal
+    import subprocess
+    import sys
+
+    path = tmp_path / "run.ckpt"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "mid-write"
+        assert leftovers(tmp_path)  # the partial new archive exists next to the old one
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    meta, arrays = read_checkpoint(path)
+    assert meta["generation"] == 1 and np.all(arrays["w"] == 1.0) and set(arrays) == {"w"}
+    write_checkpoint(path, {"generation": 3}, {"w": np.zeros(3)})  # the next write cleans up
+    assert read_checkpoint(path)[0]["generation"] == 3 and leftovers(tmp_path) == []

@@ -8,15 +8,20 @@ counts of chunks, samples and pushes, and by the accuracy reached.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 
+import numpy as np
 import pytest
 import torch
 from conftest import blobs
 
 import psdist
+from psdist.checkpoint import read_checkpoint
 from psdist.cluster import embedded_cluster
 from psdist.steps import SupervisedStep
 
@@ -154,3 +159,77 @@ def test_killed_parameter_server_restarts_from_the_last_point(data, cluster_clie
         assert rec["chunks"] == ROWS // CHUNK and rec["samples"] == ROWS
     assert last["ps_restarts"] == 0 and sum(ev["epoch"] == 2 for ev in chunks) == ROWS // CHUNK
     assert last["val_accuracy"] >= 0.95
+
+
+@pytest.mark.slow
+def test_killed_worker_does_not_hold_a_sync_barrier(data, cluster_client):
+    """Sync waits for every active worker; a dead one is made to leave, not waited out."""
+    client = cluster_client
+    pids = client.run(os.getpid)
+    t = psdist.Trainer(mlp, CE, data, optimizer=psdist.optim.SGD(lr=0.1), rule=psdist.rules.Sync(),
+                       batch_size=BATCH, client=client, seed=0, timeout=120)
+    chunks: list[dict] = []
+
+    def progress(ev):
+        if ev["event"] == "chunk":
+            chunks.append(ev)
+            if len(chunks) == 3:
+                busy = [w for w, keys in client.processing().items() if w != t.ps_address and keys]
+                os.kill(pids[busy[0]], signal.SIGKILL)
+
+    rec = t.fit(1, progress=progress).last
+    assert rec["workers_lost"] == 1 and rec["chunks"] == ROWS // CHUNK and rec["samples"] == ROWS
+    assert t.server_metrics["evicted"] == 0  # nobody waited out the 120 s timeout to be evicted
+    assert rec["val_accuracy"] >= 0.95
+
+
+@pytest.mark.slow
+def test_cli_killed_with_its_cluster_resumes_mid_epoch(data, tmp_path):
+    """The client and every worker SIGKILLed mid-epoch; `psdist train --resume` finishes the run."""
+    ckpt, hist = tmp_path / "run.ckpt", tmp_path / "h.json"
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        "model: psdist.hep.models:mlp\nmodel_args: {inputs: 20, hidden: 32, classes: 4}\n"
+        f"data: {{path: {data.path}}}\noptimizer: {{name: sgd, lr: 0.1}}\n"
+        f"epochs: 3\nbatch_size: {BATCH}\nworkers: 2\ncheckpoint_every_versions: 8\n"
+    )
+    cmd = [sys.executable, "-m", "psdist.cli", "-v", "train", str(cfg), "--save", str(ckpt), "-q"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    written = 0
+    try:
+        for line in proc.stderr:  # the log says when each checkpoint is on disk
+            if "psdist: checkpoint" in line:
+                written += 1
+                if written == 11:  # in epoch 2 (epoch 1 wrote 7 mid-epoch points and its end)
+                    break
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the client, the scheduler, every worker
+        proc.wait(timeout=60)
+    assert written == 11, "the training ended before the kill"
+    meta, _ = read_checkpoint(ckpt)
+    assert meta["epoch"] == 1 and meta["progress"]["done"]  # saved mid-epoch 2
+
+    out = subprocess.run([sys.executable, "-m", "psdist.cli", "train", str(cfg), "--resume", str(ckpt),
+                          "--history", str(hist), "-q"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "(mid-epoch)" in out.stderr
+    history = json.loads(hist.read_text())
+    assert [r["epoch"] for r in history] == [1, 2, 3]  # the planned run, finished
+    resumed = history[1]
+    assert resumed["resumed"] is True and resumed["chunks"] == ROWS // CHUNK and resumed["samples"] == ROWS
+    assert history[-1]["val_accuracy"] >= 0.95
+
+
+@pytest.mark.slow
+def test_a_run_that_only_makes_nan_stops_with_an_explanation(client, tmp_path):
+    """A store whose inputs are all NaN (a broken conversion): the run stops, it does not spin."""
+    x, y = blobs(2048, seed=1)
+    x[:] = np.nan
+    xv, yv = blobs(512, seed=2)
+    nan_data = psdist.write_zarr(tmp_path / "nan.zarr", x, y, xv, yv, chunk_rows=256)
+    t = trainer(nan_data, client)
+    with pytest.raises(psdist.DataError, match="NaN") as err:
+        t.fit(3)
+    assert t.epoch == 0 and len(t.history) == 0  # stopped inside the first epoch
+    assert t.server_metrics["applied"] == 0  # nothing NaN reached the weights
+    assert "scan()" in str(err.value)  # the message says how to find the bad rows
