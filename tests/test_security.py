@@ -319,10 +319,18 @@ def _document_values(doc: Any) -> tuple[list[float], list[str], dict[str, list[s
 
 
 def _looks_like_weights_or_data(numbers: list[float], secret: np.ndarray) -> set[float]:
-    """Values of ``secret`` (non-integer, so no counter matches by chance) found among ``numbers``."""
+    """Values of the float32 array ``secret`` found exactly among ``numbers``.
+
+    Integers are left out (counters would match them); a number matches only if it is exactly
+    that float32 value, so times and float64 figures do not match by chance. A float32 loss may
+    still coincide with one of 100k data values now and then: a leak shows as many values.
+    """
     secret = secret[np.isfinite(secret) & (secret != np.round(secret))]
-    shown = {np.float32(x) for x in numbers if np.isfinite(x)}
-    return shown & set(secret.astype(np.float32).tolist())
+    values = set(secret.astype(np.float64).tolist())
+    return {x for x in numbers if x in values}
+
+
+LEAK = 8  # matching values that count as a leak (a weight vector has hundreds, a data row 20)
 
 
 PATH_LIKE = re.compile(r"(?<![\w:/])(?:~|\.{0,2})/[\w.\-]+(?:/[\w.\-]*)+")
@@ -367,10 +375,13 @@ def test_dashboard_page_is_served_by_the_dask_dashboard_and_shows_only_the_feed(
     weights = flatten(model, FlatSpec.from_module(model))
     g = blob_data.open_group()
     rows = np.concatenate([g["x"][:].ravel(), g["x_val"][:].ravel()])
-    assert _looks_like_weights_or_data(weights[:8].tolist(), weights)  # the check can see them
+    assert len(_looks_like_weights_or_data(weights[:8].tolist(), weights)) >= LEAK  # the check sees them
+    assert len(_looks_like_weights_or_data(rows[:8].tolist(), rows)) >= LEAK
     for where, nums in (("page", numbers), ("events", ev_numbers)):
-        assert not _looks_like_weights_or_data(nums, weights), f"weights on the {where}"
-        assert not _looks_like_weights_or_data(nums, rows), f"training data on the {where}"
+        found = _looks_like_weights_or_data(nums, weights)
+        assert len(found) < LEAK, f"weights on the {where}: {sorted(found)}"
+        found = _looks_like_weights_or_data(nums, rows)
+        assert len(found) < LEAK, f"training data on the {where}: {sorted(found)}"
 
     nums_of = {"page": numbers, "events": ev_numbers}
     # addresses: only the cluster's own (which Dask's pages show too); paths: only the data store's
