@@ -28,3 +28,8 @@ bench:
 
 clean:
 	rm -rf data runs .pytest_cache
+
+# the benchmark suite at full size (~15 min on 2 idle cores): benchmarks/results/<date>-<host>.*, docs/benchmarks.md
+bench-suite:
+	bash scripts/setup.sh test
+	$(PY) benchmarks/run_suite.py --size full --docs
