@@ -112,7 +112,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def select(args: argparse.Namespace, cores: int) -> tuple[list[cs.Contender], list[str], bool, bool]:
     every = [*cs.contenders(cores, args.workers), *cs.psdist_rows(RULES, args.workers)]
-    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    # "torch-Nt" names the all-cores contender whatever the machine's core count
+    only = {s.strip().replace("torch-Nt", f"torch-{cores}t") for s in args.only.split(",") if s.strip()}
     wls = [w for w in WORKLOADS if w in only] or list(WORKLOADS)
     names = only - set(WORKLOADS) - {"micro", "loader"}
     unknown = names - {c.name for c in every} - {"psdist"}
@@ -227,7 +228,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     doc["targets"] = report.targets(doc)
     doc["wall_s"] = time.perf_counter() - t_start
-    figures = [] if args.no_plots else [p.name for p in plots.draw(doc, stem)]
+    import importlib.util
+
+    can_plot = importlib.util.find_spec("matplotlib") is not None  # absent on the offline GPU machine
+    if not can_plot and not args.no_plots:
+        logger.warning("matplotlib is not installed: no figures")
+    figures = [p.name for p in plots.draw(doc, stem)] if can_plot and not args.no_plots else []
     doc["figures"] = figures
     write_json(stem.with_suffix(".json"), doc)
     md = report.markdown(finite(doc), figures)

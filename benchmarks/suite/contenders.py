@@ -29,9 +29,10 @@ MPI_ENV = {
 }
 
 HOROVOD_REASON = (
-    "not installable here: Horovod ships no wheels (sdist only, last release 0.28.1 of 2023) and "
-    "its build from source against this torch fails (see the JSON's horovod_install_log); "
-    "DDP over gloo is the synchronous all-reduce contender instead"
+    "not installable here: Horovod has no wheels (sdist 0.28.1 of 2023); `pip install horovod` builds it "
+    "without its PyTorch extension (build isolation hides torch: horovod.torch has no init), and the build "
+    "with HOROVOD_WITH_PYTORCH=1 --no-build-isolation was still compiling after 10 minutes on these 2 cores "
+    "(benchmarks/results/horovod-install.log); DDP over gloo is the synchronous all-reduce contender instead"
 )
 
 

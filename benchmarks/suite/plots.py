@@ -132,8 +132,14 @@ def draw(doc: dict[str, Any], stem: Path) -> list[Path]:
     convergence(doc, files["convergence"])
     _bars(doc, "final_metric", "validation metric", "Final validation metric", files["final-metric"])
     _bars(doc, "peak_rss_mb", "MiB (largest process)", "Peak memory per process", files["memory"])
-    ps_latency(doc, files["ps-latency"])
-    loader(doc, files["loader"])
+    if any(r.get("status") == "ok" for r in (doc.get("ps_micro") or {}).values()):
+        ps_latency(doc, files["ps-latency"])
+    else:  # not run (--only): no empty figure
+        del files["ps-latency"]
+    if any(r.get("status") == "ok" for r in (doc.get("loader") or {}).values()):
+        loader(doc, files["loader"])
+    else:
+        del files["loader"]
     return list(files.values())
 
 

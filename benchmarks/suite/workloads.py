@@ -63,13 +63,13 @@ def _workloads() -> dict[str, Workload]:
 
     return {
         "jet_cnn": Workload(
-            "jet_cnn", m.jet_cnn, F.cross_entropy, "accuracy", 0.68, 0.02,
+            "jet_cnn", m.jet_cnn, F.cross_entropy, "accuracy", 0.65, 0.02,
             "jet_cnn on 1x32x32 toy q/g jet images"),
         "particle_flow": Workload(
             "particle_flow", m.particle_flow, F.cross_entropy, "accuracy", 0.75, 0.02,
             f"Particle Flow Network on {MAX_PARTICLES} particles x (z, deta, dphi, pid)"),
         "calo_cnn": Workload(
-            "calo_cnn", functools.partial(m.calo_cnn, grid=16), m.calo_loss, "type accuracy", 0.60, 0.02,
+            "calo_cnn", functools.partial(m.calo_cnn, grid=16), m.calo_loss, "type accuracy", 0.50, 0.02,
             "3D CNN (type + energy heads) on 16^3 parametric showers (e-, gamma, pi+)", y="target"),
         "wide_mlp": Workload(
             "wide_mlp", functools.partial(m.mlp, inputs=256, hidden=1024, classes=4, depth=3),
