@@ -2,7 +2,8 @@
 
     psdist train examples/jet_images.yaml            # train as the config says
     psdist train cfg.yaml --epochs 10 --workers 4    # override a few settings
-    psdist train cfg.yaml --resume run.ckpt          # continue a saved training
+    psdist train cfg.yaml --save run.ckpt            # checkpoint every epoch and 60 s
+    psdist train cfg.yaml --resume run.ckpt          # finish a run after a crash (or --epochs N more)
     psdist generate jet-images data/jets.zarr        # make an offline HEP dataset
     psdist convert root out.zarr sig.root:1 bkg.root:0 --jagged part_pt part_eta --max-particles 30
 """
@@ -95,10 +96,17 @@ def _run(a: argparse.Namespace, cfg: Any, client: Any) -> int:
                                early_stopping=kwargs["early_stopping"], metrics=kwargs["metrics"],
                                step=kwargs["step"], checkpoints=kwargs["checkpoints"],
                                chunk_timeout=kwargs["chunk_timeout"])
-        print(f"resuming {a.resume} at epoch {trainer.epoch}, version {trainer.version}", file=sys.stderr)
+        where = f"epoch {trainer.epoch}" + (" (mid-epoch)" if trainer.resumes_mid_epoch else "")
+        print(f"resuming {a.resume} at {where}, version {trainer.version}", file=sys.stderr)
     else:
         trainer = Trainer(cfg.model_fn(), cfg.loss_fn(), cfg.dataset(), client=client, **kwargs)
-    history = trainer.fit(cfg.epochs, progress=None if a.quiet else progress_bar(cfg.epochs, trainer.epoch))
+    # after a crash, `--resume` alone finishes the planned run; `--epochs N` trains N more
+    epochs = cfg.epochs - trainer.epoch if a.resume and a.epochs is None else cfg.epochs
+    if epochs < 1:
+        print(f"{a.resume} has trained all {trainer.epoch} epochs of the config; give --epochs N for N more",
+              file=sys.stderr)
+        return 0
+    history = trainer.fit(epochs, progress=None if a.quiet else progress_bar(epochs, trainer.epoch))
     print(summary_table(history.records))
     if trainer.stopped_reason:
         print(f"stopped early: {trainer.stopped_reason}")
@@ -147,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train from a YAML config", description=TRAIN_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("config", help="YAML config file")
-    t.add_argument("--epochs", type=int, help="override the config's epochs")
+    t.add_argument("--epochs", type=int,
+                   help="override the config's epochs (with --resume: train this many more)")
     t.add_argument("--workers", type=int, help="data workers of the embedded cluster")
     t.add_argument("--threads", type=int, help="threads per worker (torch threads)")
     t.add_argument("--scheduler", help="address of a running Dask scheduler (default: start a LocalCluster)")

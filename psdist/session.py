@@ -59,6 +59,7 @@ class SessionSpec:
     timeout: float
     ps_worker: str | None = None
     resume: tuple[dict[str, Any], dict[str, np.ndarray]] | None = None
+    security: Any = None  # for the embedded cluster: see psdist.cluster.embedded_cluster
 
 
 @dataclass
@@ -152,9 +153,9 @@ def _start_ps(
         workers=[ps_address],
         key=f"psdist-ps-{run_id}{suffix}",
     )
-    ps = future.result()
+    ps = future.result(timeout=spec.timeout)  # no call to the PS waits forever, its start included
     if state is not None:
-        version = ps.load_state_dict(*state).result()
+        version = ps.load_state_dict(*state).result(timeout=spec.timeout)
         logger.info("psdist: parameter server restored at version %d", version)
     return ps, future, ps_address, exclusive
 
@@ -174,7 +175,8 @@ def open_session(spec: SessionSpec, client: Any | None = None) -> Iterator[Sessi
     stack = contextlib.ExitStack()
     with stack:
         if client is None:
-            cluster, client = embedded_cluster(spec.workers, spec.threads_per_worker, spec.malloc_fix)
+            cluster, client = embedded_cluster(spec.workers, spec.threads_per_worker, spec.malloc_fix,
+                                               security=spec.security)
             stack.callback(cluster.close)
             stack.callback(client.close)
         if spec.malloc_fix:  # also fixes workers of an existing cluster, and future ones

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from itertools import islice
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
@@ -22,23 +22,24 @@ import torch
 
 from psdist.checkpoint import read_checkpoint, write_checkpoint
 from psdist.checks import dry_run
-from psdist.data import Chunk, DatasetInfo, ZarrDataset, epoch_order, task_seed
+from psdist.data import DatasetInfo, ZarrDataset, epoch_order
 from psdist.epoch import EpochProgress
 from psdist.errors import ConfigError, DataError, ModelError, ServerError
 from psdist.flat import Layout, flatten, unflatten_into
 from psdist.guard import NonfiniteGuard
 from psdist.history import History
-from psdist.loop import ChunkResult, EvalResult, concat_outputs
+from psdist.loop import concat_outputs
 from psdist.metrics import default_metrics
 from psdist.monitor import TOPIC, event
 from psdist.optim import SGD, Optimizer, optimizer_from_config
 from psdist.recovery import Checkpoints
 from psdist.replica import as_model_dict, layout_of
 from psdist.rules import Downpour, Rule, rule_from_config
+from psdist.security import as_security
 from psdist.session import ParameterServerLost, Session, SessionSpec, open_session
 from psdist.steps import SupervisedStep
 from psdist.stopping import EarlyStopping
-from psdist.worker import SLOT, evaluate_task, train_task
+from psdist.tasks import ChunkRunner
 
 if TYPE_CHECKING:
     from psdist.handle import TrainingHandle
@@ -107,6 +108,10 @@ class Trainer:
         Recovery points (:class:`~psdist.recovery.Checkpoints`): how often the server's state is
         saved within an epoch, to which file, how many lost parameter servers to replace.
         Default: in memory, every 60 s and at each epoch end.
+    security
+        TLS for the embedded cluster: ``True`` (a temporary certificate), a
+        ``distributed.Security`` or ``{"ca_file", "cert", "key"}`` (see :mod:`psdist.security`).
+        With ``client=`` the client's own security applies.
     chunk_timeout
         Seconds a chunk task may take before its worker counts as hung and is restarted (its
         tasks then run elsewhere). Default: the larger of ``timeout`` and 20 times the
@@ -136,6 +141,7 @@ class Trainer:
         timeout: float = 300.0,
         checkpoints: Checkpoints | None = None,
         chunk_timeout: float | None = None,
+        security: Any = None,
     ) -> None:
         if not callable(model_fn):
             raise ModelError(f"model_fn={model_fn!r} must be a function returning an nn.Module")
@@ -175,6 +181,8 @@ class Trainer:
         if chunk_timeout is not None and not (isinstance(chunk_timeout, (int, float)) and chunk_timeout > 0):
             raise ConfigError(f"chunk_timeout={chunk_timeout!r} must be a positive number of seconds (or None)")
         self.chunk_timeout = None if chunk_timeout is None else float(chunk_timeout)
+        # PEM files are checked now, before any cluster; True makes its certificate at fit
+        self.security = security if security is True else as_security(security)
         self.history = History()
         self.epoch = 0  # epochs completed
         self.stopped_reason: str | None = None
@@ -195,8 +203,6 @@ class Trainer:
         self._point: tuple[tuple[dict[str, Any], dict[str, np.ndarray]], dict[str, Any] | None] | None = None
         self._point_at = (0, 0.0)  # (version, monotonic time) of that point
         self._seen_version = 0  # the highest server version any result reported
-        self._slowest = 0.0  # the longest chunk task so far (s), for the hung-worker timeout
-        self._gone: set[str] = set()  # removed workers the server was told of
         self._guard = NonfiniteGuard()  # stops a run that only produces NaN (new at each fit)
         for name, fn in (("model_fn", model_fn), ("loss_fn", loss_fn), ("step", self.step)):
             try:
@@ -242,7 +248,7 @@ class Trainer:
         spec = SessionSpec(
             self.model_fn, self.step, self.rule, self.data, layout, weights, optimizers,
             self.max_staleness, self.workers, self.threads_per_worker, self.malloc_fix,
-            self.timeout, self.ps_worker, self._state,
+            self.timeout, self.ps_worker, self._state, self.security,
         )
         metrics = {**default_metrics(info.y_dtype), **self.user_metrics}
         return info, spec, metrics
@@ -280,10 +286,12 @@ class Trainer:
                 progress({"event": "start", "run": sess.run_id, "dashboard": self.dashboard_url or self.dashboard_link})
             reason = "completed"
             self._guard = NonfiniteGuard()
+            runner = ChunkRunner(sess, self.seed, self.batch_size, self.rule.comm_period(self.push_every),
+                                 self.timeout, self.chunk_timeout, self._stop)
             try:
                 self._take_point(sess, write=False)  # a lost server before any point restarts here
                 for _ in range(epochs):
-                    record = self._recovering_epoch(sess, info, metrics, progress)
+                    record = self._recovering_epoch(runner, info, metrics, progress)
                     self.history.append(record)
                     sess.call("publish", timeout=self.timeout)  # a fresh snapshot for the page
                     self._publish(sess, "epoch", record=record)
@@ -331,7 +339,9 @@ class Trainer:
         return {
             "rule": self.rule.to_config(), "optimizers": {k: o.to_config() for k, o in opts.items()},
             "batch_size": self.batch_size, "push_every": self.push_every, "workers": self.workers,
-            "max_staleness": self.max_staleness, "data": str(self.data.path), "seed": self.seed,
+            # the store's name, not its path: the page shows nothing a Dask dashboard would not
+            "max_staleness": self.max_staleness, "data": os.path.basename(str(self.data.path).rstrip("/")),
+            "seed": self.seed,
         }
 
     def _publish(self, sess: Session, kind: str, **fields: Any) -> None:
@@ -408,15 +418,15 @@ class Trainer:
         version, at = self._point_at
         return self.checkpoints.due(self._seen_version, version, time.monotonic(), at)
 
-    def _recovering_epoch(self, sess: Session, info: DatasetInfo, metrics: dict[str, Any],
+    def _recovering_epoch(self, runner: ChunkRunner, info: DatasetInfo, metrics: dict[str, Any],
                           progress: Progress | None) -> dict[str, Any]:
         """One epoch; a lost parameter server is replaced from the last point and the epoch goes on."""
         while True:
             try:
-                return self._epoch(sess, info, metrics, progress)
+                return self._epoch(runner, info, metrics, progress)
             except Exception as exc:
-                if isinstance(exc, ParameterServerLost) or not sess.ps_alive():
-                    self._recover(sess, exc)
+                if isinstance(exc, ParameterServerLost) or not runner.sess.ps_alive():
+                    self._recover(runner.sess, exc)
                     continue
                 raise
 
@@ -450,115 +460,9 @@ class Trainer:
             after.faults["versions_lost"], after.faults["chunks_redone"],
         )
 
-    # ------------------------------------------------------------------ chunk tasks
-    def _submit_train(self, sess: Session, chunk: Chunk, rank: int) -> Any:
-        return sess.client.submit(
-            train_task, sess.plugin, chunk, self.epoch,
-            task_seed(self.seed, self.epoch, chunk.index), self.batch_size,
-            self.rule.comm_period(self.push_every),
-            self.timeout,
-            key=f"psdist-train-{sess.run_id}-e{self.epoch}-c{chunk.index}-r{sess.restarts}",
-            resources={SLOT: 1},
-            priority=-rank,
-            pure=False,
-        )
-
-    def _await(self, sess: Session, running: dict[Any, float]) -> list[Any]:
-        """Futures of ``running`` (future → submit time) that finished; watches the cluster meanwhile.
-
-        Waits in slices: between them a lost parameter server raises, and a chunk task older
-        than the chunk timeout gets its worker restarted (Dask reruns its tasks elsewhere).
-        """
-        from distributed import wait
-
-        while True:
-            try:
-                done, _ = wait(list(running), timeout=1.0, return_when="FIRST_COMPLETED")
-            except TimeoutError:
-                done = set()
-            if done:
-                return sorted(done, key=lambda f: running[f])
-            if not sess.ps_alive():
-                raise ParameterServerLost(f"the parameter server's worker {sess.ps_address} left the cluster")
-            self._forget_lost(sess)
-            self._restart_hung(sess, running)
-
-    def _forget_lost(self, sess: Session) -> None:
-        """Tell the server that workers the scheduler removed are gone: barriers stop waiting for them."""
-        for _ts, msg in sess.client.get_events("all"):
-            w = msg.get("worker") if isinstance(msg, dict) and msg.get("action") == "remove-worker" else None
-            if w is not None and w not in self._gone:
-                self._gone.add(w)
-                if w != sess.ps_address:
-                    sess.call("leave", w, timeout=self.timeout)
-
-    def _restart_hung(self, sess: Session, running: dict[Any, float]) -> None:
-        limit = self.chunk_timeout or max(self.timeout, 20 * self._slowest)
-        now = time.monotonic()
-        old = {f.key for f, t in running.items() if now - t > limit}
-        if not old:
-            return
-        hung = {w: old & set(keys) for w, keys in sess.client.processing().items() if old & set(keys)}
-        workers = sess.client.scheduler_info(n_workers=-1)["workers"]
-        for w in sorted(hung):
-            if not workers.get(w, {}).get("nanny"):
-                raise ServerError(
-                    f"worker {w} has run chunk task(s) {sorted(old)} for more than {limit:.0f} s and "
-                    "has no nanny to restart it; use a cluster with processes (LocalCluster(processes=True)) "
-                    "or raise Trainer(chunk_timeout=...)"
-                )
-            logger.warning("psdist: %s hung on %s for more than %.0f s; restarting it", w, sorted(old), limit)
-            sess.client.restart_workers([w], raise_for_error=True)
-            if self._progress is not None:
-                self._progress.faults["chunks_hung"] += len(hung[w])
-        for f in running:
-            if f.key in old:
-                running[f] = now  # its rerun gets a fresh allowance
-
-    def _train_chunks(self, sess: Session, todo: list[tuple[int, Chunk]]) -> Iterator[ChunkResult]:
-        """Run chunk tasks through a bounded window, in the seeded order.
-
-        Not the whole epoch at once: the scheduler releases tasks that wait for a resource in
-        no fixed order. With one training slot the window is one task, so the chunks are
-        trained strictly in order and a run is reproducible (a second queued task was seen to
-        overtake the first on a fresh cluster); with several slots, two per slot keep every
-        worker busy (the next task waits on the worker while the current one runs). The slots
-        are counted again after every chunk: workers that join (``cluster.scale``, ``adapt``)
-        widen the window at once, workers that leave narrow it (their tasks are rescheduled).
-        Unfinished tasks are cancelled when the caller stops early or fails.
-        """
-
-        def window() -> int:
-            slots = sum(1 for w in sess.client.scheduler_info(n_workers=-1)["workers"].values()
-                        if w.get("resources", {}).get(SLOT, 0) >= 1)
-            return 1 if slots <= 1 else 2 * slots
-
-        pending = iter(todo)
-        running: dict[Any, float] = {}
-
-        def top_up() -> None:
-            for i, c in islice(pending, max(0, window() - len(running))):
-                running[self._submit_train(sess, c, i)] = time.monotonic()
-
-        top_up()  # the first window goes out even if stop() came early: a stop trains those
-        logger.info("psdist: epoch %d, %d tasks in flight", self.epoch + 1, len(running))
-        try:
-            while running:
-                for fut in self._await(sess, running):
-                    started = running.pop(fut)
-                    result = fut.result()
-                    # released now, not when garbage-collected: a finished chunk whose result
-                    # still sits on a worker that dies would be recomputed (trained twice)
-                    fut.release()
-                    self._slowest = max(self._slowest, time.monotonic() - started)
-                    yield result
-                if not self._stop.is_set():  # stop: drain, add none
-                    top_up()
-        finally:
-            if running:
-                sess.client.cancel(list(running))
-
-    def _epoch(self, sess: Session, info: DatasetInfo, metrics: dict[str, Any], progress: Progress | None) -> dict[str, Any]:
+    def _epoch(self, runner: ChunkRunner, info: DatasetInfo, metrics: dict[str, Any],
+               progress: Progress | None) -> dict[str, Any]:
+        sess = runner.sess
         t0 = time.perf_counter()
         wall0 = time.time()
         prog = self._progress
@@ -571,7 +475,7 @@ class Trainer:
         order = epoch_order(info.train, self.seed, self.epoch)
         todo = [(i, c) for i, c in enumerate(order) if c.index not in prog.done]
         try:
-            for r in self._train_chunks(sess, todo):
+            for r in runner.train(todo, self.epoch, prog):
                 prog.add(r)
                 self._seen_version = max(self._seen_version, r.version)
                 self.timeline.extend((r.worker, phase, a, b, self.epoch + 1, r.chunk) for phase, a, b in r.spans)
@@ -592,7 +496,7 @@ class Trainer:
                     self._take_point(sess, write=True)
         finally:
             prog.train_s += time.perf_counter() - t0
-            self._count_worker_losses(sess, prog, wall0)
+            runner.count_worker_losses(prog, self.epoch, wall0)
         m1 = sess.call("metrics", timeout=self.timeout)
         start = prog.server_start
         received = m1["applied"] + sum(m1["rejected"].values()) - start["applied"] - start["rejected"]
@@ -609,42 +513,16 @@ class Trainer:
         if len(prog.done) < len(order):  # stop() was called: this epoch is not complete
             record["partial"] = True
         if info.val:
-            record.update(self._validate(sess, info, metrics))
+            record.update(self._validate(runner, info, metrics))
         record["wall_s"] = time.perf_counter() - t0
         logger.info("psdist: epoch %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})
         return record
 
-    def _count_worker_losses(self, sess: Session, prog: EpochProgress, since: float) -> None:
-        """Workers the scheduler removed since ``since`` and this epoch's chunks Dask reran for it."""
-        prefix = f"psdist-train-{sess.run_id}-e{self.epoch}-"
-        for ts, msg in sess.client.get_events("all"):
-            if ts < since or not isinstance(msg, dict) or msg.get("action") != "remove-worker":
-                continue
-            prog.faults["workers_lost"] += 1
-            prog.faults["chunks_rerun"] += sum(1 for k in msg.get("processing-tasks", ()) if str(k).startswith(prefix))
-
-    def _validate(self, sess: Session, info: DatasetInfo, metrics: dict[str, Any]) -> dict[str, float]:
-        futs = {
-            sess.client.submit(
-                evaluate_task, sess.plugin, c, self.batch_size, self.timeout,
-                key=f"psdist-val-{sess.run_id}-e{self.epoch}-c{c.index}-r{sess.restarts}",
-                resources={SLOT: 1}, pure=False,
-            ): time.monotonic()
-            for c in info.val
-        }
-        gathered: list[EvalResult] = []
-        try:
-            while futs:
-                for f in self._await(sess, futs):
-                    del futs[f]
-                    gathered.append(f.result())
-                    f.release()
-        finally:
-            if futs:
-                sess.client.cancel(list(futs))
+    def _validate(self, runner: ChunkRunner, info: DatasetInfo, metrics: dict[str, Any]) -> dict[str, float]:
+        gathered = runner.validate(info.val, self.epoch, self._progress or EpochProgress(self.epoch + 1))
         self.timeline.extend((r.worker, "validate", r.start, r.stop, self.epoch + 1, r.chunk) for r in gathered)
         # chunks skipped as unreadable (skip_bad_chunks) are left out of the metrics, and counted
-        results = sorted((r for r in gathered if not r.bad_chunks), key=lambda r: r.chunk)
+        results = [r for r in gathered if not r.bad_chunks]
         if not results:
             raise DataError(f"every validation chunk of {self.data.path!r} is unreadable: "
                             + "; ".join(b for r in gathered for b in r.bad[:1]))

@@ -27,6 +27,17 @@ from psdist.steps import SupervisedStep
 
 ROWS, CHUNK, BATCH = 4096, 256, 64  # 16 chunks of 4 pushes each
 CE = torch.nn.functional.cross_entropy
+# each test's figures land here (docs/reliability.md quotes them)
+ARTIFACTS = os.environ.get("PSDIST_ARTIFACTS") or os.path.join(os.path.dirname(os.path.dirname(__file__)), "test-artifacts")
+KEEP = ("chunks", "samples", "workers_lost", "chunks_rerun", "chunks_hung", "pushes_orphaned", "ps_restarts",
+        "versions_lost", "chunks_redone", "pushes_applied", "pushes_rejected", "val_accuracy", "resumed")
+
+
+def report(test: str, history: list[dict], **extra) -> None:
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    rows = [{k: r[k] for k in KEEP if k in r} for r in history]
+    with open(os.path.join(ARTIFACTS, "reliability.jsonl"), "a") as f:
+        f.write(json.dumps({"test": test, "epochs": rows, **extra}) + "\n")
 
 
 def mlp() -> torch.nn.Module:
@@ -94,6 +105,7 @@ def test_killed_data_worker_has_its_chunks_rerun_and_every_push_accounted(data, 
     orphans = server.get(killed[0], 0) - reported.get(killed[0], 0)
     assert first["pushes_orphaned"] == orphans >= 0
     assert sum(server.values()) == sum(r["pushes_applied"] + r["pushes_rejected"] for r in history)
+    report("data worker SIGKILLed", history.records, orphans=orphans)
     assert last["val_accuracy"] >= 0.95
 
 
@@ -124,6 +136,7 @@ def test_hung_worker_is_restarted_and_the_training_finishes(data, cluster_client
                        batch_size=BATCH, client=cluster_client, seed=0, chunk_timeout=5.0)
     history = t.fit(1)
     rec = history.last
+    report("data worker hung", history.records)
     assert os.path.exists(marker)  # the hang really happened
     assert rec["chunks_hung"] == 1 and rec["workers_lost"] == 1 and rec["chunks_rerun"] >= 1
     assert rec["chunks"] == ROWS // CHUNK and rec["samples"] == ROWS
@@ -149,6 +162,7 @@ def test_killed_parameter_server_restarts_from_the_last_point(data, cluster_clie
 
     history = t.fit(2, progress=progress)
     first, last = history[0], history[1]
+    report("parameter server SIGKILLed", history.records, every_versions=every)
     assert killed and first["ps_restarts"] == 1 and t.ps_address != killed[0]
     # lost: the updates since the last point, at most one interval plus what the chunks in
     # flight (4 tasks of 4 pushes) applied before the point came due
@@ -178,6 +192,7 @@ def test_killed_worker_does_not_hold_a_sync_barrier(data, cluster_client):
                 os.kill(pids[busy[0]], signal.SIGKILL)
 
     rec = t.fit(1, progress=progress).last
+    report("data worker SIGKILLed under Sync", [rec], evicted=t.server_metrics["evicted"])
     assert rec["workers_lost"] == 1 and rec["chunks"] == ROWS // CHUNK and rec["samples"] == ROWS
     assert t.server_metrics["evicted"] == 0  # nobody waited out the 120 s timeout to be evicted
     assert rec["val_accuracy"] >= 0.95
@@ -214,6 +229,7 @@ def test_cli_killed_with_its_cluster_resumes_mid_epoch(data, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "(mid-epoch)" in out.stderr
     history = json.loads(hist.read_text())
+    report("client + cluster SIGKILLed, --resume", history, checkpoints_before_kill=written)
     assert [r["epoch"] for r in history] == [1, 2, 3]  # the planned run, finished
     resumed = history[1]
     assert resumed["resumed"] is True and resumed["chunks"] == ROWS // CHUNK and resumed["samples"] == ROWS
@@ -233,3 +249,4 @@ def test_a_run_that_only_makes_nan_stops_with_an_explanation(client, tmp_path):
     assert t.epoch == 0 and len(t.history) == 0  # stopped inside the first epoch
     assert t.server_metrics["applied"] == 0  # nothing NaN reached the weights
     assert "scan()" in str(err.value)  # the message says how to find the bad rows
+    report("all inputs NaN", [], error=str(err.value), applied=t.server_metrics["applied"])
