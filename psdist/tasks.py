@@ -100,8 +100,8 @@ class ChunkRunner:
         try:
             while running:
                 for fut in self._await(running, prog):
+                    result = self._result(fut, running, prog)
                     started = running.pop(fut)
-                    result = fut.result()
                     # released now, not when garbage-collected: a finished chunk whose result
                     # still sits on a worker that dies would be recomputed (trained twice)
                     fut.release()
@@ -128,8 +128,8 @@ class ChunkRunner:
         try:
             while futs:
                 for f in self._await(futs, prog):
+                    gathered.append(self._result(f, futs, prog))
                     del futs[f]
-                    gathered.append(f.result())
                     f.release()
         finally:
             if futs:
@@ -148,10 +148,25 @@ class ChunkRunner:
                 done = set()
             if done:
                 return sorted(done, key=lambda f: running[f])
-            if not self.sess.ps_alive():
-                raise ParameterServerLost(f"the parameter server's worker {self.sess.ps_address} left the cluster")
-            self.forget_lost()
-            self._restart_hung(running, prog)
+            self._watch(running, prog)
+
+    def _result(self, fut: Any, running: dict[Any, float], prog: EpochProgress) -> Any:
+        """``fut.result()``, watching the cluster meanwhile.
+
+        A finished task's result can still be lost with its worker before it is fetched; Dask
+        then recomputes it, and that rerun may wait on a barrier that only the watch releases.
+        """
+        while True:
+            try:
+                return fut.result(timeout=SLICE)
+            except TimeoutError:
+                self._watch(running, prog)
+
+    def _watch(self, running: dict[Any, float], prog: EpochProgress) -> None:
+        if not self.sess.ps_alive():
+            raise ParameterServerLost(f"the parameter server's worker {self.sess.ps_address} left the cluster")
+        self.forget_lost()
+        self._restart_hung(running, prog)
 
     def forget_lost(self) -> None:
         """Tell the server that workers the scheduler removed are gone: barriers stop waiting for them."""

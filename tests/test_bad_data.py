@@ -444,4 +444,4 @@ def test_on_a_cluster_a_bad_chunk_fails_by_name_or_is_skipped(tmp_path, client) 
                              batch_size=64, client=client, seed=0)
     history = trainer.fit(epochs=1)
     rec = history[0]
-    assert rec["samples"] == 7 * 128 and rec.get("bad_chunks", 1) == 1 and math.isfinite(rec["val_loss"])
+    assert rec["samples"] == 7 * 128 and rec["bad_chunks"] == 1 and rec["chunks"] == 8 and math.isfinite(rec["val_loss"])
