@@ -181,6 +181,17 @@ class Optimizer:
             buf = self.state[key] = np.zeros_like(like)
         return buf
 
+    def _scratch(self, like: np.ndarray) -> np.ndarray:
+        """A reusable work vector shaped like ``like`` (not state: never checkpointed).
+
+        The server updates millions of floats per push; a fresh temporary per operation costs
+        an allocation and its page faults every time, more than the arithmetic.
+        """
+        buf = getattr(self, "_work", None)
+        if buf is None or buf.shape != like.shape:
+            buf = self._work = np.empty_like(like, dtype=np.float32)
+        return buf
+
     def hyper(self) -> dict[str, Any]:
         """Hyperparameters beyond lr/weight_decay (subclasses extend)."""
         return {}
@@ -234,15 +245,26 @@ class SGD(Optimizer):
         return {"momentum": self.momentum, "nesterov": self.nesterov, "dampening": self.dampening}
 
     def _update(self, w: np.ndarray, g: np.ndarray, lr: float) -> None:
+        s = self._scratch(w)  # in place throughout: no temporaries of the model's size
         if self.momentum:
             if "momentum" not in self.state:
                 buf = self.state["momentum"] = np.array(g, dtype=np.float32)
             else:
                 buf = self.state["momentum"]
                 buf *= self.momentum
-                buf += (1 - self.dampening) * g
-            g = g + self.momentum * buf if self.nesterov else buf
-        w -= np.float32(lr) * g
+                if self.dampening:
+                    np.multiply(g, np.float32(1 - self.dampening), out=s)
+                    buf += s
+                else:
+                    buf += g
+            if self.nesterov:
+                np.multiply(buf, np.float32(self.momentum), out=s)
+                s += g
+                g = s
+            else:
+                g = buf
+        np.multiply(g, np.float32(lr), out=s)
+        w -= s
 
 
 class Adam(Optimizer):
@@ -272,14 +294,21 @@ class Adam(Optimizer):
     def _update(self, w: np.ndarray, g: np.ndarray, lr: float) -> None:
         b1, b2 = self.betas
         m, v = self._buffer("exp_avg", w), self._buffer("exp_avg_sq", w)
+        s = self._scratch(w)  # in place throughout: no temporaries of the model's size
         m *= b1
-        m += (1 - b1) * g
+        np.multiply(g, np.float32(1 - b1), out=s)
+        m += s
         v *= b2
-        v += (1 - b2) * np.square(g)
+        np.square(g, out=s)
+        s *= np.float32(1 - b2)
+        v += s
         t = self.steps
-        denom = np.sqrt(v) / math.sqrt(1 - b2**t)
-        denom += self.eps
-        w -= np.float32(lr / (1 - b1**t)) * (m / denom)
+        np.sqrt(v, out=s)
+        s /= np.float32(math.sqrt(1 - b2**t))
+        s += np.float32(self.eps)
+        np.divide(m, s, out=s)
+        s *= np.float32(lr / (1 - b1**t))
+        w -= s
 
 
 class RMSprop(Optimizer):
