@@ -71,24 +71,39 @@ def pushes_by_worker(events: list[dict]) -> dict[str, int]:
     return out
 
 
-@pytest.mark.slow
-def test_killed_data_worker_has_its_chunks_rerun_and_every_push_accounted(data, cluster_client):
-    client = cluster_client
-    pids = client.run(os.getpid)
-    t = trainer(data, client)
-    chunks: list[dict] = []
-    killed: list[str] = []
+class KillAt:
+    """A progress callback that records chunk events and SIGKILLs a process at the n-th one.
 
-    def progress(ev):
+    ``target(trainer)`` names the worker to kill when the moment comes: a data worker running
+    a chunk (default) or the parameter server's.
+    """
+
+    def __init__(self, trainer: psdist.Trainer, n: int, target=None) -> None:
+        self.trainer, self.client, self.n = trainer, trainer.client, n
+        self.pids = self.client.run(os.getpid)
+        self.target = target or self.busy_data_worker
+        self.chunks: list[dict] = []
+        self.killed: list[str] = []
+
+    def busy_data_worker(self, t: psdist.Trainer) -> str:
+        return next(w for w, keys in self.client.processing().items() if w != t.ps_address and keys)
+
+    def __call__(self, ev: dict) -> None:
         if ev["event"] != "chunk":
             return
-        chunks.append(ev)
-        if len(chunks) == 3:  # mid-epoch 1: SIGKILL a data worker that is running a chunk
-            busy = [w for w, keys in client.processing().items() if w != t.ps_address and keys]
-            killed.append(busy[0])
-            os.kill(pids[busy[0]], signal.SIGKILL)
+        self.chunks.append(ev)
+        if len(self.chunks) == self.n:
+            victim = self.target(self.trainer)
+            self.killed.append(victim)
+            os.kill(self.pids[victim], signal.SIGKILL)
 
-    history = t.fit(2, progress=progress)
+
+@pytest.mark.slow
+def test_killed_data_worker_has_its_chunks_rerun_and_every_push_accounted(data, cluster_client):
+    t = trainer(data, cluster_client)
+    kill = KillAt(t, 3)  # mid-epoch 1: a data worker that is running a chunk
+    chunks, killed = kill.chunks, kill.killed
+    history = t.fit(2, progress=kill)
     first, last = history[0], history[1]
     assert killed and first["workers_lost"] == 1
     assert first["chunks_rerun"] >= 1  # the victim's running (and queued) chunk tasks ran elsewhere
@@ -145,22 +160,11 @@ def test_hung_worker_is_restarted_and_the_training_finishes(data, cluster_client
 
 @pytest.mark.slow
 def test_killed_parameter_server_restarts_from_the_last_point(data, cluster_client):
-    client = cluster_client
-    pids = client.run(os.getpid)
     every = 8  # versions between recovery points (2 chunks)
-    t = trainer(data, client, checkpoints=psdist.Checkpoints(every_versions=every))
-    chunks: list[dict] = []
-    killed: list[str] = []
-
-    def progress(ev):
-        if ev["event"] != "chunk":
-            return
-        chunks.append(ev)
-        if len(chunks) == 7:  # mid-epoch 1: SIGKILL the parameter server's process
-            killed.append(t.ps_address)
-            os.kill(pids[t.ps_address], signal.SIGKILL)
-
-    history = t.fit(2, progress=progress)
+    t = trainer(data, cluster_client, checkpoints=psdist.Checkpoints(every_versions=every))
+    kill = KillAt(t, 7, target=lambda t: t.ps_address)  # mid-epoch 1: the PS's process
+    chunks, killed = kill.chunks, kill.killed
+    history = t.fit(2, progress=kill)
     first, last = history[0], history[1]
     report("parameter server SIGKILLed", history.records, every_versions=every)
     assert killed and first["ps_restarts"] == 1 and t.ps_address != killed[0]
@@ -178,20 +182,11 @@ def test_killed_parameter_server_restarts_from_the_last_point(data, cluster_clie
 @pytest.mark.slow
 def test_killed_worker_does_not_hold_a_sync_barrier(data, cluster_client):
     """Sync waits for every active worker; a dead one is made to leave, not waited out."""
-    client = cluster_client
-    pids = client.run(os.getpid)
     t = psdist.Trainer(mlp, CE, data, optimizer=psdist.optim.SGD(lr=0.1), rule=psdist.rules.Sync(),
-                       batch_size=BATCH, client=client, seed=0, timeout=120)
-    chunks: list[dict] = []
+                       batch_size=BATCH, client=cluster_client, seed=0, timeout=120)
+    kill = KillAt(t, 3)
 
-    def progress(ev):
-        if ev["event"] == "chunk":
-            chunks.append(ev)
-            if len(chunks) == 3:
-                busy = [w for w, keys in client.processing().items() if w != t.ps_address and keys]
-                os.kill(pids[busy[0]], signal.SIGKILL)
-
-    rec = t.fit(1, progress=progress).last
+    rec = t.fit(1, progress=kill).last
     report("data worker SIGKILLed under Sync", [rec], evicted=t.server_metrics["evicted"])
     assert rec["workers_lost"] == 1 and rec["chunks"] == ROWS // CHUNK and rec["samples"] == ROWS
     assert t.server_metrics["evicted"] == 0  # nobody waited out the 120 s timeout to be evicted
