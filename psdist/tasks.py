@@ -206,5 +206,6 @@ class ChunkRunner:
         for ts, msg in self.sess.client.get_events("all"):
             if ts < since or not isinstance(msg, dict) or msg.get("action") != "remove-worker":
                 continue
-            prog.faults["workers_lost"] += 1
+            # a graceful retirement (adapt, scale down) is no loss; its tasks still run again
+            prog.faults["workers_lost"] += not msg.get("expected", False)
             prog.faults["chunks_rerun"] += sum(1 for k in msg.get("processing-tasks", ()) if str(k).startswith(prefix))

@@ -159,7 +159,7 @@ def test_data_workers_scale_1_2_1_during_a_fit(partition, blob_data, tmp_path):
             # Adaptive does it: by name, through the cluster; the batch system cancels the job
             old = seen["old"]
             keys = [k for k in client.processing(workers=[old])[old] if k.startswith("psdist-train")]
-            seen["held"] = {int(re.search(r"-c(\d+)$", k).group(1)) for k in keys}
+            seen["held"] = {int(re.search(r"-c(\d+)-r\d+$", k).group(1)) for k in keys}
             seen["job"] = cluster.workers["psdist-0"].job_id
             cluster.sync(cluster.scale_down, ["psdist-0"])
             wait_until("the retired worker leaves", lambda: old not in data_workers().values())
