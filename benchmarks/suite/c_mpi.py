@@ -36,17 +36,6 @@ def _flat(model: Any) -> np.ndarray:
         return torch.cat([p.detach().reshape(-1).cpu() for p in model.parameters()]).numpy().copy()
 
 
-def _load(model: Any, flat: np.ndarray) -> None:
-    import torch
-
-    off = 0
-    with torch.no_grad():
-        for p in model.parameters():
-            n = p.numel()
-            p.copy_(torch.from_numpy(flat[off : off + n]).view_as(p))
-            off += n
-
-
 def master(comm: Any, name: str, path: str, spec: dict[str, Any]) -> dict[str, Any]:
     import torch
     from mpi4py import MPI
@@ -114,7 +103,7 @@ def worker(comm: Any, name: str, path: str, spec: dict[str, Any]) -> None:
     for _ in range(spec["epochs"]):
         comm.Barrier()
         comm.Bcast(weights, root=0)
-        _load(model, weights)
+        common.set_flat(model, weights)
         perm = torch.randperm(len(x), generator=gen)[rank::world][:per_rank]
         xs, ys = x[perm], y[perm]
         for lo, hi in bounds:
@@ -124,7 +113,7 @@ def worker(comm: Any, name: str, path: str, spec: dict[str, Any]) -> None:
             msg[n] = hi - lo
             comm.Send(msg, dest=0, tag=UPDATE)
             comm.Recv(weights, source=0, tag=WEIGHTS)
-            _load(model, weights)
+            common.set_flat(model, weights)
         comm.Send(msg[:1], dest=0, tag=DONE)
     comm.gather(common.peak_mb(), root=0)
 

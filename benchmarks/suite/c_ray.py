@@ -33,17 +33,6 @@ from benchmarks.suite import common
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 
-def _set_flat(model: Any, flat: np.ndarray) -> None:
-    import torch
-
-    off = 0
-    with torch.no_grad():
-        for p in model.parameters():
-            n = p.numel()
-            p.copy_(torch.from_numpy(flat[off : off + n]).view_as(p))
-            off += n
-
-
 def _flat(model: Any) -> np.ndarray:
     import torch
 
@@ -128,7 +117,7 @@ class DataWorker:
         return len(self.queue), self.per_rank
 
     def compute_gradients(self, weights: np.ndarray) -> tuple[np.ndarray, int, float]:
-        _set_flat(self.model, weights)
+        common.set_flat(self.model, weights)
         lo, hi = self.queue.pop(0)
         self.model.zero_grad(set_to_none=False)
         loss = self.wl.loss(self.model(self.xs[lo:hi]), self.ys[lo:hi])
@@ -169,7 +158,7 @@ def train(ray: Any, ps: Any, workers: list[Any], name: str, path: str, spec: dic
                 in_flight[workers[r].compute_gradients.remote(weights)] = r
         final = ray.get(weights)  # the last update applied: the epoch is over
         train_s = time.perf_counter() - t0
-        _set_flat(evaluator, final)
+        common.set_flat(evaluator, final)
         curve.add(sum(rows for _, rows in shards), train_s, updates, common.evaluate(evaluator, name, xvt, yv))
     peaks = [common.peak_mb(), *ray.get([ps.peak.remote(), *[w.peak.remote() for w in workers]])]
     return curve.row(peaks, params=int(final.size), device=spec.get("device", "cpu"),

@@ -71,17 +71,6 @@ class ParameterServer:
             return self.flat()
 
 
-def _load(model: Any, flat: Any) -> None:
-    import torch
-
-    off = 0
-    with torch.no_grad():
-        for p in model.parameters():
-            n = p.numel()
-            p.copy_(flat[off : off + n].view_as(p))
-            off += n
-
-
 # ------------------------------------------------------------------ run on the trainers via RPC
 def trainer_setup(name: str, path: str, rank: int, world: int, spec: dict[str, Any]) -> None:
     import torch
@@ -105,13 +94,13 @@ def trainer_epoch(ps_rref: Any) -> int:
     perm = torch.randperm(len(t["x"]), generator=t["gen"])[t["rank"] :: t["world"]][: t["per_rank"]]
     xs, ys = t["x"][perm].to(t["dev"]), t["y"][perm].to(t["dev"])
     model, loss_fn = t["model"], t["wl"].loss
-    _load(model, _get_weights_remote(ps_rref).to(t["dev"]))
+    common.set_flat(model, _get_weights_remote(ps_rref).to(t["dev"]))
     for lo, hi in t["bounds"]:
         model.zero_grad(set_to_none=False)
         loss_fn(model(xs[lo:hi]), ys[lo:hi]).backward()
         flat = _rpc().rpc_sync(ps_rref.owner(), ParameterServer.update_and_fetch,
                                args=(ps_rref, common.grads_vector(model)))
-        _load(model, flat.to(t["dev"]))
+        common.set_flat(model, flat.to(t["dev"]))
     return int(t["per_rank"])
 
 
@@ -157,7 +146,7 @@ def _drive(spec: dict[str, Any], world: int) -> None:
                 rows = torch.futures.wait_all([rpc.rpc_async(t, trainer_epoch, args=(ps_rref,)) for t in trainers])
                 train_s = time.perf_counter() - t0
                 ps = ps_rref.local_value()
-                _load(evaluator, ps.get_weights(ps_rref))
+                common.set_flat(evaluator, ps.get_weights(ps_rref))
                 curve.add(sum(rows), train_s, ps.updates, common.evaluate(evaluator, name, xvt, yv))
             peaks = [common.peak_mb(), *[rpc.rpc_sync(t, trainer_peak) for t in trainers]]
             row = curve.row(peaks, params=common.n_params(evaluator), backend="TensorPipe",

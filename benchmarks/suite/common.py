@@ -155,6 +155,19 @@ def evaluate(model: Any, name: str, xv: Any, yv: np.ndarray, batch: int = 512) -
     return metric(name, yv, np.concatenate(outs))
 
 
+def set_flat(model: Any, flat: Any) -> None:
+    """Copy a flat float32 vector (numpy or torch, any device) into the model's parameters, in order."""
+    import torch
+
+    t = flat if isinstance(flat, torch.Tensor) else torch.from_numpy(np.asarray(flat))
+    off = 0
+    with torch.no_grad():
+        for p in model.parameters():
+            n = p.numel()
+            p.copy_(t[off : off + n].view_as(p))
+            off += n
+
+
 def grads_vector(model: Any) -> Any:
     """All parameter gradients as one flat float32 CPU tensor (what PS contenders send)."""
     import torch
