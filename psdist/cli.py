@@ -17,6 +17,7 @@ import sys
 from typing import Any
 
 from psdist.convert_cli import add_convert_parser
+from psdist.epoch import FAULT_FIELDS
 from psdist.errors import ConfigError, PsdistError
 
 __all__ = ["main"]
@@ -41,11 +42,19 @@ Make a dataset first, e.g.: psdist generate jet-images data/jets.zarr
 """
 
 
+#: Per-epoch counters of faults and bad data (psdist.epoch) shown when not all zero.
+COUNTS = (*FAULT_FIELDS, "bad_chunks", "val_bad_chunks", "nonfinite_batches", "pushes_nonfinite")
+
+
 def summary_table(records: list[dict[str, Any]]) -> str:
     """A fixed-width table of the history (what the CLI prints at the end)."""
     if not records:
         return "(no epochs)"
-    cols = ["epoch", "train_loss", *sorted(k for k in records[0] if k.startswith("val_")), "samples_per_s", "pushes_applied", "pushes_rejected", "staleness_mean", "wall_s"]
+    metrics = sorted(k for k in records[0] if k.startswith("val_") and k not in COUNTS)
+    # fault and bad-data counters only when something happened: then they are the news
+    counts = [k for k in COUNTS if any(r.get(k) for r in records)]
+    cols = ["epoch", "train_loss", *metrics, "samples_per_s", "pushes_applied", "pushes_rejected",
+            "staleness_mean", *counts, "wall_s"]
     def fmt(v: Any) -> str:
         if isinstance(v, float):
             return f"{v:.4f}" if abs(v) < 1000 or math.isnan(v) else f"{v:.0f}"
