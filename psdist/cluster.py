@@ -17,7 +17,7 @@ import dask
 from psdist.errors import ClusterError
 from psdist.worker import PS_RESOURCE
 
-__all__ = ["embedded_cluster", "malloc_config", "pick_ps_worker"]
+__all__ = ["embedded_cluster", "malloc_config", "pick_ps_worker", "training_slots"]
 
 logger = logging.getLogger(__name__)
 
@@ -100,17 +100,28 @@ def embedded_cluster(
     return cluster, client
 
 
-def pick_ps_worker(client: Any, preferred: str | None = None) -> tuple[str, bool]:
+def pick_ps_worker(client: Any, preferred: str | None = None, dedicated: bool | None = None) -> tuple[str, bool]:
     """Choose the parameter server's worker; returns (address, exclusive).
 
-    ``exclusive`` is True when other workers remain for training, so the PS worker gets no
-    training slot. Without ``preferred`` the last worker by name is taken (deterministic; in the
-    embedded cluster that is the extra worker started for it).
+    ``exclusive`` means the PS worker gets no training slot. Where the PS lives:
+
+    - a worker started for it (resource ``psdist-ps``: the batch configs' PS job) always hosts
+      it, and never trains;
+    - ``preferred`` (a worker's name or address) hosts it when given;
+    - otherwise the last worker by name (deterministic; in the embedded cluster that is the
+      extra worker started for it).
+
+    ``dedicated`` says whether that worker also trains. ``None`` (default) means no: on a
+    user's cluster every worker trains and the actor shares one (actor calls run in the
+    worker's actor thread and need no task slot), so a cluster of N workers trains on N, not
+    N - 1 (on a GPU node, no GPU idles). ``True`` keeps training tasks off the PS's worker
+    (the embedded cluster asks for this: it starts one worker more for the PS). A cluster of
+    one worker always shares it.
     """
     info = client.scheduler_info(n_workers=-1)["workers"]
-    dedicated = sorted(a for a, w in info.items() if PS_RESOURCE in (w.get("resources") or {}))
-    if preferred is None and dedicated:  # a worker started for it (psdist.batch): never a data worker
-        return dedicated[0], True
+    ps_only = sorted(a for a, w in info.items() if PS_RESOURCE in (w.get("resources") or {}))
+    if preferred is None and ps_only:  # a worker started for it (psdist.batch): never a data worker
+        return ps_only[0], True
     if not info:
         raise ClusterError(
             "the Dask cluster has no workers; start some first, e.g. cluster.scale(2), "
@@ -123,11 +134,35 @@ def pick_ps_worker(client: Any, preferred: str | None = None) -> tuple[str, bool
                 f"ps_worker={preferred!r} is not a worker of this cluster; "
                 f"workers are {sorted(str(w.get('name')) for w in info.values())}"
             )
-        return matches[0], len(info) > 1
+        address = matches[0]
+    else:
+        def key(item: tuple[str, dict[str, Any]]) -> tuple[int, str]:
+            name = str(item[1].get("name"))
+            return (int(name), "") if name.isdigit() else (1 << 30, name)
 
-    def key(item: tuple[str, dict[str, Any]]) -> tuple[int, str]:
-        name = str(item[1].get("name"))
-        return (int(name), "") if name.isdigit() else (1 << 30, name)
+        address = max(info.items(), key=key)[0]
+    exclusive = bool(dedicated) and len(info) > 1
+    if dedicated and not exclusive:
+        logger.warning("psdist: dedicated_ps=True, but the cluster has one worker; the parameter server shares it")
+    return address, exclusive
 
-    address = max(info.items(), key=key)[0]
-    return address, len(info) > 1
+
+def training_slots(client: Any, ps_address: str, exclusive: bool) -> int:
+    """Training slots of a cluster for a PS placed at ``ps_address``: now, or as planned if more.
+
+    Workers started for a PS (``psdist-ps``) never train, nor does an exclusive PS's worker. A
+    cluster that is still starting (a batch system's jobs in the queue, ``cluster.scale(n)``
+    just called) counts what it plans (``SpecCluster.plan``), so that settings sized from it
+    (EASGD's alpha, the default staleness bound) fit the cluster the training will have.
+    """
+    info = client.scheduler_info(n_workers=-1)["workers"]
+    ps_only = {a for a, w in info.items() if PS_RESOURCE in (w.get("resources") or {})}
+    now = sum(1 for a in info if a not in ps_only and not (exclusive and a == ps_address))
+    plan = getattr(getattr(client, "cluster", None), "plan", None)
+    planned = 0
+    if plan:
+        names = {str(n) for n in plan}
+        ps_name = str(info.get(ps_address, {}).get("name"))
+        # a PS worker in the plan (the embedded cluster's) is no training slot when exclusive
+        planned = len(names) - (1 if (exclusive or ps_address in ps_only) and ps_name in names else 0)
+    return max(1, now, planned)

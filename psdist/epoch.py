@@ -21,7 +21,7 @@ OPTIONAL_COUNTS = ("nonfinite_batches", "pushes_nonfinite", "bad_chunks")
 
 #: Record fields that say what went wrong and what it cost (0 on a clean epoch).
 FAULT_FIELDS = ("chunks_rerun", "workers_lost", "chunks_hung", "ps_restarts", "versions_lost",
-                "chunks_redone", "pushes_orphaned")
+                "chunks_redone", "pushes_orphaned", "pushes_replayed")
 
 
 def summarize(r: ChunkResult) -> dict[str, Any]:

@@ -12,7 +12,6 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
-from psdist.errors import ConfigError
 from psdist.progress import Progress, progress_bar
 
 if TYPE_CHECKING:
@@ -44,12 +43,9 @@ class TrainingHandle:
         self._done = threading.Event()
 
     @classmethod
-    def start(cls, trainer: Trainer, epochs: int, progress: Progress | None = None,
+    def start(cls, trainer: Trainer, epochs: int, progress: Progress | None, prepared: Any,
               display: bool = True) -> TrainingHandle:
-        """Start ``trainer.fit(epochs)`` in a daemon thread (one at a time per trainer)."""
-        if trainer._sess is not None or trainer._handle_running:
-            raise ConfigError("this trainer is already training; wait for handle.result() or call handle.stop()")
-        prepared = trainer._prepare()  # bad input raises here, in the caller, before any cluster
+        """Run ``trainer``'s checked fit in a daemon thread (``Trainer.fit(block=False)`` calls this)."""
         handle = cls(trainer, epochs)
         bar = progress_bar(epochs, trainer.epoch) if display else None
 
@@ -61,18 +57,13 @@ class TrainingHandle:
 
         def run() -> None:
             try:
-                trainer._fit(epochs, report, prepared)
+                trainer._run(epochs, report, prepared)
             except BaseException as e:  # handed to the caller by result()
                 handle._error = e
                 logger.error("psdist: background training failed: %r", e)
             finally:
-                trainer._handle_running = False
-                trainer._live.set()  # nobody waits forever for a run that failed to start
                 handle._done.set()
 
-        trainer._stop.clear()
-        trainer._live.clear()
-        trainer._handle_running = True
         handle._thread = threading.Thread(target=run, name=f"psdist-fit-{trainer.name}", daemon=True)
         handle._thread.start()
         return handle

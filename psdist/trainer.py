@@ -7,6 +7,7 @@ server's state at the end (for ``model()`` and ``save()``).
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -32,11 +33,11 @@ from psdist.loop import concat_outputs
 from psdist.metrics import default_metrics
 from psdist.monitor import TOPIC, event
 from psdist.optim import SGD, Optimizer, optimizer_from_config
-from psdist.recovery import Checkpoints
+from psdist.recovery import Checkpoints, PointKeeper, RecoveryPoint
 from psdist.replica import as_model_dict, layout_of
 from psdist.rules import Downpour, Rule, rule_from_config
 from psdist.security import as_security
-from psdist.session import ParameterServerLost, Session, SessionSpec, open_session
+from psdist.session import AUTO, ParameterServerLost, Session, SessionSpec, open_session
 from psdist.steps import SupervisedStep
 from psdist.stopping import EarlyStopping
 from psdist.tasks import ChunkRunner
@@ -60,6 +61,13 @@ def _int_at_least(name: str, value: Any, low: int, example: str) -> int:
     return value
 
 
+def _own_optimizers(given: Optimizer | dict[str, Optimizer]) -> Optimizer | dict[str, Optimizer]:
+    """Private copies of the user's optimizer(s): one per model, none shared with the caller."""
+    if isinstance(given, dict):
+        return {name: copy.deepcopy(opt) for name, opt in given.items()}
+    return copy.deepcopy(given)
+
+
 class Trainer:
     """Train a PyTorch model data-parallel through a Dask-actor parameter server.
 
@@ -75,11 +83,16 @@ class Trainer:
         A :class:`~psdist.data.ZarrDataset` or the path of one.
     optimizer
         Server optimizer (:mod:`psdist.optim`), or a dict of them per model name;
-        default ``SGD(lr=0.01)``.
+        default ``SGD(lr=0.01)``. The trainer keeps its own copy (one per model): ``set_lr``
+        and training never change the object you pass.
     rule
-        Update rule (:mod:`psdist.rules`); default :class:`~psdist.rules.Downpour`.
+        Update rule (:mod:`psdist.rules`); default :class:`~psdist.rules.Downpour`. Settings
+        that depend on the number of workers (EASGD's alpha) are sized at each ``fit`` from the
+        training slots the cluster really has; the history records them.
     max_staleness
-        Reject pushes computed on weights more than this many versions old (``None``: no bound).
+        Reject pushes computed on weights more than this many versions old. ``"auto"``
+        (default): ``2 * n + 2`` for n training slots, sized at each ``fit`` (see
+        :func:`psdist.session.auto_staleness`); ``None``: no bound.
     push_every
         Minibatches whose gradients a worker accumulates before each push.
     batch_size
@@ -91,6 +104,12 @@ class Trainer:
         LocalCluster.
     ps_worker
         Name or address of the worker to host the parameter server (default: chosen).
+    dedicated_ps
+        Whether the parameter server's worker is kept free of training. ``None`` (default):
+        the embedded cluster starts one worker more for it; on a cluster you give
+        (``client=``) every worker trains and the server shares one, unless the cluster has a
+        worker started for it (the batch configs' ``psdist-ps`` job). ``True`` keeps training
+        tasks off its worker.
     metrics
         Extra validation metrics ``{name: fn(targets, outputs) -> float}``.
     early_stopping
@@ -126,13 +145,14 @@ class Trainer:
         optimizer: Optimizer | dict[str, Optimizer] | None = None,
         *,
         rule: Rule | None = None,
-        max_staleness: int | None = None,
+        max_staleness: int | str | None = AUTO,
         push_every: int = 1,
         batch_size: int = 128,
         workers: int = 2,
         threads_per_worker: int = 1,
         client: Any | None = None,
         ps_worker: str | None = None,
+        dedicated_ps: bool | None = None,
         metrics: dict[str, Callable[[np.ndarray, np.ndarray], float]] | None = None,
         early_stopping: EarlyStopping | None = None,
         step: Any | None = None,
@@ -153,18 +173,25 @@ class Trainer:
         self.loss_fn = loss_fn
         self.step = step if step is not None else SupervisedStep(loss_fn)  # type: ignore[arg-type]
         self.data = data if isinstance(data, ZarrDataset) else ZarrDataset(data)
-        self.optimizer = optimizer if optimizer is not None else SGD(lr=0.01)
+        # our own copy, one per model: set_lr never changes the user's object, and one object
+        # given for two models (a GAN) does not make them share state
+        self.optimizer = _own_optimizers(optimizer if optimizer is not None else SGD(lr=0.01))
         self.workers = _int_at_least("workers", workers, 1, "workers=2")
-        # rules whose defaults depend on the number of workers (EASGD's alpha) resolve them now
-        self.rule = (rule if rule is not None else Downpour()).for_workers(self.workers)
-        if max_staleness is not None:
-            _int_at_least("max_staleness", max_staleness, 0, "max_staleness=4 (or None for no bound)")
+        # rules whose defaults depend on the number of workers (EASGD's alpha) are sized at
+        # each fit, from the training slots of the cluster it runs on (psdist.session)
+        self.rule = rule if rule is not None else Downpour()
+        if max_staleness not in (None, AUTO):
+            _int_at_least("max_staleness", max_staleness, 0,
+                          "max_staleness=4, 'auto' (2 x workers + 2, the default) or None for no bound")
         self.max_staleness = max_staleness
+        if dedicated_ps not in (None, True, False):
+            raise ConfigError(f"dedicated_ps={dedicated_ps!r} must be True, False or None (chosen by the cluster)")
+        self.dedicated_ps = dedicated_ps
         self.push_every = _int_at_least("push_every", push_every, 1, "push_every=1")
         self.batch_size = _int_at_least("batch_size", batch_size, 1, "batch_size=128")
         self.threads_per_worker = _int_at_least("threads_per_worker", threads_per_worker, 1, "1")
         opts = self.optimizer if isinstance(self.optimizer, dict) else {"model": self.optimizer}
-        self.rule.check(push_every, max_staleness, opts)
+        self.rule.check(push_every, None if max_staleness == AUTO else max_staleness, opts)  # type: ignore[arg-type]
         if not (isinstance(timeout, (int, float)) and timeout > 0):
             raise ConfigError(f"timeout={timeout!r} must be a positive number of seconds")
         self.client = client
@@ -194,15 +221,16 @@ class Trainer:
         # (worker, phase, start, stop, epoch, chunk) of every pull/compute/push/wait/read/validate
         self.timeline: deque[tuple[str, str, float, float, int, int]] = deque(maxlen=MAX_SPANS)
         self._sess: Session | None = None
-        self._stop = threading.Event()
-        self._live = threading.Event()
-        self._handle_running = False
+        # The fit thread and the user's thread (save, model, set_lr while fit(block=False)
+        # runs) share the run's state: history, epoch, progress, the server state. Every change
+        # of them, and every read that must be consistent, holds this lock.
+        self._lock = threading.RLock()
+        self._running = False  # a fit is under way (from its checks to its end)
+        self._stop = threading.Event()  # replaced by a fresh one at every fit
+        self._live = threading.Event()  # the cluster and the server are up (or the fit ended)
         self._state: tuple[dict[str, Any], dict[str, np.ndarray]] | None = None
         self._progress: EpochProgress | None = None  # the running (or interrupted) epoch
-        # the last recovery point: (server state, progress at that moment or None at an epoch end)
-        self._point: tuple[tuple[dict[str, Any], dict[str, np.ndarray]], dict[str, Any] | None] | None = None
-        self._point_at = (0, 0.0)  # (version, monotonic time) of that point
-        self._seen_version = 0  # the highest server version any result reported
+        self._points = PointKeeper(self.checkpoints)  # recovery points of the running fit
         self._guard = NonfiniteGuard()  # stops a run that only produces NaN (new at each fit)
         for name, fn in (("model_fn", model_fn), ("loss_fn", loss_fn), ("step", self.step)):
             try:
@@ -227,11 +255,13 @@ class Trainer:
         return dict(self.optimizer)
 
     def _build(self) -> tuple[dict[str, torch.nn.Module], Layout]:
-        torch.manual_seed(self.seed)
-        try:
-            built = self.model_fn()
-        except Exception as e:
-            raise ModelError(f"model_fn raised {type(e).__name__}: {e}") from e
+        # seeded initial weights, without touching the caller's global RNG
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            try:
+                built = self.model_fn()
+            except Exception as e:
+                raise ModelError(f"model_fn raised {type(e).__name__}: {e}") from e
         models = as_model_dict(built)
         return models, layout_of(models)
 
@@ -241,14 +271,15 @@ class Trainer:
             raise DataError(f"{self.data.path!r} leaves no training chunks after the validation split")
         models, layout = self._build()
         weights = np.concatenate([flatten(models[g.name], g.spec) for g in layout.groups])
-        dry_run(self.step, self.data, models, info)
+        with torch.random.fork_rng(devices=[]):  # dropout in the dry run: no global side effect
+            dry_run(self.step, self.data, models, info)
         optimizers = self._optimizers(layout)
         if self._state is not None:
             layout.check_same(Layout.from_dict(self._state[0]["layout"]))
         spec = SessionSpec(
             self.model_fn, self.step, self.rule, self.data, layout, weights, optimizers,
             self.max_staleness, self.workers, self.threads_per_worker, self.malloc_fix,
-            self.timeout, self.ps_worker, self._state, self.security,
+            self.timeout, self.ps_worker, self._state, self.security, self.dedicated_ps,
         )
         metrics = {**default_metrics(info.y_dtype), **self.user_metrics}
         return info, spec, metrics
@@ -263,44 +294,69 @@ class Trainer:
         at the end, also on error. With ``block=False`` the training runs in a background
         thread and a :class:`~psdist.handle.TrainingHandle` comes back at once (live progress
         in Jupyter, ``handle.stop()``, ``handle.result()``, ``trainer.set_lr()`` meanwhile).
+        Every ``fit`` starts with a fresh stop signal: a ``stop()`` ends only the fit it was
+        meant for.
         """
         _int_at_least("epochs", epochs, 1, "fit(epochs=5)")
+        with self._lock:
+            if self._running:
+                raise ConfigError("this trainer is already training; wait for handle.result() or call handle.stop()")
+            prepared = self._prepare()  # bad input raises here, in the caller, before any cluster
+            self._running = True
+            self._stop = threading.Event()
+            self._live.clear()
         if not block:
             from psdist.handle import TrainingHandle
 
-            return TrainingHandle.start(self, epochs, progress)
-        return self._fit(epochs, progress)
+            return TrainingHandle.start(self, epochs, progress, prepared)
+        return self._run(epochs, progress, prepared)
 
-    def _fit(self, epochs: int, progress: Progress | None, prepared: Any = None) -> History:
-        info, spec, metrics = prepared if prepared is not None else self._prepare()
+    def _run(self, epochs: int, progress: Progress | None, prepared: Any) -> History:
+        """The body of a fit (in the caller's thread or the handle's); ends the run's state."""
+        try:
+            return self._fit(epochs, progress, prepared, self._stop)
+        finally:
+            with self._lock:
+                self._running = False
+            self._live.set()  # nobody waits forever for a run that failed to start
+
+    def _fit(self, epochs: int, progress: Progress | None, prepared: Any, stop: threading.Event) -> History:
+        info, spec, metrics = prepared
         with open_session(spec, self.client) as sess:
             self.dashboard_link = sess.dashboard_link
             self.ps_address = sess.ps_address
             self.run_id = sess.run_id
             self.dashboard_url = self._dashboard(sess)
-            self._publish(sess, "start", name=self.name, ps=sess.ps_address, epochs=epochs, config=self._config())
-            logger.info("psdist: training %d epochs; live page %s", epochs, self.dashboard_url or self.dashboard_link)
-            self._sess = sess
+            self._publish(sess, "start", name=self.name, ps=sess.ps_address, epochs=epochs, config=self._config(sess))
+            logger.info("psdist: training %d epochs; parameter server on %s; live page %s", epochs,
+                        sess.placement, self.dashboard_url or self.dashboard_link)
+            with self._lock:
+                self._sess = sess
+                self._points = PointKeeper(self.checkpoints)
             self._live.set()
             if progress is not None:
                 progress({"event": "start", "run": sess.run_id, "dashboard": self.dashboard_url or self.dashboard_link})
             reason = "completed"
             self._guard = NonfiniteGuard()
-            runner = ChunkRunner(sess, self.seed, self.batch_size, self.rule.comm_period(self.push_every),
-                                 self.timeout, self.chunk_timeout, self._stop)
+            assert sess.rule is not None
+            runner = ChunkRunner(sess, self.seed, self.batch_size, sess.rule.comm_period(self.push_every),
+                                 self.timeout, self.chunk_timeout, stop)
             try:
                 self._take_point(sess, write=False)  # a lost server before any point restarts here
                 for _ in range(epochs):
                     record = self._recovering_epoch(runner, info, metrics, progress)
-                    self.history.append(record)
+                    partial = bool(record.get("partial"))
+                    with self._lock:  # the record, the epoch count and the progress change together
+                        self.history.append(record)
+                        if not partial:
+                            self.epoch += 1
+                            self._progress = None
                     sess.call("publish", timeout=self.timeout)  # a fresh snapshot for the page
                     self._publish(sess, "epoch", record=record)
-                    if record.get("partial"):
+                    if partial:
                         reason = self.stopped_reason = "stopped by the user"
                         logger.info("psdist: stopped after %d of the epoch's chunks", record["chunks"])
                         break
-                    self.epoch += 1
-                    self._progress = None
                     self._take_point(sess, write=True)
                     if progress is not None:
                         progress({"event": "epoch", "record": record})
@@ -311,22 +367,40 @@ class Trainer:
             except BaseException as exc:
                 # keep what the server learned (Ctrl-C in a notebook, a failed task), without
                 # letting a second failure hide the first
-                self._sess = None
-                try:
-                    self._fetch_state(sess)
-                    self._publish(sess, "end", reason=f"error: {exc!r}")
-                except Exception as second:
-                    note = f"psdist could not fetch the server state afterwards: {second!r}"
-                    if hasattr(exc, "add_note"):
-                        exc.add_note(note)
-                    else:  # Python 3.10
-                        logger.error(note)
+                self._end(sess, f"error: {exc!r}", exc)
                 raise
+            self._end(sess, reason)
+        return self.history
+
+    def _end(self, sess: Session, reason: str, exc: BaseException | None = None) -> None:
+        """Fetch the server's final state (or fall back to the last point) and leave the session."""
+        with self._lock:
+            try:
+                self._fetch_state(sess)
+                self._publish(sess, "end", reason=reason)
+            except Exception as second:
+                if exc is None:
+                    raise
+                # the trainer's bookkeeping goes back to the last recovery point, so that
+                # save() never pairs old weights with a newer epoch count or progress
+                self._restore_point()
+                note = f"psdist could not fetch the server state afterwards ({second!r}); " \
+                       "the trainer holds its last recovery point"
+                if hasattr(exc, "add_note"):
+                    exc.add_note(note)
+                else:  # Python 3.10
+                    logger.error(note)
             finally:
                 self._sess = None
-            self._fetch_state(sess)
-            self._publish(sess, "end", reason=reason)
-        return self.history
+
+    def _restore_point(self) -> None:
+        point = self._points.last
+        if point is None:
+            return
+        self._state = point.state
+        self.epoch = point.epoch
+        self._progress = EpochProgress.from_dict(point.progress) if point.progress else None
+        self.history = History(self.history.records[: point.history_len])
 
     @property
     def name(self) -> str:
@@ -334,15 +408,25 @@ class Trainer:
         fn = getattr(self.model_fn, "func", self.model_fn)  # functools.partial
         return getattr(fn, "__name__", type(fn).__name__)
 
-    def _config(self) -> dict[str, Any]:
+    def _config(self, sess: Session) -> dict[str, Any]:
+        """The run's settings as the dashboard shows them: sized for this session's cluster."""
         opts = self.optimizer if isinstance(self.optimizer, dict) else {"model": self.optimizer}
+        assert sess.rule is not None
         return {
-            "rule": self.rule.to_config(), "optimizers": {k: o.to_config() for k, o in opts.items()},
+            "rule": sess.rule.to_config(), "optimizers": {k: o.to_config() for k, o in opts.items()},
             "batch_size": self.batch_size, "push_every": self.push_every, "workers": self.workers,
             # the store's name, not its path: the page shows nothing a Dask dashboard would not
-            "max_staleness": self.max_staleness, "data": os.path.basename(str(self.data.path).rstrip("/")),
-            "seed": self.seed,
+            "max_staleness": sess.max_staleness, "data": os.path.basename(str(self.data.path).rstrip("/")),
+            "seed": self.seed, "parameter_server": sess.placement, "training_workers": sess.slots,
         }
+
+    def _sizing(self, sess: Session) -> dict[str, Any]:
+        """What this fit sized from its cluster, for every epoch record: which alpha, which bound."""
+        out: dict[str, Any] = {"training_workers": sess.slots, "max_staleness": sess.max_staleness}
+        alpha = getattr(sess.rule, "alpha", None)
+        if alpha is not None:
+            out["alpha"] = float(alpha)
+        return out
 
     def _publish(self, sess: Session, kind: str, **fields: Any) -> None:
         sess.client.log_event(TOPIC, event(kind, sess.run_id, **fields))
@@ -367,15 +451,16 @@ class Trainer:
         opts = self.optimizer if isinstance(self.optimizer, dict) else {"model": self.optimizer}
         if model is not None and model not in opts:
             raise ConfigError(f"no model {model!r}; models are {sorted(opts)}")
-        for name, opt in opts.items():
-            if model in (None, name):
-                opt.set_lr(lr)
-                if self._state is not None and name in self._state[0]["optimizers"]:
-                    self._state[0]["optimizers"][name]["state"]["lr"] = float(lr)
-        sess = self._sess
-        if sess is None:
-            return float(lr)
-        now = sess.call("set_lr", float(lr), model, timeout=self.timeout)
+        with self._lock:
+            for name, opt in opts.items():  # the trainer's own copies (see __init__)
+                if model in (None, name):
+                    opt.set_lr(lr)
+                    if self._state is not None and name in self._state[0]["optimizers"]:
+                        self._state[0]["optimizers"][name]["state"]["lr"] = float(lr)
+            sess = self._sess
+            if sess is None:
+                return float(lr)
+            now = sess.call("set_lr", float(lr), model, timeout=self.timeout)
         self._publish(sess, "lr", lr=float(lr), model=model)
         logger.info("psdist: learning rate set to %g%s", lr, f" for {model}" if model else "")
         return float(now)
@@ -397,26 +482,33 @@ class Trainer:
         return trace
 
     def _fetch_state(self, sess: Session) -> None:
-        self._state = sess.call("state_dict", timeout=self.timeout)
-        self.server_metrics = sess.call("metrics", timeout=self.timeout)
+        with self._lock:
+            self._state = sess.call("state_dict", timeout=self.timeout)
+            self.server_metrics = sess.call("metrics", timeout=self.timeout)
 
     # ------------------------------------------------------------------ recovery
+    def _point_now(self, sess: Session) -> RecoveryPoint:
+        """The server's state and the trainer's bookkeeping at one moment (under the lock).
+
+        No chunk result is added while the lock is held, so the progress is the one the
+        server's weights belong to, except for the pushes of chunks still running (they rerun
+        after a restore: ``pushes_replayed``).
+        """
+        with self._lock:
+            t0 = time.monotonic()
+            state = sess.call("state_dict", timeout=self.timeout)
+            cost = time.monotonic() - t0
+            progress = self._progress.to_dict() if self._progress is not None else None
+            return RecoveryPoint(state, progress, self.epoch, len(self.history), t0, cost)
+
     def _take_point(self, sess: Session, write: bool) -> None:
         """A recovery point: the server's state now, with the epoch's progress; to file if asked."""
-        state = sess.call("state_dict", timeout=self.timeout)
-        progress = self._progress.to_dict() if self._progress is not None else None
-        self._point = (state, progress)
-        version = int(state[0]["version"])
-        self._point_at = (version, time.monotonic())
-        self._seen_version = max(self._seen_version, version)
+        point = self._point_now(sess)
+        self._points.keep(point)
+        logger.debug("psdist: recovery point at version %d took %.1f ms", point.version, 1e3 * point.cost_s)
         if write and self.checkpoints.path is not None:
-            self._state = state
-            self.save(self.checkpoints.path)
-            logger.info("psdist: checkpoint %s at version %d", self.checkpoints.path, version)
-
-    def _point_due(self) -> bool:
-        version, at = self._point_at
-        return self.checkpoints.due(self._seen_version, version, time.monotonic(), at)
+            self._write(self.checkpoints.path, point)
+            logger.info("psdist: checkpoint %s at version %d", self.checkpoints.path, point.version)
 
     def _recovering_epoch(self, runner: ChunkRunner, info: DatasetInfo, metrics: dict[str, Any],
                           progress: Progress | None) -> dict[str, Any]:
@@ -437,21 +529,24 @@ class Trainer:
                 f"{self.checkpoints.max_restarts}); last: {exc!r}. Check the PS worker's memory and logs, "
                 "or allow more with Checkpoints(max_restarts=...)"
             ) from exc
-        assert self._point is not None
-        state, point_progress = self._point
+        point = self._points.last
+        assert point is not None
+        point_progress = point.progress
         before = self._progress if self._progress is not None else EpochProgress(self.epoch + 1)
-        point_version = sess.restart_ps(state)
-        after = (EpochProgress.from_dict(point_progress) if point_progress is not None
-                 and point_progress["epoch"] == before.epoch else EpochProgress(before.epoch))
+        point_version = sess.restart_ps(point.state)
+        same_epoch = point_progress is not None and point_progress["epoch"] == before.epoch
+        after = EpochProgress.from_dict(point_progress) if same_epoch else EpochProgress(before.epoch)
         after.faults = dict(before.faults)  # what went wrong so far this epoch stays counted
         after.faults["ps_restarts"] += 1
-        after.faults["versions_lost"] += max(0, self._seen_version - point_version)
+        after.faults["versions_lost"] += max(0, self._points.seen_version - point_version)
         after.faults["chunks_redone"] += len(set(before.done) - set(after.done))
+        # the point's weights hold pushes of chunks that were running then: they rerun
+        after.faults["pushes_replayed"] += point.pushes_in_flight() if same_epoch else 0
         after.train_s = before.train_s
-        self._progress = after
+        with self._lock:
+            self._progress = after
         self.ps_address = sess.ps_address
-        self._seen_version = point_version
-        self._point_at = (point_version, time.monotonic())
+        self._points.restored(point_version, time.monotonic())
         self._publish(sess, "recovery", error=repr(exc), version=point_version,
                       versions_lost=after.faults["versions_lost"], ps=sess.ps_address)
         logger.warning(
@@ -465,9 +560,10 @@ class Trainer:
         sess = runner.sess
         t0 = time.perf_counter()
         wall0 = time.time()
-        prog = self._progress
-        if prog is None or prog.epoch != self.epoch + 1:
-            prog = self._progress = EpochProgress(self.epoch + 1)
+        with self._lock:
+            prog = self._progress
+            if prog is None or prog.epoch != self.epoch + 1:
+                prog = self._progress = EpochProgress(self.epoch + 1)
         if prog.server_start is None:
             m0 = sess.call("metrics", timeout=self.timeout)
             prog.server_start = {"applied": m0["applied"], "rejected": sum(m0["rejected"].values()),
@@ -476,8 +572,9 @@ class Trainer:
         todo = [(i, c) for i, c in enumerate(order) if c.index not in prog.done]
         try:
             for r in runner.train(todo, self.epoch, prog):
-                prog.add(r)
-                self._seen_version = max(self._seen_version, r.version)
+                with self._lock:  # save() from another thread sees the chunk done or not, never half
+                    prog.add(r)
+                self._points.seen(r.version)
                 self.timeline.extend((r.worker, phase, a, b, self.epoch + 1, r.chunk) for phase, a, b in r.spans)
                 self._publish(sess, "chunk", epoch=self.epoch + 1, chunk=r.chunk, worker=r.worker, samples=r.samples,
                               loss=r.loss_sum / max(r.samples, 1), compute_s=r.compute_s, comm_s=r.comm_s,
@@ -492,7 +589,7 @@ class Trainer:
                 verdict = self._guard.update(r)
                 if verdict is not None:  # only NaN (or only unreadable chunks): stop, do not spin
                     raise DataError(verdict)
-                if self._point_due():
+                if self._points.due(time.monotonic()):
                     self._take_point(sess, write=True)
         finally:
             prog.train_s += time.perf_counter() - t0
@@ -509,6 +606,7 @@ class Trainer:
             "lr": m1["lr"],
             "waits": m1["waits"] - start["waits"],
             "clock_gap_max": m1["clock_gap_max"],
+            **self._sizing(sess),
         })
         if len(prog.done) < len(order):  # stop() was called: this epoch is not complete
             record["partial"] = True
@@ -537,10 +635,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ results
     def models(self) -> dict[str, torch.nn.Module]:
-        """Fresh modules holding the latest weights (the initial ones before any fit)."""
+        """Fresh modules holding the latest weights (the initial ones before any fit).
+
+        While a fit runs in the background, the weights are fetched from the server now.
+        """
         models, layout = self._build()
-        if self._state is not None:
-            w = self._state[1]["weights"]
+        with self._lock:
+            sess = self._sess
+            state = sess.call("state_dict", timeout=self.timeout) if sess is not None else self._state
+        if state is not None:
+            w = state[1]["weights"]
             for g in layout.groups:
                 unflatten_into(models[g.name], g.spec, w[g.whole])
         return models
@@ -563,14 +667,31 @@ class Trainer:
         return int(self._state[0]["version"]) if self._state is not None else 0
 
     def save(self, path: str) -> None:
-        """Write a checkpoint (weights, optimizer state, version, epoch, history), atomically."""
-        if self._state is None:
-            raise ConfigError("nothing to save yet: call fit() first")
-        scalars, arrays = self._state
+        """Write a checkpoint (weights, optimizer state, version, epoch, history), atomically.
+
+        While a fit runs (``fit(block=False)``), this takes one consistent snapshot: the
+        server's state and the trainer's epoch, progress and history of the same moment (no
+        chunk result is counted meanwhile). ``Trainer.load`` then resumes mid-epoch with the
+        chunks not done; chunks that were running rerun, and the pushes they had made are
+        applied again (``pushes_replayed`` in the resumed epoch's record).
+        """
+        with self._lock:
+            sess = self._sess
+            if sess is not None:
+                point = self._point_now(sess)
+            elif self._state is not None:
+                progress = self._progress.to_dict() if self._progress is not None else None
+                point = RecoveryPoint(self._state, progress, self.epoch, len(self.history), time.monotonic())
+            else:
+                raise ConfigError("nothing to save yet: call fit() first")
+            self._write(path, point)
+
+    def _write(self, path: str, point: RecoveryPoint) -> None:
+        scalars, arrays = point.state
         meta = {
-            "epoch": self.epoch,
-            "progress": self._progress.to_dict() if self._progress is not None else None,
-            "history": self.history.records,
+            "epoch": point.epoch,
+            "progress": point.progress,
+            "history": self.history.records[: point.history_len],
             "server": scalars,
             "trainer": {
                 "batch_size": self.batch_size, "push_every": self.push_every,
@@ -606,6 +727,9 @@ class Trainer:
         if meta.get("progress"):  # saved mid-epoch: the epoch goes on with the chunks not done
             t._progress = EpochProgress.from_dict(meta["progress"])
             t._progress.resumed = True
+            # pushes of the chunks running at the save are in the weights; they rerun
+            point = RecoveryPoint((server, arrays), meta["progress"], t.epoch, len(t.history), 0.0)
+            t._progress.faults["pushes_replayed"] += point.pushes_in_flight()
         if t.early_stopping is not None and meta.get("early_stopping"):
             t.early_stopping.load_state(meta["early_stopping"])
         return t
