@@ -24,7 +24,15 @@ __all__ = ["torch_optimizer", "train_plain"]
 
 
 def torch_optimizer(opt: Optimizer, params: Any) -> torch.optim.Optimizer:
-    """The ``torch.optim`` optimizer with the same formula and hyperparameters."""
+    """The ``torch.optim`` optimizer with the same formula and hyperparameters.
+
+    Parameters with ``requires_grad=False`` among ``params`` are left out, as the psdist
+    server leaves them: psdist gives every parameter a (zero) ``.grad`` view, on which torch
+    would otherwise apply weight decay and momentum to a frozen layer.
+    """
+    params = list(params)
+    if all(isinstance(p, torch.Tensor) for p in params):
+        params = [p for p in params if p.requires_grad]
     if isinstance(opt, SGD):
         return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov,
                                dampening=opt.dampening, weight_decay=opt.weight_decay)
@@ -65,6 +73,8 @@ def train_plain(
     opts = optimizer if isinstance(optimizer, dict) else {next(iter(models)): optimizer}
     torch_opts = {}
     for name, opt in opts.items():
+        if not any(p.requires_grad for p in models[name].parameters()):
+            continue  # a wholly frozen model: nothing to step (torch refuses empty optimizers)
         t = torch_optimizer(opt, models[name].parameters())
         sched = torch.optim.lr_scheduler.LambdaLR(t, lambda v, o=opt: o.schedule.factor(v))
         torch_opts[name] = (t, sched)

@@ -5,8 +5,11 @@ tensor (the old MPI tools' weakness). :class:`FlatSpec` says where each tensor l
 :class:`FlatBinding` makes a live ``nn.Module`` use views into such a buffer, so that loading new
 weights is one copy and gradients land contiguously without any gathering.
 
-Layout: trainable parameters first (``[0, n_params)``), then buffers. Integer and boolean buffers
+Layout: parameters first (``[0, n_params)``), then buffers. Integer and boolean buffers
 (BatchNorm's ``num_batches_tracked``) are stored as float32 values, exact up to 2**24.
+Parameters with ``requires_grad=False`` keep their place in the parameter section (workers bind
+every parameter the same way) but are marked frozen: :attr:`FlatSpec.frozen` lists their ranges,
+which the server never changes.
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ class Entry:
     dtype: str
     offset: int
     kind: str  # "param" or "buffer": which section of the vector, not a mode switch
+    # requires_grad of a parameter; False: frozen, the server leaves its values bit-identical.
+    # Buffers are always True (they travel as they are; BatchNorm statistics of a frozen backbone
+    # still follow the data, as in PyTorch).
+    trainable: bool = True
 
     @property
     def size(self) -> int:
@@ -67,6 +74,19 @@ class FlatSpec:
     def n_buffers(self) -> int:
         return self.size - self.n_params
 
+    @property
+    def frozen(self) -> tuple[tuple[int, int], ...]:
+        """``(start, stop)`` ranges of the frozen parameters (``requires_grad=False``).
+
+        Adjacent frozen tensors are merged into one range; empty when every parameter trains.
+        """
+        return _merge([(e.offset, e.stop) for e in self.entries if e.kind == "param" and not e.trainable])
+
+    @property
+    def n_frozen(self) -> int:
+        """How many parameter values are frozen."""
+        return sum(stop - start for start, stop in self.frozen)
+
     @classmethod
     def from_module(cls, module: torch.nn.Module) -> FlatSpec:
         """Read the layout of ``module``; raises :class:`ModelError` for unsupported dtypes."""
@@ -78,7 +98,7 @@ class FlatSpec:
                     f"parameter {name!r} has dtype {p.dtype}; psdist trains float32 models: "
                     "return model.float() from your model_fn"
                 )
-            entries.append(Entry(name, tuple(p.shape), "float32", offset, "param"))
+            entries.append(Entry(name, tuple(p.shape), "float32", offset, "param", bool(p.requires_grad)))
             offset += p.numel()
         n_params = offset
         for name, b in module.named_buffers():
@@ -98,14 +118,18 @@ class FlatSpec:
         """A JSON-safe description, stored in checkpoints."""
         return {
             "n_params": self.n_params,
-            "entries": [[e.name, list(e.shape), e.dtype, e.offset, e.kind] for e in self.entries],
+            "entries": [
+                [e.name, list(e.shape), e.dtype, e.offset, e.kind, e.trainable] for e in self.entries
+            ],
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FlatSpec:
+        """Rebuild :meth:`to_dict` output; entries of older checkpoints (5 fields) are trainable."""
         entries = tuple(
-            Entry(str(n), tuple(int(s) for s in shape), str(dt), int(off), str(kind))
-            for n, shape, dt, off, kind in d["entries"]
+            Entry(str(n), tuple(int(s) for s in shape), str(dt), int(off), str(kind),
+                  bool(rest[0]) if rest else True)
+            for n, shape, dt, off, kind, *rest in d["entries"]
         )
         return cls(entries, int(d["n_params"]))
 
@@ -124,6 +148,17 @@ class FlatSpec:
                     f"tensor {e.name!r} is {e.dtype}{list(e.shape)} in the model but "
                     f"{o.dtype}{list(o.shape)} in the {what}: a different model architecture"
                 )
+
+
+def _merge(ranges: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """Sorted, non-empty ranges with touching neighbours joined."""
+    out: list[tuple[int, int]] = []
+    for start, stop in sorted(r for r in ranges if r[1] > r[0]):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], stop))
+        else:
+            out.append((start, stop))
+    return tuple(out)
 
 
 def _as_float32(name: str, t: torch.Tensor) -> torch.Tensor:
@@ -261,6 +296,29 @@ class Group:
     def whole(self) -> slice:
         return slice(self.offset, self.offset + self.spec.size)
 
+    @property
+    def frozen(self) -> tuple[slice, ...]:
+        """The frozen parameter ranges of this group, in layout coordinates."""
+        return tuple(slice(self.offset + a, self.offset + b) for a, b in self.spec.frozen)
+
+    @property
+    def updatable(self) -> tuple[slice, ...]:
+        """:attr:`whole` without the frozen ranges: where a delta update may write."""
+        out, start = [], self.offset
+        for f in self.frozen:
+            if f.start > start:
+                out.append(slice(start, f.start))
+            start = f.stop
+        end = self.offset + self.spec.size
+        if end > start:
+            out.append(slice(start, end))
+        return tuple(out)
+
+    @property
+    def frozen_in_params(self) -> tuple[slice, ...]:
+        """The frozen ranges relative to :attr:`params` (what the group's optimizer skips)."""
+        return tuple(slice(a, b) for a, b in self.spec.frozen)
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -287,6 +345,11 @@ class Layout:
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(g.name for g in self.groups)
+
+    @property
+    def frozen(self) -> tuple[slice, ...]:
+        """Every frozen parameter range of every group, in layout coordinates."""
+        return tuple(s for g in self.groups for s in g.frozen)
 
     def group(self, name: str) -> Group:
         for g in self.groups:

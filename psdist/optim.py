@@ -9,6 +9,7 @@ learning rate of one step (``lr_scale``), which is how staleness-aware rules com
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -36,9 +37,9 @@ def _positive(name: str, value: float, fix: str) -> None:
         raise ConfigError(f"{name}={value!r} must be a positive finite number; {fix}")
 
 
-def _fraction(name: str, value: float) -> None:
+def _fraction(name: str, value: float, example: str | None = None) -> None:
     if not (isinstance(value, (int, float)) and 0 <= value < 1):
-        raise ConfigError(f"{name}={value!r} must lie in [0, 1), e.g. {name}=0.9")
+        raise ConfigError(f"{name}={value!r} must lie in [0, 1), e.g. {example or f'{name}=0.9'}")
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -75,7 +76,7 @@ class StepDecay(Schedule):
 
     def __post_init__(self) -> None:
         if not (isinstance(self.step, int) and self.step > 0):
-            raise ConfigError(f"StepDecay step={self.step!r} must be a positive integer")
+            raise ConfigError(f"StepDecay step={self.step!r} must be a positive integer, e.g. step=1000")
         _positive("StepDecay gamma", self.gamma, "e.g. gamma=0.5")
 
     def factor(self, version: int) -> float:
@@ -92,7 +93,7 @@ class Cosine(Schedule):
 
     def __post_init__(self) -> None:
         if not (isinstance(self.total, int) and self.total > 0):
-            raise ConfigError(f"Cosine total={self.total!r} must be a positive integer")
+            raise ConfigError(f"Cosine total={self.total!r} must be a positive integer, e.g. total=10000")
 
     def factor(self, version: int) -> float:
         t = min(version, self.total) / self.total
@@ -109,7 +110,7 @@ class Warmup(Schedule):
 
     def __post_init__(self) -> None:
         if not (isinstance(self.steps, int) and self.steps > 0):
-            raise ConfigError(f"Warmup steps={self.steps!r} must be a positive integer")
+            raise ConfigError(f"Warmup steps={self.steps!r} must be a positive integer, e.g. steps=100")
 
     def factor(self, version: int) -> float:
         ramp = min(1.0, (version + 1) / self.steps)
@@ -138,6 +139,17 @@ def schedule_from_config(cfg: dict[str, Any] | None) -> Schedule:
 
 
 # ----------------------------------------------------------------------------- optimizers
+def _between(frozen: Sequence[slice], n: int) -> Iterator[slice]:
+    """The ranges of ``[0, n)`` outside the sorted, disjoint ``frozen`` slices."""
+    start = 0
+    for f in frozen:
+        if f.start > start:
+            yield slice(start, f.start)
+        start = max(start, f.stop)
+    if start < n or n == 0:
+        yield slice(start, n)
+
+
 class Optimizer:
     """Base class: an in-place update of a flat float32 vector from a gradient.
 
@@ -150,7 +162,7 @@ class Optimizer:
     def __init__(self, lr: float, weight_decay: float = 0.0, schedule: Schedule | None = None):
         _positive("lr", lr, "e.g. lr=0.01")
         if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
-            raise ConfigError(f"weight_decay={weight_decay!r} must be >= 0, e.g. 1e-4")
+            raise ConfigError(f"weight_decay={weight_decay!r} must be >= 0, e.g. weight_decay=1e-4")
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
         self.schedule = schedule if schedule is not None else Constant()
@@ -165,21 +177,67 @@ class Optimizer:
         _positive("lr", lr, "e.g. lr=0.01")
         self.lr = float(lr)
 
-    def step(self, w: np.ndarray, g: np.ndarray, version: int, lr_scale: float = 1.0) -> None:
-        """Apply one update to ``w`` in place from gradient ``g``."""
-        if self.weight_decay:
-            g = g + self.weight_decay * w
+    def step(
+        self,
+        w: np.ndarray,
+        g: np.ndarray,
+        version: int,
+        lr_scale: float = 1.0,
+        frozen: Sequence[slice] = (),
+    ) -> None:
+        """Apply one update to ``w`` in place from gradient ``g``.
+
+        Parameters
+        ----------
+        w, g
+            The weights (changed in place) and the gradient, float32 of the same length.
+        version
+            Server version, for the schedule.
+        lr_scale
+            Factor of this step's learning rate (staleness-aware rules).
+        frozen
+            Ranges of ``w`` the step must leave bit-identical (``requires_grad=False``
+            parameters): no weight decay, no momentum, no state change there. The optimizer
+            runs only on the ranges between them, so freezing costs nothing per push.
+        """
         self.steps += 1
-        self._update(w, g, self.lr_at(version) * lr_scale)
+        lr = self.lr_at(version) * lr_scale
+        fresh = self._allocate(w)
+        work = self._scratch(w)
+        for part in _between(frozen, len(w)):
+            wp, gp = w[part], g[part]
+            if self.weight_decay:
+                gp = gp + self.weight_decay * wp
+            state = {k: v[part] for k, v in self.state.items()}
+            self._update(wp, gp, lr, state, work[part], fresh)
 
-    def _update(self, w: np.ndarray, g: np.ndarray, lr: float) -> None:  # pragma: no cover
+    def _allocate(self, w: np.ndarray) -> frozenset[str]:
+        """Create the state buffers this step needs (zeros, shaped like ``w``); their keys.
+
+        Buffers always cover the whole parameter section (frozen ranges included, left at
+        zero), so checkpoints keep one array per buffer whatever is frozen.
+        """
+        fresh = [k for k in self._state_keys() if k not in self.state]
+        for k in fresh:
+            self.state[k] = np.zeros_like(w, dtype=np.float32)
+        return frozenset(fresh)
+
+    def _state_keys(self) -> tuple[str, ...]:
+        """Names of the state buffers (subclasses with state override)."""
+        return ()
+
+    def _update(
+        self,
+        w: np.ndarray,
+        g: np.ndarray,
+        lr: float,
+        state: dict[str, np.ndarray],
+        work: np.ndarray,
+        fresh: frozenset[str],
+    ) -> None:  # pragma: no cover - interface
+        """Update ``w`` in place; ``state`` holds views of the buffers over the same range,
+        ``work`` is scratch space of that size, ``fresh`` the buffers created this step."""
         raise NotImplementedError
-
-    def _buffer(self, key: str, like: np.ndarray) -> np.ndarray:
-        buf = self.state.get(key)
-        if buf is None:
-            buf = self.state[key] = np.zeros_like(like)
-        return buf
 
     def _scratch(self, like: np.ndarray) -> np.ndarray:
         """A reusable work vector shaped like ``like`` (not state: never checkpointed).
@@ -236,7 +294,10 @@ class SGD(Optimizer):
         super().__init__(lr, weight_decay, schedule)
         _fraction("momentum", momentum)
         if nesterov and (momentum == 0 or dampening != 0):
-            raise ConfigError("nesterov=True needs momentum > 0 and dampening=0")
+            raise ConfigError(
+                "nesterov=True needs momentum > 0 and dampening=0, "
+                f"e.g. psdist.optim.SGD(lr={self.lr!r}, momentum=0.9, nesterov=True)"
+            )
         self.momentum = float(momentum)
         self.nesterov = bool(nesterov)
         self.dampening = float(dampening)
@@ -244,13 +305,19 @@ class SGD(Optimizer):
     def hyper(self) -> dict[str, Any]:
         return {"momentum": self.momentum, "nesterov": self.nesterov, "dampening": self.dampening}
 
-    def _update(self, w: np.ndarray, g: np.ndarray, lr: float) -> None:
-        s = self._scratch(w)  # in place throughout: no temporaries of the model's size
+    def _state_keys(self) -> tuple[str, ...]:
+        return ("momentum",) if self.momentum else ()
+
+    def _update(
+        self, w: np.ndarray, g: np.ndarray, lr: float, state: dict[str, np.ndarray],
+        work: np.ndarray, fresh: frozenset[str],
+    ) -> None:
+        s = work  # in place throughout: no temporaries of the model's size
         if self.momentum:
-            if "momentum" not in self.state:
-                buf = self.state["momentum"] = np.array(g, dtype=np.float32)
+            buf = state["momentum"]
+            if "momentum" in fresh:  # torch's first step: the buffer is the gradient itself
+                buf[...] = g
             else:
-                buf = self.state["momentum"]
                 buf *= self.momentum
                 if self.dampening:
                     np.multiply(g, np.float32(1 - self.dampening), out=s)
@@ -282,8 +349,8 @@ class Adam(Optimizer):
     ) -> None:
         super().__init__(lr, weight_decay, schedule)
         b1, b2 = betas
-        _fraction("betas[0]", b1)
-        _fraction("betas[1]", b2)
+        _fraction("betas[0]", b1, "betas=(0.9, 0.999)")
+        _fraction("betas[1]", b2, "betas=(0.9, 0.999)")
         _positive("eps", eps, "e.g. eps=1e-8")
         self.betas = (float(b1), float(b2))
         self.eps = float(eps)
@@ -291,10 +358,16 @@ class Adam(Optimizer):
     def hyper(self) -> dict[str, Any]:
         return {"betas": list(self.betas), "eps": self.eps}
 
-    def _update(self, w: np.ndarray, g: np.ndarray, lr: float) -> None:
+    def _state_keys(self) -> tuple[str, ...]:
+        return ("exp_avg", "exp_avg_sq")
+
+    def _update(
+        self, w: np.ndarray, g: np.ndarray, lr: float, state: dict[str, np.ndarray],
+        work: np.ndarray, fresh: frozenset[str],
+    ) -> None:
         b1, b2 = self.betas
-        m, v = self._buffer("exp_avg", w), self._buffer("exp_avg_sq", w)
-        s = self._scratch(w)  # in place throughout: no temporaries of the model's size
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        s = work  # in place throughout: no temporaries of the model's size
         m *= b1
         np.multiply(g, np.float32(1 - b1), out=s)
         m += s
@@ -333,8 +406,14 @@ class RMSprop(Optimizer):
     def hyper(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "eps": self.eps}
 
-    def _update(self, w: np.ndarray, g: np.ndarray, lr: float) -> None:
-        sq = self._buffer("square_avg", w)
+    def _state_keys(self) -> tuple[str, ...]:
+        return ("square_avg",)
+
+    def _update(
+        self, w: np.ndarray, g: np.ndarray, lr: float, state: dict[str, np.ndarray],
+        work: np.ndarray, fresh: frozenset[str],
+    ) -> None:
+        sq = state["square_avg"]
         sq *= self.alpha
         sq += (1 - self.alpha) * np.square(g)
         w -= np.float32(lr) * g / (np.sqrt(sq) + self.eps)
