@@ -8,6 +8,8 @@ it directly. Every method is short numpy work.
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -22,7 +24,11 @@ from psdist.optim import Optimizer
 from psdist.protocol import NONFINITE, STALE, Pull, Push, PushReply, reason_kind
 from psdist.rules import Downpour, Rule
 
-__all__ = ["ServerState", "WorkerStats"]
+__all__ = ["InvalidServerState", "ServerState", "WorkerStats"]
+
+
+class InvalidServerState(AssertionError):
+    """:meth:`ServerState.validate_state` found a broken invariant (a bug in psdist or a rule)."""
 
 
 @dataclass
@@ -49,7 +55,10 @@ class ServerState:
     weights
         Initial weights (float32, ``layout.size``); the server owns this array from now on.
     optimizers
-        One server optimizer per group name.
+        One server optimizer per group name. The server trains private copies: the objects
+        given are never changed (not by training, not by :meth:`set_lr`), and one object given
+        for two groups (a GAN's generator and discriminator) still gives each group its own
+        state (momentum, Adam moments, step count).
     rule
         The update rule (default :class:`~psdist.rules.Downpour`).
     max_staleness
@@ -84,7 +93,8 @@ class ServerState:
             )
         self.layout = layout
         self.weights = weights
-        self.optimizers = optimizers
+        # one deepcopy per group: a shared object must not share momentum or step counts
+        self.optimizers = {name: copy.deepcopy(opt) for name, opt in optimizers.items()}
         self.rule = rule if rule is not None else Downpour()
         self.server_rule = self.rule.server_side()
         self.max_staleness = max_staleness
@@ -105,6 +115,28 @@ class ServerState:
         self.waits = 0  # replies that held a worker back
         self.clock_gap_max = 0  # largest clock gap at which a worker was let go on
         self.evicted = 0  # workers dropped after a silence longer than the wait timeout
+        self._reset_baseline()
+
+    def _reset_baseline(self) -> None:
+        """Remember what :meth:`validate_state` compares against: counters restored from a
+        checkpoint (the per-worker table starts empty) and a digest of the frozen ranges."""
+        #: counters at construction or at the last :meth:`load_state_dict` (for invariants)
+        self.baseline: dict[str, int] = {
+            "version": self.version,
+            "applied": self.applied,
+            "rejected": sum(self.rejected.values()),
+            "nonfinite": self.rejected.get(NONFINITE, 0),
+            "pushes": sum(self.staleness_hist),
+            "samples": self.samples_applied,
+        }
+        self._frozen_digest = self._digest_frozen()
+
+    def _digest_frozen(self) -> bytes:
+        # a digest, not a copy: a frozen backbone may be most of the model
+        h = hashlib.blake2b(digest_size=16)
+        for sl in self.layout.frozen:
+            h.update(np.ascontiguousarray(self.weights[sl]).data)
+        return h.digest()
 
     # ------------------------------------------------------------------ pull / push
     def pull(self, worker: str, have_version: int = -1) -> Pull:
@@ -197,8 +229,8 @@ class ServerState:
         """
         self._seen[worker] = self.clock()
         if worker not in self.active:
-            floor = min(self.active.values()) if self.active else self._left_clock.get(worker, 0)
-            self.active[worker] = floor
+            left = self._left_clock.pop(worker, 0)
+            self.active[worker] = min(self.active.values()) if self.active else left
 
     def leave(self, worker: str) -> None:
         """``worker`` stops training (end of chunk, lost, evicted); barriers stop waiting for it."""
@@ -250,18 +282,27 @@ class ServerState:
         return [self.layout.group(n) for n in names]
 
     def apply_gradient(self, push: Push, lr_scale: float = 1.0) -> None:
-        """Parameters through each group's optimizer; buffers by adding their change."""
+        """Parameters through each group's optimizer; buffers by adding their change.
+
+        Frozen parameters (``requires_grad=False``) are skipped by the optimizer: no weight
+        decay, no momentum, their values stay bit-identical.
+        """
         for g in self._groups(push):
             self.optimizers[g.name].step(
-                self.weights[g.params], push.update[g.params], self.version, lr_scale
+                self.weights[g.params], push.update[g.params], self.version, lr_scale,
+                frozen=g.frozen_in_params,
             )
             self.weights[g.buffers] += push.update[g.buffers]
         self.version += 1
 
     def apply_delta(self, push: Push) -> None:
-        """Add the update to the weights as it is (elastic averaging, model deltas)."""
+        """Add the update to the weights as it is (elastic averaging, model deltas).
+
+        Frozen parameter ranges are left out, whatever the update holds there.
+        """
         for g in self._groups(push):
-            self.weights[g.whole] += push.update[g.whole]
+            for part in g.updatable:
+                self.weights[part] += push.update[part]
         self.version += 1
 
     # ------------------------------------------------------------------ control and metrics
@@ -316,6 +357,86 @@ class ServerState:
             "staleness_hist": list(self.staleness_hist),
         }
 
+    # ------------------------------------------------------------------ invariants
+    def validate_state(self) -> None:
+        """Check every invariant of the state; raise :class:`InvalidServerState` naming the first broken.
+
+        In the manner of ``distributed``'s ``WorkerState.validate_state()``: tests and the
+        simulator call it between steps of a scripted scenario. It reads every weight (and
+        hashes the frozen ranges), so the actor never calls it per push.
+        """
+        w = self.weights
+        _ensure(w.shape == (self.layout.size,) and w.dtype == np.float32, "weights layout",
+                f"weights are {w.dtype}{list(w.shape)}, the layout needs float32[{self.layout.size}]")
+        _ensure(bool(np.isfinite(w).all()), "finite weights",
+                f"{int((~np.isfinite(w)).sum())} weights are NaN/Inf")
+        _ensure(self._digest_frozen() == self._frozen_digest, "frozen parameters unchanged",
+                "a requires_grad=False parameter changed on the server")
+        self._validate_counters()
+        self._validate_workers()
+        self._validate_membership()
+        if self._snapshot is not None:
+            snap_version, snap = self._snapshot
+            _ensure(0 <= snap_version <= self.version, "snapshot version",
+                    f"snapshot of version {snap_version}, server at {self.version}")
+            _ensure(snap_version < self.version or snap.tobytes() == w.tobytes(), "snapshot is current",
+                    f"the snapshot of version {snap_version} differs from the weights of that version")
+        opts = [self.optimizers[g.name] for g in self.layout.groups]
+        _ensure(len({id(o) for o in opts}) == len(opts), "one optimizer per group",
+                "two model groups share one optimizer object (and its state)")
+        for g, opt in zip(self.layout.groups, opts, strict=True):
+            _ensure(opt.steps >= 0 and math.isfinite(opt.lr) and opt.lr > 0, "optimizer scalars",
+                    f"group {g.name!r}: steps {opt.steps}, lr {opt.lr}")
+            for key, buf in opt.state.items():
+                _ensure(buf.shape == (g.spec.n_params,), "optimizer state shape",
+                        f"group {g.name!r} state {key!r} has shape {buf.shape}, params {g.spec.n_params}")
+        self.server_rule.validate(self)
+
+    def _validate_counters(self) -> None:
+        _ensure(self.version >= self.baseline["version"] >= 0, "version non-negative and increasing",
+                f"version {self.version}, {self.baseline['version']} at start or restore")
+        _ensure(self.applied >= 0 and self.samples_applied >= 0 and self.samples_rejected >= 0,
+                "counters non-negative",
+                f"applied {self.applied}, samples {self.samples_applied}/{self.samples_rejected}")
+        _ensure(all(isinstance(c, int) and c > 0 for c in self.rejected.values()), "rejection counts",
+                f"rejected {self.rejected}")
+        _ensure(all(isinstance(c, int) and c >= 0 for c in self.staleness_hist), "staleness histogram",
+                f"staleness_hist {self.staleness_hist}")
+        _ensure(math.isfinite(self.loss_sum), "finite loss sum", f"loss_sum {self.loss_sum}")
+        pushes = sum(self.staleness_hist)
+        _ensure(pushes == self.applied + sum(self.rejected.values()), "pushes = applied + rejected",
+                f"{pushes} pushes in the staleness histogram, {self.applied} applied, "
+                f"{sum(self.rejected.values())} rejected")
+        _ensure(min(self.waits, self.evicted, self.clock_gap_max) >= 0, "membership counters",
+                f"waits {self.waits}, evicted {self.evicted}, clock_gap_max {self.clock_gap_max}")
+
+    def _validate_workers(self) -> None:
+        for name, st in self.workers.items():
+            _ensure(st.pushes == st.applied + st.rejected, "per-worker pushes = applied + rejected",
+                    f"{name}: {st.pushes} pushes, {st.applied} applied, {st.rejected} rejected")
+            _ensure(0 <= st.nonfinite <= st.rejected and st.samples >= 0, "per-worker counts",
+                    f"{name}: nonfinite {st.nonfinite} of {st.rejected} rejected, samples {st.samples}")
+        # the table starts empty after a restore: totals = restored counters + the table's sums
+        base, table = self.baseline, self.workers.values()
+        sums = {
+            "applied": (self.applied, sum(s.applied for s in table)),
+            "rejected": (sum(self.rejected.values()), sum(s.rejected for s in table)),
+            "nonfinite": (self.rejected.get(NONFINITE, 0), sum(s.nonfinite for s in table)),
+            "pushes": (sum(self.staleness_hist), sum(s.pushes for s in table)),
+            "samples": (self.samples_applied, sum(s.samples for s in table)),
+        }
+        for key, (total, per_worker) in sums.items():
+            _ensure(total == base[key] + per_worker, f"workers' {key} sum to the total",
+                    f"total {total}, workers {per_worker}, restored {base[key]}")
+
+    def _validate_membership(self) -> None:
+        both = set(self.active) & set(self._left_clock)
+        _ensure(not both, "active and left disjoint", f"{sorted(both)} are both active and left")
+        clocks = [*self.active.values(), *self._left_clock.values()]
+        _ensure(all(c >= 0 for c in clocks), "clocks non-negative", f"clocks {clocks}")
+        unseen = set(self.active) - set(self._seen)
+        _ensure(not unseen, "active workers were seen", f"{sorted(unseen)} active but never heard of")
+
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """(JSON-safe scalars, arrays) of everything needed to resume."""
@@ -352,3 +473,9 @@ class ServerState:
             {k[5:]: v for k, v in arrays.items() if k.startswith("rule/")}
         )
         self._snapshot = None
+        self._reset_baseline()
+
+
+def _ensure(ok: bool, invariant: str, detail: str) -> None:
+    if not ok:
+        raise InvalidServerState(f"invariant {invariant!r} broken: {detail}")

@@ -52,6 +52,7 @@ def test_staleness_scaled_learning_rates(rule, scales):
 
 def test_dc_asgd_compensates_with_the_pulled_weights():
     s, w0 = server(DCASGD(lam=0.5))
+    s.join("a")  # backups are kept for training (joined) workers only
     s.pull("a")  # a holds w0
     g1 = np.array([1.0, 1.0, 1.0], np.float32)
     s.push(push("b", 0, g1))  # fresh: plain SGD step
@@ -65,6 +66,7 @@ def test_dc_asgd_compensates_with_the_pulled_weights():
 
 def test_dc_asgd_without_staleness_is_plain_sgd():
     s, w0 = server(DCASGD())
+    s.join("a")
     s.pull("a")
     g = np.array([0.3, 0.2, 0.1], np.float32)
     s.push(push("a", 0, g))

@@ -104,7 +104,7 @@ def test_eamsgd_local_nesterov_step():
 
 
 def test_elastic_rule_errors():
-    with pytest.raises(psdist.ConfigError, match=r"EASGD\(period=4\) instead of push_every=4"):
+    with pytest.raises(psdist.ConfigError, match=r"rule=psdist\.rules\.EASGD\(period=4\) instead of push_every=4"):
         EASGD().check(4, None, {"model": SGD(lr=0.1)})
     with pytest.raises(psdist.ConfigError, match=r"alpha=1\.5 must be < 1"):
         EASGD(alpha=1.5).check(1, None)

@@ -73,13 +73,20 @@ class DynSGD(Downpour):
 
 
 class _DelayCompensation(ServerRule):
-    """Keeps, per worker, the parameters it last pulled (what DC-ASGD needs)."""
+    """Keeps, per *active* worker, the parameters it last pulled (what DC-ASGD needs).
+
+    One model-sized vector per worker: it is dropped when the worker leaves (end of its chunk,
+    lost, evicted), and pulls outside training (validation, the client) keep none, so the
+    memory follows the workers training now, not every address ever seen (adapt, restarts).
+    """
 
     def __init__(self, lam: float) -> None:
         self.lam = lam
         self.pulled: dict[str, np.ndarray] = {}
 
     def on_pull(self, state: ServerState, worker: str) -> None:
+        if worker not in state.active:
+            return
         held = self.pulled.get(worker)
         if held is None or held.shape != state.weights.shape:
             self.pulled[worker] = state.weights.copy()
@@ -96,14 +103,35 @@ class _DelayCompensation(ServerRule):
             push = Push(push.worker, push.base_version, g, push.samples, push.loss, push.groups, push.info)
         state.apply_gradient(push, lr_scale=1.0)
 
+    def on_leave(self, state: ServerState, worker: str) -> None:
+        self.pulled.pop(worker, None)
+
+    def validate(self, state: ServerState) -> None:
+        from psdist.server import InvalidServerState
+
+        super().validate(state)
+        stray = set(self.pulled) - set(state.active)
+        if stray:
+            raise InvalidServerState(
+                f"invariant 'DC-ASGD backups only for active workers' broken: {sorted(stray)} "
+                f"are not training but hold {len(stray)} weight copies"
+            )
+        for worker, held in self.pulled.items():
+            if held.shape != state.weights.shape:
+                raise InvalidServerState(
+                    f"invariant 'DC-ASGD backup shape' broken: {worker} holds {held.shape}, "
+                    f"weights are {state.weights.shape}"
+                )
+
 
 @dataclass(frozen=True)
 class DCASGD(Downpour):
     """Delay-compensated asynchronous SGD: g + λ · g ⊙ g ⊙ (w_now − w_pulled).
 
-    The server keeps the parameters each worker last pulled (one vector per worker) and applies
-    the compensated gradient through its optimizer. The backups are not checkpointed: after a
-    restore each worker's first push is applied uncompensated.
+    The server keeps the parameters each training worker last pulled (one vector per active
+    worker, dropped when it leaves) and applies the compensated gradient through its optimizer.
+    The backups are not checkpointed: after a restore each worker's first push is applied
+    uncompensated, as is a push from a worker that is not training (it never joined).
 
     References
     ----------
@@ -124,4 +152,4 @@ class DCASGD(Downpour):
     ) -> None:
         super().check(push_every, max_staleness, optimizers)
         if not self.lam >= 0:
-            raise ConfigError(f"DCASGD lam={self.lam!r} must be >= 0, e.g. 0.04")
+            raise ConfigError(f"DCASGD lam={self.lam!r} must be >= 0, e.g. psdist.rules.DCASGD(lam=0.04)")

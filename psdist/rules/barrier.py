@@ -61,6 +61,25 @@ class _SyncServer(ServerRule):
     def on_leave(self, state: ServerState, worker: str) -> None:
         self._maybe_step(state)
 
+    def validate(self, state: ServerState) -> None:
+        from psdist.server import InvalidServerState
+
+        base = state.baseline
+        rounds, applied = state.version - base["version"], state.applied - base["applied"]
+        pending = len(self.contributed)
+        problems = []
+        if not rounds <= applied - pending:
+            problems.append(f"{rounds} rounds from {applied} contributions, {pending} of them pending")
+        if (self._sum is None) != (pending == 0):
+            problems.append(f"a round sum {'without' if self._sum is not None else 'missing for'} contributions")
+        if self._samples < 0 or (pending == 0 and self._samples):
+            problems.append(f"{self._samples} samples in a round of {pending} contributions")
+        unknown = self.contributed - set(state.workers)
+        if unknown:
+            problems.append(f"contributions from never-seen workers {sorted(unknown)}")
+        if problems:
+            raise InvalidServerState("invariant 'Sync round bookkeeping' broken: " + "; ".join(problems))
+
     def _maybe_step(self, state: ServerState) -> None:
         if not self.contributed or not self.contributed.issuperset(state.active):
             return
@@ -135,7 +154,7 @@ class SSP(Rule):
     ) -> None:
         super().check(push_every, max_staleness, optimizers)
         if not (isinstance(self.bound, int) and self.bound >= 0):
-            raise ConfigError(f"SSP bound={self.bound!r} must be an integer >= 0, e.g. SSP(bound=2)")
+            raise ConfigError(f"SSP bound={self.bound!r} must be an integer >= 0, e.g. psdist.rules.SSP(bound=2)")
 
     def to_config(self) -> dict[str, Any]:
         return {"name": "SSP", "bound": self.bound}

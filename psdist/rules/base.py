@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -43,6 +43,21 @@ class ServerRule:
 
     def on_leave(self, state: ServerState, worker: str) -> None:
         """Called when a worker stops training (end of its chunk, lost, evicted)."""
+
+    def validate(self, state: ServerState) -> None:
+        """Assert the rule's invariants (called by :meth:`ServerState.validate_state`).
+
+        The default: every admitted push made exactly one version since the start (or the
+        last restore). Rules that defer or merge pushes (:class:`~psdist.rules.Sync`) override.
+        """
+        from psdist.server import InvalidServerState
+
+        base = state.baseline
+        if state.version - base["version"] != state.applied - base["applied"]:
+            raise InvalidServerState(
+                f"invariant 'one version per applied push' broken: {state.version - base['version']} "
+                f"versions for {state.applied - base['applied']} applied pushes under {type(self).__name__}"
+            )
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {}
@@ -145,8 +160,23 @@ def _all_rules() -> list[type[Rule]]:
     return out
 
 
+def rule_code(rule: Rule) -> str:
+    """Python that builds ``rule``: ``psdist.rules.Name(field=value, ...)``, non-defaults only.
+
+    What error messages suggest, so the fix they show can be pasted as it is.
+    """
+    args = ", ".join(
+        f"{f.name}={getattr(rule, f.name)!r}" for f in fields(rule)
+        if getattr(rule, f.name) != f.default
+    )
+    return f"psdist.rules.{type(rule).__name__}({args})"
+
+
 def positive(name: str, value: Any, example: str) -> None:
-    """Raise :class:`ConfigError` unless ``value`` is a finite number > 0."""
+    """Raise :class:`ConfigError` unless ``value`` is a finite number > 0.
+
+    ``example`` is shown as the fix: valid code, e.g. ``"psdist.rules.GEM(kappa=2.0)"``.
+    """
     if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
         raise ConfigError(f"{name}={value!r} must be a number > 0, e.g. {example}")
 
@@ -159,6 +189,6 @@ def plain_sgd(rule: str, optimizers: dict[str, Optimizer] | None) -> None:
         if not isinstance(opt, SGD) or opt.momentum != 0:
             raise ConfigError(
                 f"{rule} applies its updates with plain SGD at the server, but model {name!r} has "
-                f"{opt!r}: use optimizer=psdist.SGD(lr=...) without momentum ({rule} supplies "
-                "its own momentum)"
+                f"{opt!r}: use optimizer=psdist.optim.SGD(lr={opt.lr!r}) without momentum "
+                f"({rule} supplies its own momentum)"
             )

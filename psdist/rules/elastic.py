@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from psdist.errors import ConfigError
-from psdist.protocol import Pull, Push, PushReply
-from psdist.rules.base import Rule, ServerRule, WorkerRule, positive
+from psdist.protocol import NONFINITE, Pull, Push, PushReply, reason_kind
+from psdist.rules.base import Rule, ServerRule, WorkerRule, positive, rule_code
 
 if TYPE_CHECKING:
     import torch
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from psdist.server import ServerState
 
 __all__ = ["EAMSGD", "EASGD"]
+
+logger = logging.getLogger(__name__)
 
 
 class _CentreServer(ServerRule):
@@ -51,8 +54,14 @@ class _ElasticWorker(WorkerRule):
             replica.load(pull)
             self._centre = None if pull.weights is None else pull.weights
         if not self._local:
-            self._local = {n: self._make_local(replica, n) for n in replica.models}
+            self._make_locals(replica)
         self._follow_lr(pull)
+
+    def _make_locals(self, replica: Replica) -> None:
+        self._local = {
+            n: self._make_local(replica, n) for n, m in replica.models.items()
+            if any(p.requires_grad for p in m.parameters())  # a wholly frozen model has no step
+        }
 
     def _make_local(self, replica: Replica, name: str) -> torch.optim.Optimizer:
         import torch
@@ -61,6 +70,7 @@ class _ElasticWorker(WorkerRule):
         from psdist.optim import SGD
 
         opt = self.optimizers[name]
+        # frozen parameters (requires_grad=False) stay out: no local weight decay or momentum
         params = [p for p in replica.models[name].parameters() if p.requires_grad]
         if self.momentum is None:
             return torch_optimizer(opt, params)
@@ -91,10 +101,24 @@ class _ElasticWorker(WorkerRule):
             raise ConfigError("elastic averaging lost track of the centre weights; restart the worker")
         local = replica.weights_vector()
         elastic = self.alpha * (local - self._centre)
-        replica.set_weights(local - elastic)
+        for part in replica.layout.frozen:  # frozen weights never move, locally or at the centre
+            elastic[part] = 0.0
         replica.version = pull.version
         self._follow_lr(pull)
-        return server.push(Push(replica.worker, pull.version, elastic, samples, loss), pull=False)
+        reply = server.push(Push(replica.worker, pull.version, elastic, samples, loss), pull=False)
+        # x ← x − E only once the centre took E: a rejected push (stale, non-finite) leaves
+        # both sides as they were, so the elastic difference is not lost
+        if reply.applied:
+            replica.set_weights(local - elastic)
+        elif reason_kind(reply.reason) == NONFINITE and not np.isfinite(local).all():
+            # diverged local weights would be refused forever: start again from the centre,
+            # as a replacement worker would
+            logger.warning("psdist: %s: local EASGD weights hold NaN/Inf; restarting from the centre",
+                           replica.worker)
+            replica.set_weights(self._centre)
+            self._make_locals(replica)
+            self._follow_lr(pull)
+        return reply
 
     def resume(self, replica: Replica, server: ServerHandle) -> None:
         """Never held back (no barrier); nothing to load: the local weights go on."""
@@ -149,17 +173,22 @@ class EASGD(Rule):
         name = type(self).__name__
         p = self.period
         if not (isinstance(p, int) and p >= 1):
-            raise ConfigError(f"{name} period={p!r} must be an integer >= 1, e.g. {name}(period=10)")
+            raise ConfigError(
+                f"{name} period={p!r} must be an integer >= 1, e.g. psdist.rules.{name}(period=10)"
+            )
         if push_every not in (1, p):
             raise ConfigError(
                 f"{name} communicates every period={p} minibatches; give "
-                f"{name}(period={push_every}) instead of push_every={push_every}"
+                f"rule={rule_code(replace(self, period=push_every))} instead of push_every={push_every}"
             )
         if self.alpha is not None:
-            positive(f"{name} alpha", self.alpha, "0.9 / workers")
+            positive(f"{name} alpha", self.alpha, f"psdist.rules.{name}(alpha=None) (0.9 / workers)")
             if self.alpha >= 1:
-                raise ConfigError(f"{name} alpha={self.alpha!r} must be < 1 (it moves x toward x̃)")
-        positive(f"{name} beta", self.beta, "0.9")
+                raise ConfigError(
+                    f"{name} alpha={self.alpha!r} must be < 1 (it moves x toward x̃), e.g. "
+                    f"psdist.rules.{name}(alpha=None) for 0.9 / workers"
+                )
+        positive(f"{name} beta", self.beta, f"psdist.rules.{name}(beta=0.9)")
 
     def to_config(self) -> dict[str, Any]:
         return {"name": type(self).__name__, "alpha": self.alpha, "beta": self.beta,
@@ -194,12 +223,15 @@ class EAMSGD(EASGD):
         from psdist.optim import SGD
 
         if not 0 <= self.momentum < 1:
-            raise ConfigError(f"EAMSGD momentum={self.momentum!r} must be in [0, 1), e.g. 0.99")
+            raise ConfigError(
+                f"EAMSGD momentum={self.momentum!r} must be in [0, 1), e.g. psdist.rules.EAMSGD(momentum=0.99)"
+            )
         for name, opt in (optimizers or {}).items():
             if not isinstance(opt, SGD):
                 raise ConfigError(
                     f"EAMSGD runs local Nesterov SGD, but model {name!r} has {type(opt).__name__}: "
-                    "use optimizer=psdist.SGD(lr=...), or EASGD to keep this optimizer locally"
+                    f"use optimizer=psdist.optim.SGD(lr={opt.lr!r}), or rule=psdist.rules.EASGD() "
+                    "to keep this optimizer locally"
                 )
 
     def to_config(self) -> dict[str, Any]:

@@ -95,9 +95,9 @@ class GEM(Rule):
         optimizers: dict[str, Optimizer] | None = None,
     ) -> None:
         super().check(push_every, max_staleness, optimizers)
-        positive("GEM kappa", self.kappa, "2.0")
-        positive("GEM pi_max", self.pi_max, "5.0")
-        positive("GEM eps", self.eps, "1e-8")
+        positive("GEM kappa", self.kappa, "psdist.rules.GEM(kappa=2.0)")
+        positive("GEM pi_max", self.pi_max, "psdist.rules.GEM(pi_max=5.0)")
+        positive("GEM eps", self.eps, "psdist.rules.GEM(eps=1e-8)")
         if not 0 <= self.momentum < 1:
-            raise ConfigError(f"GEM momentum={self.momentum!r} must be in [0, 1), e.g. 0.9")
+            raise ConfigError(f"GEM momentum={self.momentum!r} must be in [0, 1), e.g. psdist.rules.GEM(momentum=0.9)")
         plain_sgd("GEM", optimizers)
