@@ -3,24 +3,24 @@
 Layout of a psdist dataset (a Zarr group): ``x`` (N, ...) float features, ``y`` (N, ...) labels
 (integers for classes, floats for regression), and optionally ``x_val``/``y_val``. Without them a
 fraction of the training chunks is held out for validation (by chunk, so no task straddles the
-split). Workers read their rows straight from the store; the client and the parameter server
-never touch the data.
+split), drawn spread over the whole store (:func:`holdout_chunks`). Workers read their rows
+straight from the store; the client and the parameter server never touch the data.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import math
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
 from psdist.errors import BadChunkError, ConfigError, DataError
+from psdist.split import epoch_order, holdout_chunks, task_seed  # re-exported: their old home
 
 __all__ = [
     "EVERY_CHUNK_ATTR",
@@ -30,12 +30,16 @@ __all__ = [
     "ZarrDataset",
     "compressor_codecs",
     "epoch_order",
+    "holdout_chunks",
     "nonfinite_rows",
     "task_seed",
     "write_zarr",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Most label rows :meth:`ZarrDataset.read_labels` reads at once (8 MiB of int64).
+LABEL_BLOCK_ROWS = 1 << 20
 
 #: Array attribute set by :func:`write_zarr`: every chunk of the array was written (even chunks
 #: holding only the fill value), so a chunk file that is not in the store was lost.
@@ -115,6 +119,14 @@ class ZarrDataset:
         Names of validation arrays; used when present in the group.
     val_fraction
         Fraction of training chunks held out when there are no validation arrays (0 for none).
+        The held-out chunks are spread over the store, one drawn from each of equal stretches
+        of it (see :func:`holdout_chunks`), not the last ones: converters and generators often
+        write one class after another, and the last chunks would then hold one class only.
+    holdout_seed
+        Seed of that draw. The split depends only on the store's chunking, ``val_fraction``
+        and this seed, never on the trainer's seed: every ``describe()`` (the trainer, a
+        resumed training, :func:`psdist.baseline`, :meth:`read_validation`) sees the same
+        split, so training and validation rows never mix.
     chunk_rows
         Rows per task; default the store's chunk length along axis 0. Must be a multiple of it,
         so every task reads whole chunks.
@@ -132,6 +144,7 @@ class ZarrDataset:
     val_fraction: float = 0.1
     chunk_rows: int | None = None
     skip_bad_chunks: bool = False
+    holdout_seed: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.val_fraction < 1:
@@ -140,6 +153,18 @@ class ZarrDataset:
             raise ConfigError(f"chunk_rows={self.chunk_rows!r} must be a positive integer")
         if not isinstance(self.skip_bad_chunks, bool):
             raise ConfigError(f"skip_bad_chunks={self.skip_bad_chunks!r} must be true or false")
+        if not isinstance(self.holdout_seed, int) or isinstance(self.holdout_seed, bool) or self.holdout_seed < 0:
+            raise ConfigError(f"holdout_seed={self.holdout_seed!r} must be an integer >= 0, e.g. 0")
+
+    def _code(self, **changes: Any) -> str:
+        """Python that builds this dataset with ``changes`` (error messages show it)."""
+        args = [repr(os.fspath(self.path))]
+        for f in fields(self):
+            if f.name != "path":
+                value = changes.get(f.name, getattr(self, f.name))
+                if f.name in changes or value != f.default:
+                    args.append(f"{f.name}={value!r}")
+        return f"psdist.ZarrDataset({', '.join(args)})"
 
     def open_group(self) -> Any:
         """The zarr group (read-only); :class:`DataError` if it is missing or not a group."""
@@ -149,25 +174,39 @@ class ZarrDataset:
         if "://" not in path and not os.path.exists(path):
             raise DataError(
                 f"data path {path!r} does not exist; write a dataset there first, e.g. "
-                "psdist.write_zarr(path, x, y) or `psdist convert`"
+                f"psdist.write_zarr({path!r}, x, y) or `psdist convert`"
             )
         try:
             return zarr.open_group(path, mode="r")
         except Exception as e:  # zarr raises several types for "not a group"
             raise DataError(f"{path!r} is not a readable Zarr group: {e}") from e
 
-    def _array(self, group: Any, name: str) -> Any:
+    def _array(self, group: Any, name: str, role: str) -> Any:
         if name not in group:
+            have = sorted(group.array_keys())
+            if not have:
+                raise DataError(
+                    f"the Zarr group {os.fspath(self.path)!r} has no arrays: write a dataset there, "
+                    f"e.g. psdist.write_zarr({os.fspath(self.path)!r}, x, y, overwrite=True)"
+                )
+            # an example name for the fix: an array this dataset does not use already
+            spare = [k for k in have if k not in (self.x, self.y)] or have
             raise DataError(
-                f"the Zarr group {os.fspath(self.path)!r} has no array {name!r} "
-                f"(it has {sorted(group.array_keys())}); pass x=/y= with the right names"
+                f"the Zarr group {os.fspath(self.path)!r} has no array {name!r} (it has {have}); "
+                f"name the {role} array, e.g. {self._code(**{role: spare[0]})}"
             )
         return group[name]
 
     def describe(self) -> DatasetInfo:
-        """Open the store, check it, and plan the chunks (cheap: metadata only)."""
+        """Open the store, check it, and plan the chunks (cheap: metadata only).
+
+        Chunks keep their position in the store as :attr:`Chunk.index` (validation arrays
+        continue the count). Without validation arrays, ``val_fraction`` of the chunks (at
+        least one) is held out, spread over the store by :func:`holdout_chunks` with
+        :attr:`holdout_seed`; the rest, in store order, is the training set.
+        """
         g = self.open_group()
-        xa, ya = self._array(g, self.x), self._array(g, self.y)
+        xa, ya = self._array(g, self.x, "x"), self._array(g, self.y, "y")
         _check_pair(self.x, xa, self.y, ya)
         train = self._chunks(xa, self.x, self.y, 0)
         if self.x_val in g and self.y_val in g:
@@ -179,18 +218,23 @@ class ZarrDataset:
                 )
             val = self._chunks(xv, self.x_val, self.y_val, len(train))
         elif self.val_fraction > 0:
-            n_val = max(1, round(len(train) * self.val_fraction)) if len(train) > 1 else 0
+            n = len(train)
+            n_val = max(1, round(n * self.val_fraction)) if n > 1 else 0
             if n_val == 0:
                 raise DataError(
                     f"{os.fspath(self.path)!r} has one chunk: nothing to hold out for validation; "
-                    "write x_val/y_val, use smaller chunks, or pass val_fraction=0"
+                    f"write validation arrays (psdist.write_zarr({os.fspath(self.path)!r}, x, y, x_val, "
+                    "y_val, overwrite=True)), use smaller chunks, or train without validation: {self._code(val_fraction=0)}"
                 )
-            if n_val >= len(train):
+            if n_val >= n:
                 raise DataError(
-                    f"val_fraction={self.val_fraction} holds out all {len(train)} chunks of "
-                    f"{os.fspath(self.path)!r}: lower it or write x_val/y_val"
+                    f"val_fraction={self.val_fraction} holds out all {n} chunks of "
+                    f"{os.fspath(self.path)!r}: hold out fewer, e.g. "
+                    f"{self._code(val_fraction=round(0.5 / n, 4))}, or write validation arrays "
+                    f"(psdist.write_zarr({os.fspath(self.path)!r}, x, y, x_val, y_val, overwrite=True))"
                 )
-            train, val = train[:-n_val], train[-n_val:]
+            held = set(holdout_chunks(n, n_val, self.holdout_seed))
+            train, val = [c for c in train if c.index not in held], [c for c in train if c.index in held]
         else:
             val = []
         return DatasetInfo(
@@ -209,7 +253,7 @@ class ZarrDataset:
         if rows % store_rows:
             raise ConfigError(
                 f"chunk_rows={rows} is not a multiple of the store's chunk length {store_rows} "
-                f"of {xname!r}; use chunk_rows={store_rows * max(1, rows // store_rows)}"
+                f"of {xname!r}; use {self._code(chunk_rows=store_rows * max(1, rows // store_rows))}"
             )
         n = int(xa.shape[0])
         return [
@@ -251,6 +295,47 @@ class ZarrDataset:
         y = self._read_rows(g, chunk.y, chunk, features=False)
         return x, y
 
+    def read_labels(self, chunks: Sequence[Chunk], group: Any | None = None) -> Iterator[tuple[Chunk, np.ndarray]]:
+        """The labels of ``chunks``, each as ``(chunk, y rows)``; never reads the features.
+
+        Adjacent chunks are read together (up to :data:`LABEL_BLOCK_ROWS` rows at once), so
+        reading every label of a store costs a few large reads. A chunk that cannot be read
+        raises :class:`~psdist.errors.BadChunkError`, or is left out with a warning when
+        :attr:`skip_bad_chunks` is set. Chunks come back grouped by label array, in row order.
+        """
+        g = group if group is not None else self.open_group()
+        by_array: dict[str, list[Chunk]] = {}
+        for c in chunks:
+            by_array.setdefault(c.y, []).append(c)
+        for name, cs in by_array.items():
+            run: list[Chunk] = []
+            for c in sorted(cs, key=lambda c: c.start):
+                if run and (c.start != run[-1].stop or c.stop - run[0].start > LABEL_BLOCK_ROWS):
+                    yield from self._label_run(g, name, run)
+                    run = []
+                run.append(c)
+            if run:
+                yield from self._label_run(g, name, run)
+
+    def _label_run(self, g: Any, name: str, run: list[Chunk]) -> Iterator[tuple[Chunk, np.ndarray]]:
+        span = Chunk(run[0].index, run[0].x, name, run[0].start, run[-1].stop)
+        try:
+            y = self._read_rows(g, name, span, features=False)
+        except BadChunkError:
+            if len(run) == 1 and not self.skip_bad_chunks:
+                raise
+            y = None  # read chunk by chunk: the error then names the right chunk
+        for c in run:
+            if y is not None:
+                yield c, y[c.start - span.start : c.stop - span.start]
+                continue
+            try:
+                yield c, self._read_rows(g, name, c, features=False)
+            except BadChunkError as e:
+                if not self.skip_bad_chunks:
+                    raise
+                logger.warning("psdist: skipping the labels of a bad chunk: %s", e)
+
     def _read_rows(self, g: Any, name: str, chunk: Chunk, features: bool) -> np.ndarray:
         try:
             arr = g[name]
@@ -282,7 +367,7 @@ class ZarrDataset:
             f"bad chunk in {path!r}: array {name!r}, chunk {chunk.index} (rows "
             f"{chunk.start}:{chunk.stop}), {where}: {cause}. Re-convert or re-write the data "
             "(psdist convert / psdist.write_zarr), or skip and count bad chunks with "
-            "ZarrDataset(..., skip_bad_chunks=True) (YAML: data: {skip_bad_chunks: true})",
+            f"{self._code(skip_bad_chunks=True)} (YAML: data: {{skip_bad_chunks: true}})",
             path=path, array=name, chunk=chunk.index, rows=(chunk.start, chunk.stop), store_chunk=coords,
         )
 
@@ -312,7 +397,10 @@ class ZarrDataset:
         """All validation rows ``(x, y)`` in memory (for evaluating a trained model)."""
         info = self.describe()
         if not info.val:
-            raise DataError(f"{os.fspath(self.path)!r} has no validation rows; give val_fraction=0.2")
+            raise DataError(
+                f"{os.fspath(self.path)!r} has no validation rows; hold some out, e.g. "
+                f"{self._code(val_fraction=0.2)}.read_validation()"
+            )
         g = self.open_group()
         parts = []
         for c in info.val:
@@ -393,18 +481,6 @@ def nonfinite_rows(*arrays: np.ndarray) -> np.ndarray:
     return bad
 
 
-def task_seed(seed: int, epoch: int, chunk: int) -> int:
-    """A well-mixed 63-bit seed for one chunk of one epoch (stable across processes)."""
-    h = hashlib.blake2b(f"{seed}:{epoch}:{chunk}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") >> 1
-
-
-def epoch_order(chunks: tuple[Chunk, ...], seed: int, epoch: int) -> list[Chunk]:
-    """The chunks of an epoch in a seeded random order (a new order every epoch)."""
-    rng = np.random.default_rng(task_seed(seed, epoch, -1))
-    return [chunks[i] for i in rng.permutation(len(chunks))]
-
-
 def compressor_codecs(name: str | None) -> list[Any]:
     """The Zarr compressor codecs for a Blosc name (``None``/``"none"``: uncompressed).
 
@@ -476,7 +552,7 @@ def write_zarr(
             raise DataError(f"{xn} has {len(xa)} rows but {yn} has {len(ya)}; they must match")
     path = os.fspath(path)
     if os.path.exists(path) and not overwrite:
-        raise DataError(f"{path!r} already exists; pass overwrite=True to replace it")
+        raise DataError(f"{path!r} already exists; replace it with psdist.write_zarr({path!r}, x, y, overwrite=True)")
     g = zarr.open_group(path, mode="w")
     if attrs:
         g.attrs.update(attrs)

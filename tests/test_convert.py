@@ -95,7 +95,8 @@ def test_npz_compressed_streams_named_keys(tmp_path) -> None:
     assert out["x"].dtype == np.float32 and np.array_equal(out["x"], x3.astype(np.float32))
     assert out["y"].dtype == np.int64 and np.array_equal(out["y"], y.astype(bool).astype(np.int64))
     info = ZarrDataset(tmp_path / "o.zarr", val_fraction=0.3).describe()
-    assert info.x_shape == (2, 3) and info.val_rows == 234
+    # one of the 3 chunks (500, 500, 234 rows) is held out: the draw of holdout_chunks(3, 1) is chunk 0
+    assert info.x_shape == (2, 3) and info.val_rows == 500 and [c.index for c in info.val] == [0]
 
 
 def test_numpy_bad_inputs(tmp_path) -> None:
@@ -232,7 +233,9 @@ def test_root_jagged_padding_truncation_and_mask(tmp_path) -> None:
     assert np.array_equal(out["x_flat"], np.stack([t["jet_pt"], t["jet_mass"]], axis=1).astype(np.float32))
     assert out["y"].dtype == np.int64 and np.array_equal(out["y"], t["is_signal"].astype(np.int64))
     info = ds.describe()
-    assert info.x_shape == (4, 2) and [c.rows for c in info.train] == [1000, 1000]
+    # 3 chunks (1000, 1000, 500 rows); the default 10 % holds out one, chunk 0 (holdout_chunks(3, 1))
+    assert info.x_shape == (4, 2) and [c.rows for c in info.train] == [1000, 500]
+    assert [(c.start, c.stop) for c in info.val] == [(0, 1000)]
     attrs = dict(zarr.open_group(str(tmp_path / "o.zarr"), mode="r").attrs)
     assert attrs["x_features"] == ["part_pt", "part_eta"] and attrs["x_flat_features"] == ["jet_pt", "jet_mass"]
 
@@ -314,7 +317,8 @@ def test_cli_convert_root_and_missing_branch(tmp_path) -> None:
     got = arrays(tmp_path / "o.zarr")
     assert np.array_equal(got["x"][:40, :, 0], padded(t["pt"], 3)[0])
     assert np.array_equal(got["y"], np.r_[np.ones(40), np.zeros(60)])
-    assert ZarrDataset(tmp_path / "o.zarr", val_fraction=0.5).describe().val_rows == 36
+    # 2 of the 4 chunks (32, 32, 32, 4 rows) held out, one from each half: chunks 1 and 2
+    assert ZarrDataset(tmp_path / "o.zarr", val_fraction=0.5).describe().val_rows == 64
 
     assert runs[1].returncode == 2
     assert "psdist: error:" in bad_stderr and "no branch 'part_phi'" in bad_stderr and "'part_eta'" in bad_stderr
