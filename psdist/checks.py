@@ -1,26 +1,41 @@
 """Checks a training runs before any cluster starts: real rows through the user's step.
 
 Shape and label mistakes then surface as one clear :class:`~psdist.errors.ModelError` on the
-client, not as a task failure on every worker.
+client, not as a task failure on every worker; a validation set that cannot measure a classifier
+(one class only) as a :class:`~psdist.errors.DataError`, not as a training that reports
+meaningless validation metrics.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from psdist.data import Chunk, DatasetInfo, ZarrDataset
+from psdist.data import Chunk, DatasetInfo, ZarrDataset, holdout_chunks
 from psdist.errors import BadChunkError, DataError, ModelError
 from psdist.loop import as_labels
 from psdist.replica import Replica
 
-__all__ = ["dry_run", "label_max"]
+__all__ = ["check_validation_classes", "chunk_classes", "dry_run", "label_max"]
+
+logger = logging.getLogger(__name__)
+
+#: Classes listed by name in an error message; more are counted.
+_SHOWN = 12
 
 
 def dry_run(step: Any, data: ZarrDataset, models: dict[str, torch.nn.Module], info: DatasetInfo) -> None:
-    """Push up to 64 real rows through ``step`` (train and evaluate); raise on any mismatch."""
+    """Push up to 64 real rows through ``step`` (train and evaluate); raise on any mismatch.
+
+    For integer labels (classification) it also reads every label (never the features) and
+    refuses a validation set holding one class while the training set holds several
+    (:func:`check_validation_classes`), and a model with fewer outputs than classes.
+    """
     x = y = None
     for first in (*info.train, *info.val):  # with skip_bad_chunks, the first readable chunk
         rows = Chunk(first.index, first.x, first.y, first.start, min(first.stop, first.start + 64))
@@ -31,7 +46,7 @@ def dry_run(step: Any, data: ZarrDataset, models: dict[str, torch.nn.Module], in
             if not data.skip_bad_chunks:
                 raise
     if x is None or y is None:
-        raise DataError(f"no chunk of {data.path!r} can be read; run ZarrDataset(...).scan() to list them")
+        raise DataError(f"no chunk of {os.fspath(data.path)!r} can be read; list them with {data._code()}.scan()")
     replica = Replica("dry-run", models)
     xt, yt = torch.from_numpy(x), torch.from_numpy(as_labels(y))
     try:
@@ -51,8 +66,12 @@ def dry_run(step: Any, data: ZarrDataset, models: dict[str, torch.nn.Module], in
             f"the model and loss do not fit the data: rows of shape {tuple(xt.shape)} with "
             f"labels {tuple(yt.shape)} {yt.dtype}{shape} — {type(e).__name__}: {e}"
         ) from e
+    if np.dtype(info.y_dtype).kind not in "iub":
+        return  # regression targets: no classes to check
+    classes = chunk_classes(data, (*info.train, *info.val))
+    check_validation_classes(data, info, classes)
     if y.dtype.kind in "iu" and isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[1] > 1:
-        top = label_max(data)
+        top = max((int(c.max()) for c in classes.values() if c.size), default=0)
         if top >= out.shape[1]:
             raise ModelError(
                 f"the labels go up to {top} but the model outputs {out.shape[1]} classes "
@@ -60,14 +79,98 @@ def dry_run(step: Any, data: ZarrDataset, models: dict[str, torch.nn.Module], in
             )
 
 
-def label_max(data: ZarrDataset) -> int:
-    """Largest integer label in the training and validation arrays (read in chunks)."""
-    g = data.open_group()
-    top = 0
-    for name in (data.y, data.y_val):
-        if name in g:
-            arr = g[name]
-            step = int(arr.chunks[0]) * 16
-            for s in range(0, arr.shape[0], step):
-                top = max(top, int(np.max(arr[s : s + step])))
-    return top
+def label_max(data: ZarrDataset, info: DatasetInfo | None = None) -> int:
+    """Largest integer label of the training and validation chunks (reads labels only)."""
+    chunks = info if info is not None else data.describe()
+    classes = chunk_classes(data, (*chunks.train, *chunks.val))
+    return max((int(c.max()) for c in classes.values() if c.size), default=0)
+
+
+def chunk_classes(data: ZarrDataset, chunks: Sequence[Chunk]) -> dict[int, np.ndarray]:
+    """The distinct labels of each chunk, by :attr:`~psdist.data.Chunk.index` (labels only).
+
+    Chunks that cannot be read are missing from the result when the dataset skips bad chunks
+    (:attr:`~psdist.data.ZarrDataset.skip_bad_chunks`); otherwise they raise.
+    """
+    return {c.index: np.unique(y) for c, y in data.read_labels(chunks)}
+
+
+def _union(classes: dict[int, np.ndarray], chunks: Sequence[Chunk]) -> set[int]:
+    return {int(v) for c in chunks if c.index in classes for v in classes[c.index].tolist()}
+
+
+def _shown(values: set[int]) -> str:
+    ordered = sorted(values)
+    more = f" and {len(ordered) - _SHOWN} more" if len(ordered) > _SHOWN else ""
+    return ", ".join(map(str, ordered[:_SHOWN])) + more
+
+
+def check_validation_classes(data: ZarrDataset, info: DatasetInfo, classes: dict[int, np.ndarray]) -> None:
+    """Refuse a validation set of one class when the training labels hold several.
+
+    Its accuracy and AUC would measure nothing (or be NaN) and its loss one class only, and
+    early stopping would act on that. ``classes`` is :func:`chunk_classes` of the training and
+    validation chunks. The error states the fix: for a held-out split the smallest
+    ``val_fraction`` that puts every class in both sets, when there is one.
+    """
+    train, val = _union(classes, info.train), _union(classes, info.val)
+    if len(train) < 2 or not val:
+        return
+    if len(val) > 1:
+        if train - val:  # measurable, but blind to some classes: say so, do not refuse
+            logger.warning("psdist: the validation labels of %r lack classes %s of the training labels",
+                           os.fspath(data.path), _shown(train - val))
+        return
+    path = os.fspath(data.path)
+    (only,) = val
+    held_out = all(c.y == data.y for c in info.val)
+    if held_out:
+        where = (f"the held-out chunks {[c.index for c in info.val]} of {data.y!r} hold class {only} only: "
+                 "a store written one class after another keeps each class in its own chunks")
+        fixes = []
+        fraction = _covering_fraction(data, info, classes)
+        if fraction is not None:
+            fixes.append(f"hold out more chunks, spread over the store: {data._code(val_fraction=fraction)} "
+                         f"(YAML: data: {{val_fraction: {fraction}}}) puts every class in both sets")
+        fixes += [
+            "re-convert with interleave=True (psdist convert: --interleave) so every chunk mixes the classes",
+            "write validation arrays that hold every class: "
+            f"psdist.write_zarr({path!r}, x, y, x_val, y_val, overwrite=True)",
+        ]
+    else:
+        where = f"{data.y_val!r} holds class {only} only"
+        fixes = ["write validation arrays that hold every class: "
+                 f"psdist.write_zarr({path!r}, x, y, x_val, y_val, overwrite=True), with x_val, y_val "
+                 "drawn from every class"]
+    raise DataError(
+        f"the validation labels of {path!r} hold one class ({only}) but the training labels hold "
+        f"{len(train)} ({_shown(train)}): validation accuracy, AUC and loss would measure one class "
+        f"only ({where}). Fix: " + "; or ".join(fixes)
+    )
+
+
+def _covering_fraction(data: ZarrDataset, info: DatasetInfo, classes: dict[int, np.ndarray]) -> float | None:
+    """A small ``val_fraction`` whose held-out chunks leave every class in both sets, if any.
+
+    Only for a held-out split, whose chunk indices are the chunks' positions in the store.
+    """
+    n, v = len(info.train) + len(info.val), len(info.val)
+    labels = [classes.get(i, np.empty(0, np.int64)).tolist() for i in range(n)]
+    every = {x for row in labels for x in row}
+    counts: dict[int, int] = {}  # class -> chunks holding it
+    for row in labels:
+        for x in row:
+            counts[x] = counts.get(x, 0) + 1
+    # every count just above the current one, then growing by a quarter: a bounded search
+    # (each try costs n_val * classes) that finds the smallest fraction of a small store
+    tries = sorted(set(range(v + 1, v + 65)) | {int(v * 1.25**k) for k in range(64)})
+    for n_val in (t for t in tries if v < t <= n // 2):
+        in_val: dict[int, int] = {}
+        for i in holdout_chunks(n, n_val, data.holdout_seed):
+            for x in labels[i]:
+                in_val[x] = in_val.get(x, 0) + 1
+        if set(in_val) == every and all(counts[x] > k for x, k in in_val.items()):
+            fraction = round(n_val / n, 4)
+            # describe() takes max(1, round(n * val_fraction)) chunks: check the rounding
+            return fraction if max(1, round(n * fraction)) == n_val else n_val / n
+    return None
