@@ -17,8 +17,10 @@ arrays:
 ==================  ==========================================================================
 
 Without validation inputs no ``*_val`` array is written and ``ZarrDataset(val_fraction=...)``
-holds out the *last* chunks. Files are concatenated in order, so with one file per class those
-chunks hold one class only: pass ``interleave=True`` to mix the files through every chunk.
+holds out chunks spread over the store. Files are concatenated in order, so with one file per
+class every chunk holds one class, each training task sees one class, and a small hold-out may
+miss classes (the trainer refuses a validation set of one class before it starts): pass
+``interleave=True`` to mix the files through every chunk.
 The store is written next to ``out`` and renamed into place at the end, so a failed conversion
 never leaves a store that looks complete.
 """
@@ -266,8 +268,9 @@ def _files(files: Files | None, what: str) -> tuple[list[str], list[Any] | None]
 def _warn_order(labels: list[Any] | None, interleave: bool) -> None:
     if labels is not None and len(set(labels)) > 1 and not interleave:
         logger.warning(
-            "files with different labels are concatenated: most chunks hold one class, and a "
-            "val_fraction holdout only the last file's; pass interleave=True (--interleave) to mix them"
+            "files with different labels are concatenated: most chunks hold one class, so each "
+            "training task sees one class and a small val_fraction holdout may miss classes; pass "
+            "interleave=True (--interleave) to mix them"
         )
 
 

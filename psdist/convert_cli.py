@@ -24,8 +24,8 @@ The store holds x (features, float32) and y (labels), plus:
                     mask (N, max_particles) is True on real particles
   x_flat            root --flat together with --jagged: (N, n_flat)
   <name>_val        the same for --val-files (or --x-val/--y-val)
-Without validation inputs, train with data: {val_fraction: 0.1} to hold out the last chunks;
-with one file per class add --interleave so every chunk mixes the files.
+Without validation inputs, train with data: {val_fraction: 0.1} to hold out chunks spread
+over the store; with one file per class add --interleave so every chunk mixes the files.
 
 Files may carry a constant label, FILE:LABEL (sig.root:1 bkg.root:0), instead of --y/--label.
 """

@@ -160,19 +160,22 @@ def _array_column(label: str, arr: Any) -> _Column:
     return _Column(label, tuple(arr.shape), arr.dtype, lambda n: (arr[s:e] for s, e in _blocks(len(arr), n)))
 
 
-def _npy_header(f: Any, label: str) -> tuple[tuple[int, ...], np.dtype]:
+def _npy_header(f: Any, label: str, path: str) -> tuple[tuple[int, ...], np.dtype]:
     fmt = np.lib.format
+    # what rewrites the archive readably: numpy writes format 1.0 (2.0 for huge headers), C order
+    resave = f"np.savez({path!r}, **{{k: np.ascontiguousarray(v) for k, v in np.load({path!r}).items()}})"
     try:
         version = fmt.read_magic(f)
         reader = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
         if reader is None:
-            raise DataError(f"{label} uses .npy format {version}, which is not supported; re-save it with np.savez")
+            raise DataError(f"{label} uses .npy format {version}, which is not supported; re-save it: {resave}")
         shape, fortran, dtype = reader(f)
     except ValueError as e:
         raise DataError(f"{label} is not a .npy array: {e}") from e
     if fortran and len(shape) > 1:
         # rows of a Fortran-ordered array are not contiguous: they cannot be streamed
-        raise DataError(f"{label} is stored in Fortran order; re-save it with np.ascontiguousarray")
+        raise DataError(f"{label} is stored in Fortran order, whose rows cannot be streamed; re-save it "
+                        f"in C order: {resave}")
     if not shape:
         raise DataError(f"{label} is a scalar; it needs one row per sample")
     _numeric(label, dtype)
@@ -188,7 +191,7 @@ def _npz_column(path: str, key: str) -> _Column:
             if key not in keys:
                 raise DataError(_missing(f"{path!r} has no array {key!r}", key, keys))
             with z.open(f"{key}.npy") as f:
-                shape, dtype = _npy_header(f, label)
+                shape, dtype = _npy_header(f, label, path)
     except zipfile.BadZipFile as e:
         raise DataError(f"{path!r} is not an .npz archive: {e}") from e
     row_bytes = dtype.itemsize * math.prod(shape[1:])
@@ -196,7 +199,7 @@ def _npz_column(path: str, key: str) -> _Column:
     def blocks(n: int) -> Iterator[np.ndarray]:
         # members are read as a stream: works for np.savez_compressed too, never all at once
         with zipfile.ZipFile(path) as z, z.open(f"{key}.npy") as f:
-            _npy_header(f, label)
+            _npy_header(f, label, path)
             for s, e in _blocks(shape[0], n):
                 buf = f.read((e - s) * row_bytes)
                 if len(buf) != (e - s) * row_bytes:
