@@ -4,6 +4,7 @@
     psdist train cfg.yaml --epochs 10 --workers 4    # override a few settings
     psdist train cfg.yaml --save run.ckpt            # checkpoint every epoch and 60 s
     psdist train cfg.yaml --resume run.ckpt          # finish a run after a crash (or --epochs N more)
+    psdist train cfg.yaml --resume run.ckpt --override   # ... with the YAML's changed optimizer/rule/batch size
     psdist generate jet-images data/jets.zarr        # make an offline HEP dataset
     psdist convert root out.zarr sig.root:1 bkg.root:0 --jagged part_pt part_eta --max-particles 30
 """
@@ -39,6 +40,11 @@ Minimal config:
   epochs: 5
   workers: 2
 Make a dataset first, e.g.: psdist generate jet-images data/jets.zarr
+
+With --resume, the training settings a checkpoint stores (optimizer, rule, batch_size,
+push_every, max_staleness, seed) are taken from it for every key the YAML leaves out. A key the
+YAML sets to another value is refused, listing each difference, unless --override applies the
+YAML's values (precedence: command line > YAML > checkpoint; the optimizer state is kept).
 """
 
 
@@ -73,6 +79,15 @@ def _train(a: argparse.Namespace) -> int:
                                  "threads_per_worker": a.threads, "checkpoint": a.save,
                                  "checkpoint_every_versions": a.checkpoint_every_versions,
                                  "checkpoint_every_seconds": a.checkpoint_every_seconds})
+    settings = None
+    if a.override and not a.resume:
+        raise ConfigError("--override applies the YAML's settings over a checkpoint's: give it with "
+                          "--resume CKPT (a run without --resume always trains with the YAML's)")
+    if a.resume:  # refused before any cluster starts or batch job is submitted
+        from psdist.checkpoint import read_checkpoint
+        from psdist.config import resume_settings
+
+        settings = resume_settings(cfg, read_checkpoint(a.resume)[0], override=a.override)
     client = cluster = None
     if a.cluster and a.scheduler:
         raise ConfigError("give --cluster (start jobs on a batch system) or --scheduler (use a running one), not both")
@@ -85,7 +100,7 @@ def _train(a: argparse.Namespace) -> int:
 
         client = Client(a.scheduler)
     try:
-        return _run(a, cfg, client)
+        return _run(a, cfg, client, settings)
     finally:
         if client is not None:
             client.close()
@@ -93,20 +108,26 @@ def _train(a: argparse.Namespace) -> int:
             cluster.close()
 
 
-def _run(a: argparse.Namespace, cfg: Any, client: Any) -> int:
+def _run(a: argparse.Namespace, cfg: Any, client: Any, settings: Any) -> int:
     from psdist.progress import progress_bar
     from psdist.trainer import Trainer
 
     kwargs = cfg.trainer_kwargs()
     if a.resume:
+        # settings the checkpoint does not store come from the YAML; the stored ones from the
+        # checkpoint, or with --override from the YAML (settings.kwargs)
         trainer = Trainer.load(a.resume, cfg.model_fn(), cfg.loss_fn(), cfg.dataset(), client=client,
                                workers=cfg.workers, threads_per_worker=cfg.threads_per_worker,
                                timeout=cfg.timeout, malloc_fix=cfg.malloc_fix,
                                early_stopping=kwargs["early_stopping"], metrics=kwargs["metrics"],
                                step=kwargs["step"], checkpoints=kwargs["checkpoints"],
-                               chunk_timeout=kwargs["chunk_timeout"])
+                               chunk_timeout=kwargs["chunk_timeout"], **settings.kwargs)
+        for model, lr in settings.lrs.items():
+            # the server restores the rate stored in the optimizer state, not the new optimizer's
+            trainer.set_lr(lr, model=model)
         where = f"epoch {trainer.epoch}" + (" (mid-epoch)" if trainer.resumes_mid_epoch else "")
         print(f"resuming {a.resume} at {where}, version {trainer.version}", file=sys.stderr)
+        print(settings.describe(a.resume), file=sys.stderr)
     else:
         trainer = Trainer(cfg.model_fn(), cfg.loss_fn(), cfg.dataset(), client=client, **kwargs)
     # after a crash, `--resume` alone finishes the planned run; `--epochs N` trains N more
@@ -178,7 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also checkpoint every N server updates within an epoch")
     t.add_argument("--checkpoint-every-seconds", type=float, metavar="T",
                    help="also checkpoint every T seconds within an epoch (default 60)")
-    t.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint")
+    t.add_argument("--resume", metavar="CKPT",
+                   help="continue from a checkpoint; a YAML setting stored there with another value "
+                   "(optimizer, rule, batch_size, push_every, max_staleness, seed) is refused")
+    t.add_argument("--override", action="store_true",
+                   help="with --resume: train with the YAML's settings where they differ from the "
+                   "checkpoint's (command line > YAML > checkpoint; the optimizer state is kept)")
     t.add_argument("--history", metavar="FILE", help="write the history (.json or .csv)")
     t.add_argument("--trace", metavar="FILE", help="write a Chrome-trace timeline of every worker (.json)")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -41,6 +41,8 @@ def test_train_save_resume(blob_data, tmp_path):
               "--history", str(tmp_path / "h2.json"), "-q")
     assert out.returncode == 0, out.stderr
     assert "resuming" in out.stderr
+    # the YAML sets batch_size, optimizer and max_staleness as the checkpoint stores them: no refusal
+    assert f"training settings from {tmp_path / 'run.ckpt'} (the YAML's agree" in out.stderr
     resumed = json.loads((tmp_path / "h2.json").read_text())
     assert [r["epoch"] for r in resumed] == [1, 2, 3]
     assert resumed[-1]["version"] > history[-1]["version"]
