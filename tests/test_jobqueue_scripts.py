@@ -175,29 +175,53 @@ def test_missing_dask_jobqueue(monkeypatch: pytest.MonkeyPatch):
         batch._psdist_class.cache_clear()
 
 
-def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, partitions: str, gres: str) -> None:
-    """sbatch and sinfo stand-ins on PATH: a SLURM with these partitions and this gres."""
+def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, partitions: str, gres: str) -> Path:
+    """sbatch and sinfo stand-ins on PATH: a SLURM with these partitions and this gres.
+
+    Every call is appended to the returned log file, one line each (``sinfo -h -o %P``), so a
+    test can tell which checks ran and that nothing was submitted.
+    """
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "sbatch").write_text("#!/bin/sh\nexit 1\n")
+    log = tmp_path / "calls.log"
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\necho "sbatch $*" >> {log}\nexit 1\n')
     (bin_dir / "sinfo").write_text(
-        f'#!/bin/sh\ncase "$*" in *%G*) echo "{gres}" ;; *) printf "%s\\n" {partitions} ;; esac\n'
+        f'#!/bin/sh\necho "sinfo $*" >> {log}\n'
+        f'case "$*" in *%G*) echo "{gres}" ;; *) printf "%s\\n" {partitions} ;; esac\n'
     )
     for f in bin_dir.iterdir():
         f.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return log
+
+
+def calls(log: Path) -> list[str]:
+    """The fake SLURM commands run since the log was last emptied, and empty it."""
+    lines = log.read_text().splitlines() if log.exists() else []
+    log.unlink(missing_ok=True)
+    return lines
 
 
 def test_gpu_variant_on_a_slurm_without_gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    fake_slurm(tmp_path, monkeypatch, "debug* gpu", "(null)")
+    log = fake_slurm(tmp_path, monkeypatch, "debug* gpu", "(null)")
     with pytest.raises(ClusterError, match=r"partition 'gpu' has no GPUs \(sinfo -o %G: \(null\)\); use the CPU variant \(slurm-cpu.yaml\)"):
         batch.batch_cluster("slurm-gpu", jobs=1)
-    batch.preflight("slurm-cpu", queue="debug")  # the CPU variant passes the same checks
+    # refused by the GPU check on the config's partition, before any job was submitted
+    assert calls(log) == ["sinfo -h -o %P", "sinfo -h -p gpu -o %G"]
+    # the CPU variant passes the same checks: the partition exists, and it asks for no GPU
+    assert batch.preflight("slurm-cpu", queue="debug") is None
+    assert calls(log) == ["sinfo -h -o %P"]
 
 
 def test_gpu_variant_on_a_slurm_with_gpus_passes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    fake_slurm(tmp_path, monkeypatch, "debug* gpu", "gpu:a100:4")
-    batch.preflight("slurm-gpu")
+    log = fake_slurm(tmp_path, monkeypatch, "debug* gpu", "gpu:a100:4")
+    # good: slurm-gpu's partition (gpu) exists and offers GPUs; both were asked, nothing submitted
+    assert batch.preflight("slurm-gpu") is None
+    assert calls(log) == ["sinfo -h -o %P", "sinfo -h -p gpu -o %G"]
+    # bad: the same SLURM, a partition it does not have; refused before the GPU check
+    with pytest.raises(ClusterError, match=r"SLURM has no partition 'a100'; partitions here: debug, gpu \(set queue: in the config, or pass queue=...\)"):
+        batch.preflight("slurm-gpu", queue="a100")
+    assert calls(log) == ["sinfo -h -o %P"]
 
 
 def test_partition_that_does_not_exist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
