@@ -329,3 +329,38 @@ def test_step_that_drops_the_grad_views_is_refused():
     torch.nn.functional.cross_entropy(model(x), y).backward()
     with pytest.raises(ModelError, match=r"'0.weight' no longer lives in psdist's flat gradient"):
         replica.gradient_update()
+
+
+# ----------------------------------------------------------------------------- frozen parameters
+class PartlyFrozen(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Linear(2, 3)  # 6 + 3
+        self.b = torch.nn.Linear(3, 2)  # 6 + 2
+        self.c = torch.nn.Linear(2, 1)  # 2 + 1
+        self.a.requires_grad_(False)
+        self.b.bias.requires_grad_(False)
+        self.c.weight.requires_grad_(False)
+
+
+def test_frozen_ranges_are_merged_and_placed_in_the_layout() -> None:
+    spec = FlatSpec.from_module(PartlyFrozen())
+    # a.weight + a.bias merge; b.bias and c.weight touch: one range
+    assert spec.frozen == ((0, 9), (15, 19)) and spec.n_frozen == 13
+    layout = Layout.of({"g": FlatSpec.from_module(torch.nn.Linear(1, 1)), "f": spec})
+    f = layout.group("f")
+    assert f.frozen == (slice(2, 11), slice(17, 21))
+    assert f.frozen_in_params == (slice(0, 9), slice(15, 19))
+    assert f.updatable == (slice(11, 17), slice(21, 22))
+    assert layout.frozen == f.frozen  # the first group trains everything
+    assert Layout.of({"m": FlatSpec.from_module(PartlyFrozen())}).group("m").updatable == (slice(9, 15), slice(19, 20))
+
+
+def test_old_layout_dicts_without_the_flag_read_as_trainable() -> None:
+    """Checkpoints written before the flag (5-field entries) still load: every parameter trains."""
+    spec = FlatSpec.from_module(PartlyFrozen())
+    assert FlatSpec.from_dict(spec.to_dict()) == spec
+    old = {"n_params": spec.n_params, "entries": [row[:5] for row in spec.to_dict()["entries"]]}
+    back = FlatSpec.from_dict(old)
+    assert back.frozen == () and all(e.trainable for e in back.entries)
+    back.check_same(spec)  # freezing differently is no other architecture (fine-tuning)
