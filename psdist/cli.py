@@ -87,7 +87,8 @@ def _train(a: argparse.Namespace) -> int:
         from psdist.checkpoint import read_checkpoint
         from psdist.config import resume_settings
 
-        settings = resume_settings(cfg, read_checkpoint(a.resume)[0], override=a.override)
+        settings = resume_settings(cfg, read_checkpoint(a.resume)[0], override=a.override,
+                                   source=a.config, checkpoint=a.resume)
     client = cluster = None
     if a.cluster and a.scheduler:
         raise ConfigError("give --cluster (start jobs on a batch system) or --scheduler (use a running one), not both")

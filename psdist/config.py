@@ -303,7 +303,8 @@ def _optimizer_changes(cfg: TrainConfig, stored: dict[str, dict[str, Any]]) -> l
     return out
 
 
-def resume_settings(cfg: TrainConfig, meta: dict[str, Any], override: bool = False) -> ResumeSettings:
+def resume_settings(cfg: TrainConfig, meta: dict[str, Any], override: bool = False, *,
+                    source: str = "the config", checkpoint: str = "the checkpoint") -> ResumeSettings:
     """Compare a config's training settings with a checkpoint's, for ``psdist train --resume``.
 
     Only what the YAML sets is compared: top-level keys it leaves out (``batch_size``,
@@ -320,6 +321,8 @@ def resume_settings(cfg: TrainConfig, meta: dict[str, Any], override: bool = Fal
     override
         Apply the YAML's values where they differ (``--override``). The optimizer's state
         (step count, momentum or Adam buffers) is kept; its learning rate becomes the YAML's.
+    source, checkpoint
+        How the messages name the config and the checkpoint (their paths in the CLI).
 
     Returns
     -------
@@ -351,7 +354,7 @@ def resume_settings(cfg: TrainConfig, meta: dict[str, Any], override: bool = Fal
     listing = "\n".join(f"  {c}" for c in changes)
     if not override:
         raise ConfigError(
-            f"the config sets {len(changes)} training setting(s) to other values than the checkpoint "
+            f"{source} sets {len(changes)} training setting(s) to other values than {checkpoint} "
             f"stores:\n{listing}\n--resume would train with the checkpoint's values. Either add --override "
             "to apply the YAML's (precedence: command line > YAML > checkpoint; the optimizer's state is "
             "kept), or set these keys back to the checkpoint's values in the YAML (or delete them: keys "

@@ -73,7 +73,7 @@ def test_item08_resume_refuses_changed_yaml(trained, tmp_path, capsys):
     assert "  batch_size: checkpoint=64 yaml=32\n" in err
     assert "  rule.name: checkpoint=Downpour yaml=SSP\n" in err
     assert "  optimizer.lr: checkpoint=0.05 yaml=0.1\n" in err
-    assert "sets 3 training setting(s) to other values" in err
+    assert f"{cfg} sets 3 training setting(s) to other values than {ckpt} stores:\n" in err
     assert "add --override" in err and "set these keys back" in err
     assert "resuming" not in err and digest(ckpt) == before  # refused before training anything
 
