@@ -50,8 +50,8 @@ def test_two_workers_reach_accuracy_and_account_for_every_chunk(client, blob_dat
     assert bn.num_batches_tracked.item() > 0 and not torch.all(bn.running_var == 1)
 
 
-def test_parameter_server_gets_its_own_worker(client, blob_data):
-    trainer = psdist.Trainer(MLP_BN, CE, blob_data, SGD(lr=0.05), batch_size=128, client=client)
+def test_parameter_server_gets_its_own_worker_when_asked(client, blob_data):
+    trainer = psdist.Trainer(MLP_BN, CE, blob_data, SGD(lr=0.05), batch_size=128, client=client, dedicated_ps=True)
     events: list[dict] = []
     trainer.fit(epochs=1, progress=events.append)
     pushers = trainer.server_metrics["workers"]

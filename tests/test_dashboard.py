@@ -47,7 +47,8 @@ def at(msg: dict[str, Any], t: float) -> dict[str, Any]:
 
 def feed(runs: Runs, run: str = "r1", t0: float = 1000.0) -> None:
     """A short made-up training: start, three server snapshots, chunks, an epoch, an lr change."""
-    config = {"rule": {"name": "SSP", "bound": 2}, "batch_size": 32, "optimizers": {"model": {"name": "sgd", "lr": 0.1}}}
+    config = {"rule": {"name": "SSP", "bound": 2}, "batch_size": 32, "optimizers": {"model": {"name": "sgd", "lr": 0.1}},
+              "parameter_server": "tcp://w2:1 (a worker that also trains); 2 worker(s) train", "training_workers": 2}
     runs.consume(at(event("start", run, name="demo", ps="tcp://ps:1", epochs=3, config=config), t0))
     runs.consume(server(run, t0 + 1, version=10, applied=10, rejected=0, samples=320, loss_sum=320 * 1.2,
                         workers={"tcp://w1:1": 160, "tcp://w2:1": 160}, active=("tcp://w1:1", "tcp://w2:1")))
@@ -179,6 +180,8 @@ def test_components_show_the_run_from_the_feed():
     text = doc.get_model_by_name("psdist-status").text
     assert "demo (r1)" in text and "stale: 4" in text and "1 of 3, chunk 1 of 4" in text
     assert "SSP(bound=2)" in text and "model: sgd(lr=0.1)" in text
+    assert "parameter server</th><td>tcp://w2:1 (a worker that also trains)" in text  # where the PS lives
+    assert "workers training (slots)</th><td>2" in text
     # the loss against time instead of version
     page.loss.axis.active = 1
     page.update()

@@ -65,9 +65,11 @@ class StatusPanel(Component):
             facts.append(("last bad chunk", run.bad[-1]))
         if run.rejected:
             facts.append(("rejected by reason", ", ".join(f"{k}: {v}" for k, v in sorted(run.rejected.items()))))
-        for key in ("rule", "optimizers", "batch_size", "push_every", "max_staleness", "data"):
+        shown = {"parameter_server": "parameter server", "training_workers": "workers training (slots)"}
+        for key in ("parameter_server", "training_workers", "rule", "optimizers", "batch_size", "push_every",
+                    "max_staleness", "data"):
             if key in run.config:
-                facts.append((key, run.config[key]))
+                facts.append((shown.get(key, key), run.config[key]))
         alarm = {"NaN/Inf", "bad chunks skipped", "last bad chunk"} if run.bad_data else set()
         cells = "".join(f"<tr{' class=psdist-alarm style=color:#c62828' if k in alarm else ''}>"
                         f"<th style='text-align:left;padding-right:1em;vertical-align:top'>"
