@@ -224,7 +224,7 @@ class ZarrDataset:
                 raise DataError(
                     f"{os.fspath(self.path)!r} has one chunk: nothing to hold out for validation; "
                     f"write validation arrays (psdist.write_zarr({os.fspath(self.path)!r}, x, y, x_val, "
-                    "y_val, overwrite=True)), use smaller chunks, or train without validation: {self._code(val_fraction=0)}"
+                    f"y_val, overwrite=True)), use smaller chunks, or train without validation: {self._code(val_fraction=0)}"
                 )
             if n_val >= n:
                 raise DataError(
