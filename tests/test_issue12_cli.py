@@ -126,6 +126,13 @@ def test_item08_resume_keys_the_yaml_leaves_out_come_from_the_checkpoint(trained
     meta["trainer"]["rule"] = {"name": "EASGD", "alpha": 0.45, "beta": 0.9, "period": 10}
     cfg = load_config(str(write_yaml(tmp_path / "easgd.yaml", data, rule="{name: easgd}")))
     assert resume_settings(cfg, meta).changes == []
+    # a key the YAML sets is compared as written: "auto" and null (no bound) are values too
+    cfg = load_config(str(write_yaml(tmp_path / "auto.yaml", data, max_staleness="auto")))
+    assert [str(c) for c in resume_settings(cfg, meta, override=True).changes] == [
+        "max_staleness: checkpoint=4 yaml=auto"]
+    cfg = load_config(str(write_yaml(tmp_path / "null.yaml", data, max_staleness="null")))
+    assert [str(c) for c in resume_settings(cfg, meta, override=True).changes] == [
+        "max_staleness: checkpoint=4 yaml=null"]
     cfg = load_config(str(write_yaml(tmp_path / "easgd5.yaml", data, rule="{name: easgd, period: 5}")))
     with pytest.raises(psdist.ConfigError, match=re.escape(":\n  rule.period: checkpoint=10 yaml=5\n")):
         resume_settings(cfg, meta)
@@ -136,3 +143,16 @@ def test_item08_override_without_resume_is_refused(trained, tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", str(write_yaml(tmp_path / "cfg.yaml", data)), "--override", "-q"]) == 2
     assert "give it with --resume CKPT" in capsys.readouterr().err
+
+
+def test_item12_yaml_without_max_staleness_gets_the_trainer_default(trained, tmp_path):
+    """A config that does not set max_staleness must not turn the Trainer's bound off (None)."""
+    from psdist.config import load_config
+
+    data, _ = trained
+    cfg = load_config(str(write_yaml(tmp_path / "cfg.yaml", data, max_staleness=None)))
+    trainer = psdist.Trainer(cfg.model_fn(), cfg.loss_fn(), cfg.dataset(), **cfg.trainer_kwargs())
+    assert trainer.max_staleness == "auto"
+    cfg = load_config(str(write_yaml(tmp_path / "off.yaml", data, max_staleness="null")))
+    trainer = psdist.Trainer(cfg.model_fn(), cfg.loss_fn(), cfg.dataset(), **cfg.trainer_kwargs())
+    assert trainer.max_staleness is None  # written out, null still means no bound
