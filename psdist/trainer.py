@@ -231,6 +231,7 @@ class Trainer:
         self._state: tuple[dict[str, Any], dict[str, np.ndarray]] | None = None
         self._progress: EpochProgress | None = None  # the running (or interrupted) epoch
         self._points = PointKeeper(self.checkpoints)  # recovery points of the running fit
+        self._val_chunks: list[int] | None = None  # held-out chunks of the checkpoint loaded
         self._guard = NonfiniteGuard()  # stops a run that only produces NaN (new at each fit)
         for name, fn in (("model_fn", model_fn), ("loss_fn", loss_fn), ("step", self.step)):
             try:
@@ -269,6 +270,7 @@ class Trainer:
         info = self.data.describe()
         if not info.train:
             raise DataError(f"{self.data.path!r} leaves no training chunks after the validation split")
+        self._check_same_split(info)
         models, layout = self._build()
         weights = np.concatenate([flatten(models[g.name], g.spec) for g in layout.groups])
         with torch.random.fork_rng(devices=[]):  # dropout in the dry run: no global side effect
@@ -283,6 +285,18 @@ class Trainer:
         )
         metrics = {**default_metrics(info.y_dtype), **self.user_metrics}
         return info, spec, metrics
+
+    def _check_same_split(self, info: DatasetInfo) -> None:
+        """A resumed training validates on the chunks it validated on (never on trained rows)."""
+        saved = self._val_chunks
+        now = [c.index for c in info.val if c.x == self.data.x]  # held-out chunks of the training arrays
+        if saved is None or saved == now:
+            return
+        raise DataError(
+            f"the checkpoint held out chunks {saved} of {self.data.path!r} for validation, this dataset holds out "
+            f"{now}: the resumed run would validate on rows it trained on. Give the dataset of that training, "
+            f"e.g. psdist.ZarrDataset({str(self.data.path)!r}, val_fraction=..., holdout_seed=...) with its values"
+        )
 
     # ------------------------------------------------------------------ training
     def fit(
@@ -688,8 +702,10 @@ class Trainer:
 
     def _write(self, path: str, point: RecoveryPoint) -> None:
         scalars, arrays = point.state
+        held_out = [c.index for c in self.data.describe().val if c.x == self.data.x]
         meta = {
             "epoch": point.epoch,
+            "val_chunks": held_out,
             "progress": point.progress,
             "history": self.history.records[: point.history_len],
             "server": scalars,
@@ -724,6 +740,10 @@ class Trainer:
         t._state = (server, arrays)
         t.epoch = int(meta["epoch"])
         t.history = History(meta["history"])
+        t._val_chunks = meta.get("val_chunks")
+        if t._val_chunks is None and any(c.x == t.data.x for c in t.data.describe().val):
+            logger.warning("psdist: %s was written before held-out chunks were recorded; the training then held "
+                           "out the last chunks, the resumed run holds out chunks spread over the store", path)
         if meta.get("progress"):  # saved mid-epoch: the epoch goes on with the chunks not done
             t._progress = EpochProgress.from_dict(meta["progress"])
             t._progress.resumed = True

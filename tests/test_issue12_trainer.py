@@ -66,7 +66,7 @@ def test_item02_save_during_background_fit_is_one_consistent_snapshot(client, bl
     saver.join(60)
     go_on.set()
     handle.result(timeout=180)
-    meta, arrays = read_checkpoint(str(ckpt))
+    meta, _arrays = read_checkpoint(str(ckpt))
     prog = meta["progress"]
     assert meta["epoch"] == 1 and prog["epoch"] == 2 and len(prog["done"]) >= 3
     # the weights hold at least every push of the chunks the progress calls done
@@ -95,7 +95,7 @@ def test_item03_slots_count_what_the_cluster_plans():
     from psdist.worker import PS_RESOURCE
 
     class Cluster:  # a SpecCluster whose batch jobs are still queued: 4 planned, 1 arrived
-        plan = {"job-0", "job-1", "job-2", "job-3"}
+        plan = frozenset({"job-0", "job-1", "job-2", "job-3"})
 
     class Client:
         cluster = Cluster()
@@ -131,7 +131,7 @@ def test_item10_model_leaves_the_global_rng_alone(blob_data):
     got = torch.rand(4)
     assert torch.equal(got, expected)
     m2 = t.model()  # still seeded: the same initial weights every time
-    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values(), strict=True))
 
 
 def test_item12_staleness_is_bounded_by_default(client, blob_data):
@@ -167,3 +167,19 @@ def test_item13_pushes_of_running_chunks_are_counted_as_replayed():
     assert point.pushes_in_flight() == 8
     between = RecoveryPoint(({"applied": 30, "version": 30}, {}), None, 2, 2, 0.0)
     assert between.pushes_in_flight() == 0
+
+
+def test_item07_resume_refuses_another_held_out_split(client, tmp_path):
+    from conftest import blobs
+
+    x, y = blobs(2048, seed=5)
+    store = psdist.write_zarr(tmp_path / "held.zarr", x, y, chunk_rows=256)  # no x_val: chunks held out
+    t = trainer(store, client)
+    t.fit(epochs=1)
+    t.save(str(tmp_path / "a.ckpt"))
+    other = psdist.ZarrDataset(str(tmp_path / "held.zarr"), val_fraction=0.25)  # 2 chunks, not 1
+    with pytest.raises(psdist.DataError, match="would validate on rows it trained on"):
+        psdist.Trainer.load(str(tmp_path / "a.ckpt"), MODEL, CE, other, client=client).fit(epochs=1)
+    same = psdist.Trainer.load(str(tmp_path / "a.ckpt"), MODEL, CE, store, client=client)
+    same.fit(epochs=1)
+    assert same.epoch == 2
