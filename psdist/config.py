@@ -141,7 +141,7 @@ class TrainConfig:
         try:
             return ZarrDataset(**self.data)
         except TypeError as e:
-            raise ConfigError(f"bad data: option ({e}); known: path, x, y, x_val, y_val, val_fraction, chunk_rows, skip_bad_chunks") from None
+            raise ConfigError(f"bad data: option ({e}); known: path, x, y, x_val, y_val, val_fraction, chunk_rows, skip_bad_chunks, holdout_seed") from None
 
     def make_optimizer(self) -> Optimizer | dict[str, Optimizer]:
         """One optimizer (``{name: sgd, ...}``) or one per model (``{generator: {name: adam}, ...}``)."""

@@ -68,6 +68,29 @@ def _own_optimizers(given: Optimizer | dict[str, Optimizer]) -> Optimizer | dict
     return copy.deepcopy(given)
 
 
+def _adopt_optimizers(
+    given: Optimizer | dict[str, Optimizer], server: dict[str, Any], arrays: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """A checkpoint's server state made to start with the optimizers given to ``Trainer.load``.
+
+    The same kind of optimizer keeps its state (momentum, Adam moments, steps) with the given
+    learning rate; another kind starts fresh (its state would not fit). Returns the arrays.
+    """
+    stored = server["optimizers"]
+    named = given if isinstance(given, dict) else {next(iter(stored)): given}
+    for name, opt in named.items():
+        if name not in stored:
+            continue
+        if stored[name]["config"]["name"] == opt.to_config()["name"]:
+            stored[name]["state"]["lr"] = float(opt.lr)
+        else:
+            logger.warning("psdist: %s's optimizer changes from %s to %s: its state starts fresh", name,
+                           stored[name]["config"]["name"], opt.to_config()["name"])
+            stored[name] = {"config": opt.to_config(), "state": {"steps": 0, "lr": float(opt.lr)}}
+            arrays = {k: v for k, v in arrays.items() if not k.startswith(f"optim/{name}/")}
+    return arrays
+
+
 class Trainer:
     """Train a PyTorch model data-parallel through a Dask-actor parameter server.
 
@@ -466,11 +489,14 @@ class Trainer:
         if model is not None and model not in opts:
             raise ConfigError(f"no model {model!r}; models are {sorted(opts)}")
         with self._lock:
+            stored = self._state[0]["optimizers"] if self._state is not None else {}
             for name, opt in opts.items():  # the trainer's own copies (see __init__)
                 if model in (None, name):
                     opt.set_lr(lr)
-                    if self._state is not None and name in self._state[0]["optimizers"]:
-                        self._state[0]["optimizers"][name]["state"]["lr"] = float(lr)
+                    # one optimizer for a model named otherwise ({"net": module}): its group's name
+                    key = next(iter(stored)) if len(opts) == 1 and len(stored) == 1 else name
+                    if key in stored:
+                        stored[key]["state"]["lr"] = float(lr)
             sess = self._sess
             if sess is None:
                 return float(lr)
@@ -737,6 +763,8 @@ class Trainer:
         t = cls(model_fn, loss_fn, data, **stored)
         _models, layout = t._build()
         layout.check_same(Layout.from_dict(server["layout"]))
+        if "optimizer" in kwargs:  # given again: its settings win over the stored ones
+            arrays = _adopt_optimizers(t.optimizer, server, arrays)
         t._state = (server, arrays)
         t.epoch = int(meta["epoch"])
         t.history = History(meta["history"])

@@ -183,3 +183,17 @@ def test_item07_resume_refuses_another_held_out_split(client, tmp_path):
     same = psdist.Trainer.load(str(tmp_path / "a.ckpt"), MODEL, CE, store, client=client)
     same.fit(epochs=1)
     assert same.epoch == 2
+
+
+def test_item08_load_with_an_optimizer_given_again_uses_it(client, blob_data, tmp_path):
+    t = trainer(blob_data, client, optimizer=SGD(lr=0.1, momentum=0.5))
+    t.fit(epochs=1)
+    t.save(str(tmp_path / "o.ckpt"))
+    slower = psdist.Trainer.load(str(tmp_path / "o.ckpt"), MODEL, CE, blob_data, client=client,
+                                 optimizer=SGD(lr=0.02, momentum=0.5))
+    slower.fit(epochs=1)
+    assert slower.history.last["lr"] == pytest.approx(0.02)  # not the checkpoint's 0.1
+    adam = psdist.Trainer.load(str(tmp_path / "o.ckpt"), MODEL, CE, blob_data, client=client,
+                               optimizer=psdist.optim.Adam(lr=1e-3))
+    adam.fit(epochs=1)  # another kind of optimizer starts with fresh state
+    assert adam.history.last["lr"] == pytest.approx(1e-3) and adam.history.last["val_accuracy"] >= 0.9
