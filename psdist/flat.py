@@ -15,6 +15,7 @@ which the server never changes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -74,7 +75,7 @@ class FlatSpec:
     def n_buffers(self) -> int:
         return self.size - self.n_params
 
-    @property
+    @cached_property  # read on every push: computed once per spec
     def frozen(self) -> tuple[tuple[int, int], ...]:
         """``(start, stop)`` ranges of the frozen parameters (``requires_grad=False``).
 
@@ -296,12 +297,12 @@ class Group:
     def whole(self) -> slice:
         return slice(self.offset, self.offset + self.spec.size)
 
-    @property
+    @cached_property
     def frozen(self) -> tuple[slice, ...]:
         """The frozen parameter ranges of this group, in layout coordinates."""
         return tuple(slice(self.offset + a, self.offset + b) for a, b in self.spec.frozen)
 
-    @property
+    @cached_property
     def updatable(self) -> tuple[slice, ...]:
         """:attr:`whole` without the frozen ranges: where a delta update may write."""
         out, start = [], self.offset
@@ -314,7 +315,7 @@ class Group:
             out.append(slice(start, end))
         return tuple(out)
 
-    @property
+    @cached_property
     def frozen_in_params(self) -> tuple[slice, ...]:
         """The frozen ranges relative to :attr:`params` (what the group's optimizer skips)."""
         return tuple(slice(a, b) for a, b in self.spec.frozen)
@@ -346,7 +347,7 @@ class Layout:
     def names(self) -> tuple[str, ...]:
         return tuple(g.name for g in self.groups)
 
-    @property
+    @cached_property
     def frozen(self) -> tuple[slice, ...]:
         """Every frozen parameter range of every group, in layout coordinates."""
         return tuple(s for g in self.groups for s in g.frozen)

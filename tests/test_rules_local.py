@@ -112,6 +112,23 @@ def test_eamsgd_local_nesterov_step():
     np.testing.assert_allclose(replica.weights_vector(), x1 - e, rtol=1e-6)
 
 
+def test_easgd_diverged_local_weights_restart_from_the_centre(caplog):
+    """A non-finite elastic difference is rejected; the worker starts again from the centre
+    (else every later exchange would be refused too)."""
+    state, replica, wr, _ = setup(EASGD(alpha=0.3, period=1), SGD(lr=0.1))
+    one_chunk(state, replica, wr)
+    centre, version = state.weights.copy(), state.version
+    replica.set_weights(np.array([np.nan, 1.0], np.float32))
+    with caplog.at_level("WARNING", logger="psdist.rules.elastic"):
+        reply = wr.communicate(replica, state, 1, 1, 0.5)
+    assert not reply.applied and reply.reason.startswith("nonfinite")
+    assert "restarting from the centre" in caplog.text
+    assert state.weights.tobytes() == centre.tobytes() and state.version == version
+    assert replica.weights_vector().tobytes() == centre.tobytes()
+    one_chunk(state, replica, wr)  # and it trains on: the next exchange is accepted
+    assert state.version == version + 1
+
+
 def test_elastic_rule_errors():
     with pytest.raises(psdist.ConfigError, match=r"rule=psdist\.rules\.EASGD\(period=4\) instead of push_every=4"):
         EASGD().check(4, None, {"model": SGD(lr=0.1)})
