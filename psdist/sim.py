@@ -279,30 +279,32 @@ def simulate(
     x, y, x_val, y_val = (np.asarray(a) for a in data)
     rule = (rule if rule is not None else Downpour()).for_workers(len(specs))
     rule.check(push_every, max_staleness, {"model": optimizer})
-    torch.manual_seed(seed)
-    models = as_model_dict(model_fn())
-    layout = layout_of(models)
-    if len(layout.groups) != 1:
-        raise ConfigError("the simulator trains single-model steps; give model_fn returning one module")
-    weights = np.concatenate([flatten(models[g.name], g.spec) for g in layout.groups])
-    state = ServerState(layout, weights, {layout.names[0]: optimizer_from_config(optimizer.to_config())}, rule, max_staleness)
-    names = [f"sim-{i}" for i in range(len(specs))]
-    replicas, rules = [], []
-    for i in range(len(specs)):
-        replicas.append(Replica(names[i], as_model_dict(model_fn())))
-        rules.append(rule.worker_side({layout.names[0]: optimizer}))
-    step = SupervisedStep(loss_fn)
-    sim = _Sim({
-        "state": state, "specs": specs, "names": names, "replicas": replicas, "rules": rules,
-        "started": [False] * len(specs), "x": np.ascontiguousarray(x),
-        "y": np.ascontiguousarray(as_labels(y)), "epochs": float(epochs),
-        "batch_size": batch_size, "push_every": rule.comm_period(push_every), "seed": seed,
-        "rng": np.random.default_rng([seed, 1]), "step": step, "eval_every": eval_every,
-        "history": [],
-        "evaluate": _evaluator(model_fn, step, x_val, y_val, metric, [state]),
-    })
-    state.clock = lambda: sim.now  # the server's clock is the simulated one
-    sim.run()
+    # seeded, without touching the caller's global RNG (dropout draws inside stay reproducible)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        models = as_model_dict(model_fn())
+        layout = layout_of(models)
+        if len(layout.groups) != 1:
+            raise ConfigError("the simulator trains single-model steps; give model_fn returning one module")
+        weights = np.concatenate([flatten(models[g.name], g.spec) for g in layout.groups])
+        state = ServerState(layout, weights, {layout.names[0]: optimizer_from_config(optimizer.to_config())}, rule, max_staleness)
+        names = [f"sim-{i}" for i in range(len(specs))]
+        replicas, rules = [], []
+        for i in range(len(specs)):
+            replicas.append(Replica(names[i], as_model_dict(model_fn())))
+            rules.append(rule.worker_side({layout.names[0]: optimizer}))
+        step = SupervisedStep(loss_fn)
+        sim = _Sim({
+            "state": state, "specs": specs, "names": names, "replicas": replicas, "rules": rules,
+            "started": [False] * len(specs), "x": np.ascontiguousarray(x),
+            "y": np.ascontiguousarray(as_labels(y)), "epochs": float(epochs),
+            "batch_size": batch_size, "push_every": rule.comm_period(push_every), "seed": seed,
+            "rng": np.random.default_rng([seed, 1]), "step": step, "eval_every": eval_every,
+            "history": [],
+            "evaluate": _evaluator(model_fn, step, x_val, y_val, metric, [state]),
+        })
+        state.clock = lambda: sim.now  # the server's clock is the simulated one
+        sim.run()
     result = SimResult(rule.to_config(), len(specs), sim.history, dict(sim.history[-1]))
     if target is not None:
         for rec in sim.history:

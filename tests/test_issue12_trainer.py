@@ -197,3 +197,17 @@ def test_item08_load_with_an_optimizer_given_again_uses_it(client, blob_data, tm
                                optimizer=psdist.optim.Adam(lr=1e-3))
     adam.fit(epochs=1)  # another kind of optimizer starts with fresh state
     assert adam.history.last["lr"] == pytest.approx(1e-3) and adam.history.last["val_accuracy"] >= 0.9
+
+
+def test_item10_simulate_leaves_the_global_rng_alone():
+    from conftest import blobs
+
+    from psdist.sim import simulate
+
+    x, y = blobs(128, seed=1)
+    xv, yv = blobs(64, seed=2)
+    torch.manual_seed(11)
+    expected = torch.rand(4)
+    torch.manual_seed(11)
+    simulate(MODEL, (x, y, xv, yv), workers=2, optimizer=SGD(lr=0.1), batch_size=32, epochs=1, seed=3)
+    assert torch.equal(torch.rand(4), expected)
