@@ -264,3 +264,34 @@ def test_bad_config_raises_config_error(make, needle: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(needle)) as info:
         make()
     assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: SGD(lr=0.1, momentum=0.9, weight_decay=0.1),
+        lambda: SGD(lr=0.1, momentum=0.9, dampening=0.3, weight_decay=0.1),
+        lambda: SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1),
+        lambda: Adam(lr=0.01, weight_decay=0.1),
+        lambda: RMSprop(lr=0.01, weight_decay=0.1),
+    ],
+    ids=["momentum", "dampening", "nesterov", "adam", "rmsprop"],
+)
+def test_frozen_ranges_stay_bit_identical_and_the_rest_steps_as_alone(make: Callable[[], Optimizer]) -> None:
+    """Frozen ranges: no decay, no momentum, no state; the other values step exactly as the
+    same optimizer on the trainable values alone (elementwise formulas, one step count)."""
+    w0, grads = problem(3)
+    frozen = (slice(0, 5), slice(20, 21), slice(30, N))
+    keep = np.ones(N, bool)
+    for s in frozen:
+        keep[s] = False
+    with_frozen, alone = make(), make()
+    w, w_alone = w0.copy(), w0[keep].copy()
+    for v, g in enumerate(grads):
+        with_frozen.step(w, g, v, frozen=frozen)
+        alone.step(w_alone, g[keep], v)
+    assert w[~keep].tobytes() == w0[~keep].tobytes()
+    assert w[keep].tobytes() == w_alone.tobytes()
+    for key, buf in with_frozen.state.items():  # one full-length buffer each, zero where frozen
+        assert buf.shape == (N,) and not buf[~keep].any(), key
+        assert buf[keep].tobytes() == alone.state[key].tobytes(), key
