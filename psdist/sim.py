@@ -305,6 +305,7 @@ def simulate(
         })
         state.clock = lambda: sim.now  # the server's clock is the simulated one
         sim.run()
+    state.validate_state()  # the server's invariants hold after the whole simulated run
     result = SimResult(rule.to_config(), len(specs), sim.history, dict(sim.history[-1]))
     if target is not None:
         for rec in sim.history:

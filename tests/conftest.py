@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -56,3 +58,25 @@ def client():
     yield client
     client.close()
     cluster.close()
+
+
+@pytest.fixture(autouse=True)
+def server_states(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
+    """Every :class:`~psdist.server.ServerState` a test makes in this process passes
+    ``validate_state()`` when the test ends (the invariants of the pure state machine, checked
+    after every scripted scenario). A test that corrupts a state on purpose removes it from the
+    yielded list.
+    """
+    from psdist.server import ServerState
+
+    made: list[ServerState] = []
+    original = ServerState.__init__
+
+    def init(self: ServerState, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(ServerState, "__init__", init)
+    yield made
+    for state in made:
+        state.validate_state()

@@ -2,14 +2,14 @@
 
 Each test is named after its item and failed on the code before the fix. The scripted
 scenarios drive :class:`~psdist.server.ServerState` directly (no cluster), except one short
-real-cluster training for item 4. :func:`checked_server_states` is also used by the other
-server and rule test modules: every state a test makes passes ``validate_state()`` at its end.
+real-cluster training for item 4. Every state a test makes passes ``validate_state()`` at its end (the autouse fixture
+``server_states`` of conftest.py).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -32,29 +32,6 @@ from psdist.steps import SupervisedStep
 
 
 # ----------------------------------------------------------------------------- item 15 fixture
-def checked_server_states(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[ServerState]]:
-    """Record every :class:`ServerState` made during a test; ``validate_state()`` each at its end.
-
-    A test that corrupts a state on purpose removes it from the yielded list.
-    """
-    made: list[ServerState] = []
-    original = ServerState.__init__
-
-    def init(self: ServerState, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        made.append(self)
-
-    monkeypatch.setattr(ServerState, "__init__", init)
-    yield made
-    for state in made:
-        state.validate_state()
-
-
-@pytest.fixture(autouse=True)
-def server_states(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[ServerState]]:
-    yield from checked_server_states(monkeypatch)
-
-
 # ----------------------------------------------------------------------------- a model with frozen parts
 class Frozen(torch.nn.Module):
     """A frozen backbone, a BatchNorm (buffers keep travelling), a head whose bias is frozen too:

@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import pytest
-from test_issue12_server import checked_server_states
 
 from psdist.flat import Entry, FlatSpec, Layout
 from psdist.local import LocalServer
@@ -32,12 +30,6 @@ from psdist.optim import SGD
 from psdist.protocol import Push
 from psdist.rules import SSP, Downpour, Rule
 from psdist.server import ServerState
-
-
-@pytest.fixture(autouse=True)
-def server_states(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[ServerState]]:
-    """Every ServerState a test drives passes validate_state() at its end (issue 12, item 15)."""
-    yield from checked_server_states(monkeypatch)
 
 PUSHERS = 16
 PUSHES = 30  # per pusher

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
-from test_issue12_server import checked_server_states
 
 import psdist
 from psdist.flat import Entry, FlatSpec, Layout
@@ -28,12 +26,6 @@ from psdist.rules import (
     rule_from_config,
 )
 from psdist.server import ServerState
-
-
-@pytest.fixture(autouse=True)
-def server_states(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[ServerState]]:
-    """Every ServerState a test drives passes validate_state() at its end (issue 12, item 15)."""
-    yield from checked_server_states(monkeypatch)
 
 
 def server(rule, lr=0.1):

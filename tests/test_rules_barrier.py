@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from distributed import Event
-from test_issue12_server import checked_server_states
 
 import psdist
 from psdist.actor import ParameterServer
@@ -19,12 +17,6 @@ from psdist.optim import SGD
 from psdist.protocol import Push
 from psdist.rules import SSP, Sync
 from psdist.server import ServerState
-
-
-@pytest.fixture(autouse=True)
-def server_states(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[ServerState]]:
-    """Every ServerState a test drives passes validate_state() at its end (issue 12, item 15)."""
-    yield from checked_server_states(monkeypatch)
 
 W0 = np.array([1.0, 2.0, 3.0], np.float32)
 

