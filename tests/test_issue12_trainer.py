@@ -7,28 +7,20 @@ training slots), 5 (every worker of a user's cluster trains), 10 (no global RNG 
 
 from __future__ import annotations
 
-import functools
 import threading
 
 import numpy as np
 import pytest
 import torch
+from test_handle import CE, MODEL, trainer  # the background-fit tests' model and trainer
 
 import psdist
 from psdist.checkpoint import read_checkpoint
-from psdist.hep.models import mlp
 from psdist.optim import SGD
 from psdist.recovery import Checkpoints
 from psdist.rules import EASGD
 
-MODEL = functools.partial(mlp, inputs=20, hidden=32, classes=4)
-CE = torch.nn.functional.cross_entropy
 CHUNKS = 8  # blob_data: 8 training chunks of 512 rows
-
-
-def trainer(data, client, **kw):
-    kw.setdefault("batch_size", 64)
-    return psdist.Trainer(MODEL, CE, data, kw.pop("optimizer", SGD(lr=0.1)), client=client, seed=3, **kw)
 
 
 def test_item01_stop_is_not_sticky(client, blob_data):
