@@ -21,6 +21,7 @@ test:
 lint:
 	bash scripts/setup.sh test
 	.venv/bin/ruff check psdist tests benchmarks examples
+	.venv/bin/lint-imports --no-cache   # the layer contracts of pyproject.toml
 
 bench:
 	bash scripts/setup.sh test

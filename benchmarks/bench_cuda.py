@@ -80,8 +80,8 @@ def run_plain(data: str, model_fn: Any, device: str, epochs: int, batch_size: in
     import torch
     import zarr
 
-    from psdist.loop import batch_bounds
     from psdist.metrics import accuracy
+    from psdist.replica.loop import batch_bounds
 
     dev = torch.device(device)
     if dev.type == "cpu":

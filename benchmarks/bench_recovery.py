@@ -36,7 +36,7 @@ def _pusher(ps: Any, n: int, stop: str) -> list[tuple[float, float]]:
     """On a data worker: push (with the reply) until the event ``stop``; (start, stop) of each round trip."""
     from distributed import Event
 
-    from psdist.protocol import Push
+    from psdist.core.protocol import Push
 
     grad = np.full(n, 1e-7, np.float32)
     version = ps.pull("bench", -1).result().version
@@ -60,12 +60,12 @@ def server_copy_s(n: int, opt: str, reps: int = 5) -> float:
     """``ServerState.state_dict()`` alone, in-process: the PS thread's share of a point."""
     import torch
 
+    from psdist.core.server import ServerState
     from psdist.replica import layout_of
-    from psdist.server import ServerState
 
     layout = layout_of({"model": torch.nn.Linear(n, 1, bias=False)})
     state = ServerState(layout, np.zeros(n, np.float32), {"model": _optimizer(opt)})
-    from psdist.protocol import Push
+    from psdist.core.protocol import Push
 
     state.push(Push("w", 0, np.full(n, 1e-7, np.float32), 1, 0.5), False)  # optimizer buffers exist
     times = []
@@ -79,7 +79,7 @@ def server_copy_s(n: int, opt: str, reps: int = 5) -> float:
 def measure(client: Any, caller: str, server: str, n: int, opt: str, points: int) -> dict[str, Any]:
     import torch
 
-    from psdist.actor import ParameterServer
+    from psdist.cluster.actor import ParameterServer
     from psdist.replica import layout_of
     from psdist.rules import Downpour
 

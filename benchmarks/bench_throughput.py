@@ -118,7 +118,7 @@ RATIOS = (
 
 # ---------------------------------------------------------------------------- measured runs
 def _batches(n: int, batch_size: int) -> list[tuple[int, int]]:
-    # as psdist.loop.batch_bounds: a 1-row tail joins the previous batch (BatchNorm needs 2 rows)
+    # as psdist.replica.loop.batch_bounds: a 1-row tail joins the previous batch (BatchNorm needs 2 rows)
     bounds = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
     if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
         bounds[-2] = (bounds[-2][0], n)

@@ -15,10 +15,10 @@ import argparse
 import os
 
 import psdist
-from psdist.baseline import train_plain
 from psdist.hep import showers
 from psdist.hep.evaluate import shower_shape_distance
 from psdist.hep.gan import CaloGANStep, calo_gan
+from psdist.testing import train_plain
 
 
 def adam() -> dict:

@@ -14,10 +14,10 @@ import argparse
 import os
 
 import psdist
-from psdist.baseline import train_plain
 from psdist.hep import showers
 from psdist.hep.evaluate import calo_accuracy, energy_resolution
 from psdist.hep.models import calo_cnn, calo_loss
+from psdist.testing import train_plain
 
 METRICS = {"type_accuracy": calo_accuracy, "resolution": energy_resolution}
 

@@ -17,9 +17,9 @@ import os
 import torch
 
 import psdist
-from psdist.baseline import train_plain
 from psdist.hep import pythia
 from psdist.hep.models import event_classifier
+from psdist.testing import train_plain
 
 
 def run(data: psdist.ZarrDataset, epochs: int = 5, workers: int = 2, client=None, lr: float = 1e-3,

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 import psdist
-from psdist.baseline import train_plain
 from psdist.hep import jetimages
 from psdist.hep.models import jet_cnn
+from psdist.testing import train_plain
 
 
 def rejection_at(targets: np.ndarray, outputs: np.ndarray, efficiency: float = 0.5) -> float:

@@ -18,9 +18,9 @@ import os
 import torch
 
 import psdist
-from psdist.baseline import train_plain
 from psdist.hep import models, pythia
 from psdist.hep.evaluate import auc, rejection_at_50
+from psdist.testing import train_plain
 
 MODELS = {"pfn": models.particle_flow, "gru": models.gru_tagger, "jedi": models.interaction_network}
 METRICS = {"auc": auc, "rej50": rejection_at_50}

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from psdist.data import Chunk, DatasetInfo, ZarrDataset, holdout_chunks
+from psdist.data.dataset import Chunk, DatasetInfo, ZarrDataset, holdout_chunks
 from psdist.errors import BadChunkError, DataError, ModelError
-from psdist.loop import as_labels
-from psdist.replica import Replica
+from psdist.replica.loop import as_labels
+from psdist.replica.replica import Replica
 
 __all__ = ["check_validation_classes", "chunk_classes", "dry_run", "label_max"]
 
@@ -87,10 +87,10 @@ def label_max(data: ZarrDataset, info: DatasetInfo | None = None) -> int:
 
 
 def chunk_classes(data: ZarrDataset, chunks: Sequence[Chunk]) -> dict[int, np.ndarray]:
-    """The distinct labels of each chunk, by :attr:`~psdist.data.Chunk.index` (labels only).
+    """The distinct labels of each chunk, by :attr:`~psdist.data.dataset.Chunk.index` (labels only).
 
     Chunks that cannot be read are missing from the result when the dataset skips bad chunks
-    (:attr:`~psdist.data.ZarrDataset.skip_bad_chunks`); otherwise they raise.
+    (:attr:`~psdist.data.dataset.ZarrDataset.skip_bad_chunks`); otherwise they raise.
     """
     return {c.index: np.unique(y) for c, y in data.read_labels(chunks)}
 

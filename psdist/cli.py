@@ -17,9 +17,9 @@ import math
 import sys
 from typing import Any
 
-from psdist.convert_cli import add_convert_parser
-from psdist.epoch import FAULT_FIELDS
+from psdist.data.convert_cli import add_convert_parser
 from psdist.errors import ConfigError, PsdistError
+from psdist.run.epoch import FAULT_FIELDS
 
 __all__ = ["main"]
 
@@ -48,7 +48,7 @@ YAML's values (precedence: command line > YAML > checkpoint; the optimizer state
 """
 
 
-#: Per-epoch counters of faults and bad data (psdist.epoch) shown when not all zero.
+#: Per-epoch counters of faults and bad data (psdist.run.epoch) shown when not all zero.
 COUNTS = (*FAULT_FIELDS, "bad_chunks", "val_bad_chunks", "nonfinite_batches", "pushes_nonfinite")
 
 
@@ -84,8 +84,8 @@ def _train(a: argparse.Namespace) -> int:
         raise ConfigError("--override applies the YAML's settings over a checkpoint's: give it with "
                           "--resume CKPT (a run without --resume always trains with the YAML's)")
     if a.resume:  # refused before any cluster starts or batch job is submitted
-        from psdist.checkpoint import read_checkpoint
         from psdist.config import resume_settings
+        from psdist.run.checkpoint import read_checkpoint
 
         settings = resume_settings(cfg, read_checkpoint(a.resume)[0], override=a.override,
                                    source=a.config, checkpoint=a.resume)
@@ -93,7 +93,7 @@ def _train(a: argparse.Namespace) -> int:
     if a.cluster and a.scheduler:
         raise ConfigError("give --cluster (start jobs on a batch system) or --scheduler (use a running one), not both")
     if a.cluster:
-        from psdist.batch import batch_cluster
+        from psdist.cluster.batch import batch_cluster
 
         cluster, client = batch_cluster(a.cluster, jobs=a.jobs if a.jobs is not None else cfg.workers)
     elif a.scheduler:

@@ -34,12 +34,12 @@ from typing import Any
 
 import yaml
 
-from psdist.data import ZarrDataset
+from psdist.core.optim import Optimizer, optimizer_from_config
+from psdist.core.rules import Downpour, Rule, rule_from_config
+from psdist.data.dataset import ZarrDataset
 from psdist.errors import ConfigError
-from psdist.optim import Optimizer, optimizer_from_config
-from psdist.recovery import Checkpoints
-from psdist.rules import Downpour, Rule, rule_from_config
-from psdist.stopping import EarlyStopping
+from psdist.run.recovery import Checkpoints
+from psdist.run.stopping import EarlyStopping
 
 __all__ = ["ResumeSettings", "SettingChange", "TrainConfig", "import_object", "load_config", "resume_settings"]
 
@@ -317,7 +317,7 @@ def resume_settings(cfg: TrainConfig, meta: dict[str, Any], override: bool = Fal
     cfg
         The run's config (after the command-line flags were applied to it).
     meta
-        The checkpoint's metadata (``psdist.checkpoint.read_checkpoint(path)[0]``).
+        The checkpoint's metadata (``psdist.run.checkpoint.read_checkpoint(path)[0]``).
     override
         Apply the YAML's values where they differ (``--override``). The optimizer's state
         (step count, momentum or Adam buffers) is kept; its learning rate becomes the YAML's.

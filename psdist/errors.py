@@ -13,6 +13,7 @@ __all__ = [
     "ClusterError",
     "ConfigError",
     "DataError",
+    "InvalidServerState",
     "ModelError",
     "PsdistError",
     "ServerError",
@@ -86,3 +87,10 @@ class BadChunkError(DataError):
         # exceptions pickle as cls(*args) by default, which would drop the fields (Dask pickles
         # a task's exception to send it to the client)
         return type(self), (str(self), self.path, self.array, self.chunk, self.rows, self.store_chunk)
+
+
+class InvalidServerState(AssertionError):
+    """:meth:`ServerState.validate_state` found a broken invariant (a bug in psdist or a rule).
+
+    An ``AssertionError``, not a :class:`PsdistError`: it never describes bad input, only a bug.
+    """

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from psdist.progress import Progress, progress_bar
 
 if TYPE_CHECKING:
-    from psdist.history import History
+    from psdist.run.history import History
     from psdist.trainer import Trainer
 
 __all__ = ["TrainingHandle"]

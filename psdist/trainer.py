@@ -21,26 +21,27 @@ import cloudpickle
 import numpy as np
 import torch
 
-from psdist.checkpoint import read_checkpoint, write_checkpoint
 from psdist.checks import dry_run
-from psdist.data import DatasetInfo, ZarrDataset, epoch_order
-from psdist.epoch import EpochProgress
+from psdist.cluster.security import as_security
+from psdist.cluster.session import AUTO, ParameterServerLost, Session, SessionSpec, open_session
+from psdist.cluster.tasks import ChunkRunner
+from psdist.core.layout import Layout
+from psdist.core.optim import SGD, Optimizer, optimizer_from_config
+from psdist.core.rules import Downpour, Rule, rule_from_config
+from psdist.data.dataset import DatasetInfo, ZarrDataset, epoch_order
 from psdist.errors import ConfigError, DataError, ModelError, ServerError
-from psdist.flat import Layout, flatten, unflatten_into
-from psdist.guard import NonfiniteGuard
-from psdist.history import History
-from psdist.loop import concat_outputs
-from psdist.metrics import default_metrics
-from psdist.monitor import TOPIC, event
-from psdist.optim import SGD, Optimizer, optimizer_from_config
-from psdist.recovery import Checkpoints, PointKeeper, RecoveryPoint
-from psdist.replica import as_model_dict, layout_of
-from psdist.rules import Downpour, Rule, rule_from_config
-from psdist.security import as_security
-from psdist.session import AUTO, ParameterServerLost, Session, SessionSpec, open_session
-from psdist.steps import SupervisedStep
-from psdist.stopping import EarlyStopping
-from psdist.tasks import ChunkRunner
+from psdist.replica.binding import flatten, unflatten_into
+from psdist.replica.loop import concat_outputs
+from psdist.replica.replica import as_model_dict, layout_of
+from psdist.replica.steps import SupervisedStep
+from psdist.run.checkpoint import read_checkpoint, write_checkpoint
+from psdist.run.epoch import EpochProgress
+from psdist.run.events import TOPIC, event
+from psdist.run.guard import NonfiniteGuard
+from psdist.run.history import History
+from psdist.run.metrics import default_metrics
+from psdist.run.recovery import Checkpoints, PointKeeper, RecoveryPoint
+from psdist.run.stopping import EarlyStopping
 
 if TYPE_CHECKING:
     from psdist.handle import TrainingHandle
@@ -103,7 +104,7 @@ class Trainer:
         ``loss_fn(output, target) -> scalar tensor`` (mean over the batch). Not needed with a
         custom ``step``.
     data
-        A :class:`~psdist.data.ZarrDataset` or the path of one.
+        A :class:`~psdist.data.dataset.ZarrDataset` or the path of one.
     optimizer
         Server optimizer (:mod:`psdist.optim`), or a dict of them per model name;
         default ``SGD(lr=0.01)``. The trainer keeps its own copy (one per model): ``set_lr``
@@ -115,7 +116,7 @@ class Trainer:
     max_staleness
         Reject pushes computed on weights more than this many versions old. ``"auto"``
         (default): ``2 * n + 2`` for n training slots, sized at each ``fit`` (see
-        :func:`psdist.session.auto_staleness`); ``None``: no bound.
+        :func:`psdist.cluster.session.auto_staleness`); ``None``: no bound.
     push_every
         Minibatches whose gradients a worker accumulates before each push.
     batch_size
@@ -136,7 +137,7 @@ class Trainer:
     metrics
         Extra validation metrics ``{name: fn(targets, outputs) -> float}``.
     early_stopping
-        An :class:`~psdist.stopping.EarlyStopping` (patience and/or target).
+        An :class:`~psdist.run.stopping.EarlyStopping` (patience and/or target).
     step
         Custom training step object (``__call__(replica, x, y) -> loss`` after backward, and
         ``evaluate(replica, x, y) -> (loss_sum, outputs)``); default supervised.
@@ -147,12 +148,12 @@ class Trainer:
     timeout
         Seconds any call to the parameter server may take before it is an error.
     checkpoints
-        Recovery points (:class:`~psdist.recovery.Checkpoints`): how often the server's state is
+        Recovery points (:class:`~psdist.run.recovery.Checkpoints`): how often the server's state is
         saved within an epoch, to which file, how many lost parameter servers to replace.
         Default: in memory, every 60 s and at each epoch end.
     security
         TLS for the embedded cluster: ``True`` (a temporary certificate), a
-        ``distributed.Security`` or ``{"ca_file", "cert", "key"}`` (see :mod:`psdist.security`).
+        ``distributed.Security`` or ``{"ca_file", "cert", "key"}`` (see :mod:`psdist.cluster.security`).
         With ``client=`` the client's own security applies.
     chunk_timeout
         Seconds a chunk task may take before its worker counts as hung and is restarted (its
@@ -201,7 +202,7 @@ class Trainer:
         self.optimizer = _own_optimizers(optimizer if optimizer is not None else SGD(lr=0.01))
         self.workers = _int_at_least("workers", workers, 1, "workers=2")
         # rules whose defaults depend on the number of workers (EASGD's alpha) are sized at
-        # each fit, from the training slots of the cluster it runs on (psdist.session)
+        # each fit, from the training slots of the cluster it runs on (psdist.cluster.session)
         self.rule = rule if rule is not None else Downpour()
         if max_staleness not in (None, AUTO):
             _int_at_least("max_staleness", max_staleness, 0,
@@ -514,7 +515,7 @@ class Trainer:
 
         Open the file in ``chrome://tracing`` or https://ui.perfetto.dev. Returns the trace dict.
         """
-        from psdist.trace import chrome_trace, write_trace
+        from psdist.run.trace import chrome_trace, write_trace
 
         trace = chrome_trace(self.timeline, name=self.name)
         if path is not None:

@@ -62,12 +62,12 @@ def client():
 
 @pytest.fixture(autouse=True)
 def server_states(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
-    """Every :class:`~psdist.server.ServerState` a test makes in this process passes
+    """Every :class:`~psdist.core.server.ServerState` a test makes in this process passes
     ``validate_state()`` when the test ends (the invariants of the pure state machine, checked
     after every scripted scenario). A test that corrupts a state on purpose removes it from the
     yielded list.
     """
-    from psdist.server import ServerState
+    from psdist.core.server import ServerState
 
     made: list[ServerState] = []
     original = ServerState.__init__

@@ -6,18 +6,19 @@ import numpy as np
 import pytest
 from distributed.utils_test import gen_cluster
 
-from psdist.actor import ParameterServer
+from psdist.cluster.actor import ParameterServer
+from psdist.core.layout import Layout
+from psdist.core.protocol import Push
 from psdist.errors import ServerError
-from psdist.flat import FlatSpec, Layout, flatten
 from psdist.hep.models import mlp
 from psdist.optim import SGD
-from psdist.protocol import Push
+from psdist.replica.binding import flatten, spec_of
 from psdist.rules import Downpour
 
 
 def _server_args(max_staleness=2):
     model = mlp(inputs=3, hidden=4, classes=2, depth=1)
-    spec = FlatSpec.from_module(model)
+    spec = spec_of(model)
     w0 = flatten(model, spec)
     return (Layout.of({"model": spec}).to_dict(), w0, {"model": SGD(lr=0.5)}, Downpour(), max_staleness), w0
 

@@ -19,21 +19,21 @@ import torch.nn.functional as F
 import zarr
 from bokeh.document import Document
 
-from psdist import worker as worker_mod
+from psdist.cluster import worker as worker_mod
+from psdist.core.inprocess import LocalServer
+from psdist.core.protocol import Pull, Push, PushReply
+from psdist.core.server import ServerState
 from psdist.dashboard import Runs
 from psdist.dashboard.page import document
 from psdist.data import EVERY_CHUNK_ATTR, Chunk, ZarrDataset, write_zarr
 from psdist.errors import BadChunkError, ConfigError, DataError
-from psdist.flat import flatten
-from psdist.guard import NonfiniteGuard, is_nonfinite_only, nonfinite_verdict
-from psdist.local import LocalServer
-from psdist.loop import ChunkResult, batch_bounds, train_rows
-from psdist.monitor import event
 from psdist.optim import SGD
-from psdist.protocol import Pull, Push, PushReply
 from psdist.replica import Replica
+from psdist.replica.binding import flatten
+from psdist.replica.loop import ChunkResult, batch_bounds, train_rows
 from psdist.rules import Downpour
-from psdist.server import ServerState
+from psdist.run.events import event
+from psdist.run.guard import NonfiniteGuard, is_nonfinite_only, nonfinite_verdict
 from psdist.steps import SupervisedStep
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -228,7 +228,7 @@ def test_tasks_fail_on_a_bad_chunk_or_skip_and_count_it(store, monkeypatch, capl
         worker_mod.evaluate_task("p", c[1], 25, 5.0)
 
     run.data = ZarrDataset(store.path, val_fraction=0, skip_bad_chunks=True)
-    with caplog.at_level("WARNING", logger="psdist.worker"):
+    with caplog.at_level("WARNING", logger="psdist.cluster.worker"):
         r = worker_mod.train_task("p", c[1], 0, 7, 25, 1, 5.0)
     assert (r.chunk, r.samples, r.pushes, r.bad_chunks, r.batches) == (1, 0, 0, 1, 0)
     assert "chunk 1 (rows 50:100)" in r.bad[0] and "missing" in r.bad[0]

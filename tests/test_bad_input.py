@@ -12,6 +12,7 @@ import zarr
 
 import psdist
 from psdist.hep.models import mlp
+from psdist.replica.binding import spec_of
 
 CE = torch.nn.functional.cross_entropy
 MLP = functools.partial(mlp, inputs=20, hidden=8, classes=4)
@@ -24,7 +25,7 @@ def no_cluster(monkeypatch):
     def forbidden(*a, **k):
         pytest.fail("a cluster was started before the bad input was reported")
 
-    monkeypatch.setattr("psdist.session.embedded_cluster", forbidden)
+    monkeypatch.setattr("psdist.cluster.session.embedded_cluster", forbidden)
 
 
 @pytest.mark.parametrize("lr", [0, -0.1, float("nan"), float("inf")])
@@ -98,13 +99,14 @@ def test_epochs_must_be_positive(blob_data):
 
 
 def test_checkpoint_of_another_architecture_is_refused(blob_data, tmp_path):
-    from psdist.checkpoint import write_checkpoint
-    from psdist.flat import FlatSpec, Layout, flatten
-    from psdist.server import ServerState
+    from psdist.core.layout import Layout
+    from psdist.core.server import ServerState
+    from psdist.replica.binding import flatten
+    from psdist.run.checkpoint import write_checkpoint
 
     other = functools.partial(mlp, inputs=20, hidden=16, classes=4)
     m = other()
-    spec = FlatSpec.from_module(m)
+    spec = spec_of(m)
     state = ServerState(Layout.of({"model": spec}), flatten(m, spec), {"model": psdist.optim.SGD(lr=0.1)})
     scalars, arrays = state.state_dict()
     write_checkpoint(tmp_path / "o.ckpt", {"epoch": 1, "history": [], "server": scalars, "trainer": {

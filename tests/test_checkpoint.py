@@ -1,4 +1,4 @@
-"""Tests of psdist.checkpoint: round trip, damage detection, no pickle, atomic replacement."""
+"""Tests of psdist.run.checkpoint: round trip, damage detection, no pickle, atomic replacement."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from psdist.checkpoint import FORMAT, read_checkpoint, write_checkpoint
 from psdist.errors import CheckpointError
+from psdist.run.checkpoint import FORMAT, read_checkpoint, write_checkpoint
 
 META = {
     "version": 17,
@@ -332,7 +332,7 @@ def test_interrupt_keeps_previous(tmp_path, monkeypatch) -> None:
 WRITER = """
 import sys, zipfile
 import numpy as np
-from psdist.checkpoint import write_checkpoint
+from psdist.run.checkpoint import write_checkpoint
 path = sys.argv[1]
 write_checkpoint(path, {"generation": 1}, {"w": np.full(1000, 1.0, np.float32)})
 real = zipfile.ZipFile.writestr

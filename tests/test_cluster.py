@@ -11,11 +11,12 @@ import torch
 from distributed import Event
 
 import psdist
-from psdist.actor import ParameterServer
-from psdist.flat import FlatSpec, Layout, flatten
+from psdist.cluster.actor import ParameterServer
+from psdist.core.layout import Layout
+from psdist.core.protocol import Push
 from psdist.hep.models import mlp
 from psdist.optim import SGD
-from psdist.protocol import Push
+from psdist.replica.binding import flatten, spec_of
 from psdist.rules import Downpour
 
 CE = torch.nn.functional.cross_entropy
@@ -86,7 +87,7 @@ def _fast(ps, pushes: int, pulled: str, go: str, timeout: float) -> int:
 def test_staleness_bound_with_scripted_slow_worker(client):
     """A worker held back by an Event pushes 6 versions late: rejected (bound 4), counted once."""
     model = mlp(inputs=4, hidden=8, classes=2)
-    spec = FlatSpec.from_module(model)
+    spec = spec_of(model)
     w0 = flatten(model, spec)
     layout = Layout.of({"model": spec})
     ps_future = client.submit(ParameterServer, layout.to_dict(), w0, {"model": SGD(lr=0.1)}, Downpour(), 4,

@@ -1,4 +1,4 @@
-"""Tests of psdist.convert: real .npy/.npz, HDF5 and ROOT files converted to the Zarr layout."""
+"""Tests of psdist.data.convert: real .npy/.npz, HDF5 and ROOT files converted to the Zarr layout."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import zarr
 
-from psdist.convert import from_hdf5, from_numpy, from_root
-from psdist.convert_cli import parse_files
 from psdist.data import ZarrDataset
+from psdist.data.convert import from_hdf5, from_numpy, from_root
+from psdist.data.convert_cli import parse_files
 from psdist.errors import ConfigError, DataError
 
 h5py = pytest.importorskip("h5py")

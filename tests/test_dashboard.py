@@ -14,7 +14,7 @@ from psdist.dashboard import PATH, DashboardPlugin, Runs, install, page_url
 from psdist.dashboard.page import FOLLOW, RunPage, document
 from psdist.dashboard.plugin import _join
 from psdist.dashboard.series import Series, as_float, as_int
-from psdist.monitor import TOPIC, event
+from psdist.run.events import TOPIC, event
 
 
 class Clock:

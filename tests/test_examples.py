@@ -28,7 +28,8 @@ def shower_data(tmp_path_factory):
 
 def test_jet_image_cnn(client, tmp_path):
     data = jetimages.write_dataset(tmp_path / "j.zarr", jets=6144, val_jets=2048)
-    last = jet_images.run(data, epochs=3, client=client).history.last
+    # 4 epochs: with every worker of the shared 3-worker cluster training, 3 ended at AUC 0.79-0.80
+    last = jet_images.run(data, epochs=4, client=client).history.last
     assert last["val_auc"] >= 0.80
 
 

@@ -21,8 +21,8 @@ import torch
 from conftest import blobs
 
 import psdist
-from psdist.checkpoint import read_checkpoint
 from psdist.cluster import embedded_cluster
+from psdist.run.checkpoint import read_checkpoint
 from psdist.steps import SupervisedStep
 
 ROWS, CHUNK, BATCH = 4096, 256, 64  # 16 chunks of 4 pushes each

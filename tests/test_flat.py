@@ -1,4 +1,4 @@
-"""Tests of psdist.flat: the flat float32 vector of a model's parameters and buffers."""
+"""Tests of psdist.core.layout: the flat float32 vector of a model's parameters and buffers."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from psdist.core.layout import FlatSpec, Layout
 from psdist.errors import CheckpointError, ModelError
-from psdist.flat import FlatBinding, FlatSpec, Layout, flatten, unflatten_into
+from psdist.replica.binding import FlatBinding, flatten, spec_of, unflatten_into
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -55,7 +56,7 @@ def autograd_grad(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torc
 # ----------------------------------------------------------------------------- FlatSpec
 def test_spec_layout_params_first_then_buffers() -> None:
     net = make_net(0)
-    spec = FlatSpec.from_module(net)
+    spec = spec_of(net)
     n_params = sum(p.numel() for p in net.parameters())
     n_buffers = sum(b.numel() for b in net.buffers())
     assert spec.n_params == n_params
@@ -79,7 +80,7 @@ def test_flatten_unflatten_round_trip_is_bit_exact() -> None:
     for i in range(3):
         src(batch(i)[0])
     assert int(src.bn.num_batches_tracked) == 3
-    spec = FlatSpec.from_module(src)
+    spec = spec_of(src)
     flat = flatten(src, spec)
     assert flat.dtype == np.float32
     assert flat.shape == (spec.size,)
@@ -101,7 +102,7 @@ def test_flatten_unflatten_round_trip_is_bit_exact() -> None:
 
 def test_unflatten_rejects_wrong_length() -> None:
     net = make_net(0)
-    spec = FlatSpec.from_module(net)
+    spec = spec_of(net)
     with pytest.raises(ModelError, match=str(spec.size)):
         unflatten_into(net, spec, np.zeros(spec.size + 1, dtype=np.float32))
 
@@ -109,7 +110,7 @@ def test_unflatten_rejects_wrong_length() -> None:
 def test_float64_model_raises_model_error() -> None:
     net = make_net(0).double()
     with pytest.raises(ModelError, match="float64"):
-        FlatSpec.from_module(net)
+        spec_of(net)
     assert issubclass(ModelError, TypeError)
 
 
@@ -117,23 +118,23 @@ def test_float64_buffer_raises_model_error() -> None:
     net = make_net(0)
     net.bn.running_mean = net.bn.running_mean.double()
     with pytest.raises(ModelError, match=r"bn\.running_mean"):
-        FlatSpec.from_module(net)
+        spec_of(net)
 
 
 def test_model_without_parameters_raises() -> None:
     with pytest.raises(ModelError, match="no parameters"):
-        FlatSpec.from_module(torch.nn.ReLU())
+        spec_of(torch.nn.ReLU())
 
 
 def test_spec_dict_round_trip() -> None:
-    spec = FlatSpec.from_module(make_net(0))
+    spec = spec_of(make_net(0))
     assert FlatSpec.from_dict(spec.to_dict()) == spec
 
 
 # ----------------------------------------------------------------------------- FlatBinding
 def test_binding_load_changes_module_tensors() -> None:
     net = make_net(0)
-    spec = FlatSpec.from_module(net)
+    spec = spec_of(net)
     binding = FlatBinding(net, spec).bind("cpu")
     assert binding.weights is not None
     np.testing.assert_array_equal(binding.weights.numpy(), flatten(make_net(0), spec))
@@ -169,7 +170,7 @@ def test_binding_load_changes_module_tensors() -> None:
 def test_binding_backward_writes_autograd_gradient_into_grads() -> None:
     net = make_net(0)
     unbound = copy.deepcopy(net)
-    spec = FlatSpec.from_module(net)
+    spec = spec_of(net)
     binding = FlatBinding(net, spec).bind()
     assert binding.grads is not None
     assert binding.grads.shape == (spec.n_params,)
@@ -190,7 +191,7 @@ def test_binding_backward_writes_autograd_gradient_into_grads() -> None:
 def test_binding_gradients_accumulate_and_zero() -> None:
     net = make_net(0)
     unbound = copy.deepcopy(net)
-    spec = FlatSpec.from_module(net)
+    spec = spec_of(net)
     binding = FlatBinding(net, spec).bind()
     b1, b2 = batch(1), batch(2)
     loss_of(net, *b1).backward()
@@ -210,7 +211,7 @@ def test_binding_gradients_accumulate_and_zero() -> None:
 
 def test_binding_batchnorm_writes_into_flat_weights_and_buffer_vector() -> None:
     net = make_net(0)
-    spec = FlatSpec.from_module(net)
+    spec = spec_of(net)
     binding = FlatBinding(net, spec).bind()
     before = binding.buffer_vector()
     net.train()
@@ -234,7 +235,7 @@ def test_binding_batchnorm_writes_into_flat_weights_and_buffer_vector() -> None:
 def two_group_layout(disc_out: int = 3) -> Layout:
     gen = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6), torch.nn.Linear(6, 2))
     disc = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.ReLU(), torch.nn.Linear(4, disc_out))
-    return Layout.of({"generator": FlatSpec.from_module(gen), "discriminator": FlatSpec.from_module(disc)})
+    return Layout.of({"generator": spec_of(gen), "discriminator": spec_of(disc)})
 
 
 def test_layout_two_groups_slices() -> None:
@@ -279,8 +280,8 @@ def test_layout_check_same_group_names_differ() -> None:
 
 
 def test_spec_check_same_missing_tensor() -> None:
-    a = FlatSpec.from_module(torch.nn.Linear(3, 2))
-    b = FlatSpec.from_module(torch.nn.Linear(3, 2, bias=False))
+    a = spec_of(torch.nn.Linear(3, 2))
+    b = spec_of(torch.nn.Linear(3, 2, bias=False))
     with pytest.raises(CheckpointError, match="'bias'"):
         a.check_same(b)
 
@@ -295,7 +296,7 @@ class WithBuffer(torch.nn.Module):
 
 def test_integer_buffer_exact_up_to_2_pow_24() -> None:
     ok = WithBuffer(torch.tensor([2**24, -(2**24), 7], dtype=torch.int64))
-    spec = FlatSpec.from_module(ok)
+    spec = spec_of(ok)
     flat = flatten(ok, spec)
     np.testing.assert_array_equal(flat[-3:], np.array([2**24, -(2**24), 7], dtype=np.float32))
     dst = WithBuffer(torch.zeros(3, dtype=torch.int64))
@@ -303,12 +304,12 @@ def test_integer_buffer_exact_up_to_2_pow_24() -> None:
     assert dst.extra.tolist() == [2**24, -(2**24), 7]
     too_big = WithBuffer(torch.tensor([2**24 + 1], dtype=torch.int64))
     with pytest.raises(ModelError, match="'extra'"):
-        flatten(too_big, FlatSpec.from_module(too_big))
+        flatten(too_big, spec_of(too_big))
 
 
 def test_boolean_buffer_round_trips() -> None:
     src = WithBuffer(torch.tensor([True, False, True]))
-    spec = FlatSpec.from_module(src)
+    spec = spec_of(src)
     flat = flatten(src, spec)
     np.testing.assert_array_equal(flat[-3:], np.array([1, 0, 1], dtype=np.float32))
     dst = WithBuffer(torch.tensor([False, False, False]))
@@ -344,21 +345,21 @@ class PartlyFrozen(torch.nn.Module):
 
 
 def test_frozen_ranges_are_merged_and_placed_in_the_layout() -> None:
-    spec = FlatSpec.from_module(PartlyFrozen())
+    spec = spec_of(PartlyFrozen())
     # a.weight + a.bias merge; b.bias and c.weight touch: one range
     assert spec.frozen == ((0, 9), (15, 19)) and spec.n_frozen == 13
-    layout = Layout.of({"g": FlatSpec.from_module(torch.nn.Linear(1, 1)), "f": spec})
+    layout = Layout.of({"g": spec_of(torch.nn.Linear(1, 1)), "f": spec})
     f = layout.group("f")
     assert f.frozen == (slice(2, 11), slice(17, 21))
     assert f.frozen_in_params == (slice(0, 9), slice(15, 19))
     assert f.updatable == (slice(11, 17), slice(21, 22))
     assert layout.frozen == f.frozen  # the first group trains everything
-    assert Layout.of({"m": FlatSpec.from_module(PartlyFrozen())}).group("m").updatable == (slice(9, 15), slice(19, 20))
+    assert Layout.of({"m": spec_of(PartlyFrozen())}).group("m").updatable == (slice(9, 15), slice(19, 20))
 
 
 def test_old_layout_dicts_without_the_flag_read_as_trainable() -> None:
     """Checkpoints written before the flag (5-field entries) still load: every parameter trains."""
-    spec = FlatSpec.from_module(PartlyFrozen())
+    spec = spec_of(PartlyFrozen())
     assert FlatSpec.from_dict(spec.to_dict()) == spec
     old = {"n_params": spec.n_params, "entries": [row[:5] for row in spec.to_dict()["entries"]]}
     back = FlatSpec.from_dict(old)

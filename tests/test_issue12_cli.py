@@ -18,8 +18,8 @@ import pytest
 from conftest import blobs
 
 import psdist
-from psdist.checkpoint import read_checkpoint
 from psdist.cli import main
+from psdist.run.checkpoint import read_checkpoint
 
 #: the settings of the checkpointed run (the YAML of the fixture)
 BASE = {

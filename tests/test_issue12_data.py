@@ -21,8 +21,8 @@ import torch
 
 import psdist
 from psdist.config import TrainConfig
-from psdist.convert import from_numpy
 from psdist.data import ZarrDataset, write_zarr
+from psdist.data.convert import from_numpy
 from psdist.errors import ConfigError, DataError
 from psdist.hep.models import mlp
 
@@ -46,7 +46,7 @@ def no_cluster(monkeypatch) -> list[str]:
         raise RuntimeError("a cluster was started: the error must come before")
 
     monkeypatch.setattr("psdist.trainer.open_session", forbidden)
-    monkeypatch.setattr("psdist.session.embedded_cluster", forbidden)
+    monkeypatch.setattr("psdist.cluster.session.embedded_cluster", forbidden)
     return started
 
 

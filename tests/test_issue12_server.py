@@ -1,7 +1,7 @@
 """Regression tests of issue 12 ("Silent failures"), server-side items 4, 9, 11, 14 and 15.
 
 Each test is named after its item and failed on the code before the fix. The scripted
-scenarios drive :class:`~psdist.server.ServerState` directly (no cluster), except one short
+scenarios drive :class:`~psdist.core.server.ServerState` directly (no cluster), except one short
 real-cluster training for item 4. Every state a test makes passes ``validate_state()`` at its end (the autouse fixture
 ``server_states`` of conftest.py).
 """
@@ -18,17 +18,18 @@ import torch
 import yaml
 
 import psdist
-import psdist.local
-from psdist.baseline import train_plain
+import psdist.core.inprocess
+from psdist.core.layout import Entry, FlatSpec, Layout
+from psdist.core.protocol import Pull, Push, PushReply
+from psdist.core.server import InvalidServerState, ServerState
 from psdist.errors import ConfigError, ModelError, ServerError
-from psdist.flat import Entry, FlatSpec, Layout, flatten
-from psdist.loop import train_rows
 from psdist.optim import SGD, Adam, Cosine, Optimizer, RMSprop, StepDecay, Warmup, optimizer_from_config
-from psdist.protocol import Pull, Push, PushReply
 from psdist.replica import Replica, as_model_dict, layout_of
+from psdist.replica.binding import flatten, spec_of
+from psdist.replica.loop import train_rows
 from psdist.rules import DCASGD, EAMSGD, EASGD, GEM, SSP, Downpour, DynSGD, Rule, StalenessAware, Sync
-from psdist.server import InvalidServerState, ServerState
 from psdist.steps import SupervisedStep
+from psdist.testing import train_plain
 
 
 # ----------------------------------------------------------------------------- item 15 fixture
@@ -307,7 +308,7 @@ def _sync_server_waiting() -> None:
 
 
 def _float64_model() -> None:
-    FlatSpec.from_module(torch.nn.Linear(2, 1).double())
+    spec_of(torch.nn.Linear(2, 1).double())
 
 
 def _checks(rule: Rule, push_every: int = 1, opt: Optimizer | None = None) -> Callable[..., Any]:
@@ -377,11 +378,11 @@ def test_item11_rule_error_messages_suggest_valid_code() -> None:
     with pytest.raises(ModelError, match=r"return model\.float\(\) from your model_fn"):
         _float64_model()
     model = torch.nn.Linear(2, 1).double()
-    FlatSpec.from_module(eval("model.float()", {"model": model}))
+    spec_of(eval("model.float()", {"model": model}))
     with pytest.raises(ServerError) as info:
         _sync_server_waiting()
     (code,) = CODE.findall(str(info.value))
-    assert eval(code, namespace) is psdist.local.LocalServer
+    assert eval(code, namespace) is psdist.core.inprocess.LocalServer
 
 
 # ----------------------------------------------------------------------------- item 15

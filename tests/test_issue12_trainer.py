@@ -15,10 +15,10 @@ import torch
 from test_handle import CE, MODEL, trainer  # the background-fit tests' model and trainer
 
 import psdist
-from psdist.checkpoint import read_checkpoint
 from psdist.optim import SGD
-from psdist.recovery import Checkpoints
 from psdist.rules import EASGD
+from psdist.run.checkpoint import read_checkpoint
+from psdist.run.recovery import Checkpoints
 
 CHUNKS = 8  # blob_data: 8 training chunks of 512 rows
 
@@ -84,7 +84,7 @@ def test_item03_easgd_alpha_sized_from_the_training_slots(client, blob_data):
 
 def test_item03_slots_count_what_the_cluster_plans():
     from psdist.cluster import training_slots
-    from psdist.worker import PS_RESOURCE
+    from psdist.cluster.worker import PS_RESOURCE
 
     class Cluster:  # a SpecCluster whose batch jobs are still queued: 4 planned, 1 arrived
         plan = frozenset({"job-0", "job-1", "job-2", "job-3"})
@@ -127,7 +127,7 @@ def test_item10_model_leaves_the_global_rng_alone(blob_data):
 
 
 def test_item12_staleness_is_bounded_by_default(client, blob_data):
-    from psdist.session import auto_staleness
+    from psdist.cluster.session import auto_staleness
 
     assert auto_staleness(1) == 4 and auto_staleness(3) == 8 and auto_staleness(64) == 130
     t = trainer(blob_data, client)
@@ -149,7 +149,7 @@ def test_item13_points_stretch_with_their_cost():
 
 
 def test_item13_pushes_of_running_chunks_are_counted_as_replayed():
-    from psdist.recovery import RecoveryPoint
+    from psdist.run.recovery import RecoveryPoint
 
     # the point's server applied 30 pushes, 10 before the epoch, 8 + 4 by the chunks done then:
     # the other 8 came from chunks still running, which rerun after a restore

@@ -17,7 +17,7 @@ import pytest
 
 pytest.importorskip("dask_jobqueue")
 
-from psdist import batch
+from psdist.cluster import batch
 from psdist.errors import ClusterError, ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,7 +10,7 @@ started from), so at most ``MAX_STALENESS + 1`` of those 16 can be admitted: rej
 certain, not left to timing.
 
 Two drivers: the real Dask actor on a multi-process LocalCluster (16 tasks on two worker
-processes of 8 threads), and the in-process :class:`~psdist.local.LocalServer` (the thread-safe
+processes of 8 threads), and the in-process :class:`~psdist.core.inprocess.LocalServer` (the thread-safe
 handle around ``ServerState``) from 16 threads released together by a barrier.
 """
 
@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from psdist.flat import Entry, FlatSpec, Layout
-from psdist.local import LocalServer
+from psdist.core.inprocess import LocalServer
+from psdist.core.layout import Entry, FlatSpec, Layout
+from psdist.core.protocol import Push
+from psdist.core.server import ServerState
 from psdist.optim import SGD
-from psdist.protocol import Push
 from psdist.rules import SSP, Downpour, Rule
-from psdist.server import ServerState
 
 PUSHERS = 16
 PUSHES = 30  # per pusher
@@ -180,7 +180,7 @@ def load_cluster():
 def test_sixteen_pushers_against_the_actor(load_cluster, rule: Rule) -> None:
     from distributed import wait
 
-    from psdist.actor import ParameterServer
+    from psdist.cluster.actor import ParameterServer
 
     client, ps_address = load_cluster
     data_workers = sorted(set(client.scheduler_info()["workers"]) - {ps_address})

@@ -1,4 +1,4 @@
-"""Tests of psdist.loop against an in-process ServerState (no Dask)."""
+"""Tests of psdist.replica.loop against an in-process ServerState (no Dask)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from psdist.flat import flatten
-from psdist.loop import as_labels, batch_bounds, evaluate_rows, train_rows
+from psdist.core.protocol import Pull, Push, PushReply
+from psdist.core.server import ServerState
 from psdist.metrics import accuracy
 from psdist.optim import SGD
-from psdist.protocol import Pull, Push, PushReply
 from psdist.replica import Replica
+from psdist.replica.binding import flatten
+from psdist.replica.loop import as_labels, batch_bounds, evaluate_rows, train_rows
 from psdist.rules import Downpour
-from psdist.server import ServerState
 from psdist.steps import SupervisedStep
 
 N_FEATURES = 20

@@ -1,4 +1,4 @@
-"""Tests of psdist.metrics, psdist.stopping.EarlyStopping and psdist.history.History."""
+"""Tests of psdist.metrics, psdist.run.stopping.EarlyStopping and psdist.run.history.History."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from psdist.errors import ConfigError
-from psdist.history import History
 from psdist.metrics import accuracy, auc, default_metrics, mse, scores
-from psdist.stopping import EarlyStopping
+from psdist.run.history import History
+from psdist.run.stopping import EarlyStopping
 
 
 # ----------------------------------------------------------------------------- accuracy

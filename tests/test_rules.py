@@ -9,10 +9,11 @@ import pytest
 import torch
 
 import psdist
-from psdist.flat import Entry, FlatSpec, Layout
+from psdist.core.layout import Entry, FlatSpec, Layout
+from psdist.core.protocol import Push
+from psdist.core.server import ServerState
 from psdist.hep.models import mlp
 from psdist.optim import SGD
-from psdist.protocol import Push
 from psdist.rules import (
     DCASGD,
     EAMSGD,
@@ -25,7 +26,6 @@ from psdist.rules import (
     Sync,
     rule_from_config,
 )
-from psdist.server import ServerState
 
 
 def server(rule, lr=0.1):

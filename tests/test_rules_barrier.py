@@ -10,13 +10,13 @@ import pytest
 from distributed import Event
 
 import psdist
-from psdist.actor import ParameterServer
-from psdist.flat import Entry, FlatSpec, Layout
-from psdist.local import LocalServer
+from psdist.cluster.actor import ParameterServer
+from psdist.core.inprocess import LocalServer
+from psdist.core.layout import Entry, FlatSpec, Layout
+from psdist.core.protocol import Push
+from psdist.core.server import ServerState
 from psdist.optim import SGD
-from psdist.protocol import Push
 from psdist.rules import SSP, Sync
-from psdist.server import ServerState
 
 W0 = np.array([1.0, 2.0, 3.0], np.float32)
 

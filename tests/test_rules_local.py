@@ -7,13 +7,13 @@ import pytest
 import torch
 
 import psdist
-from psdist.loop import evaluate_rows, train_rows
+from psdist.core.protocol import Push
+from psdist.core.rules.gem import gem_scale
+from psdist.core.server import ServerState
 from psdist.optim import SGD, Adam
-from psdist.protocol import Push
 from psdist.replica import Replica, as_model_dict, layout_of
+from psdist.replica.loop import evaluate_rows, train_rows
 from psdist.rules import EAMSGD, EASGD, GEM, rule_from_config
-from psdist.rules.gem import gem_scale
-from psdist.server import ServerState
 from psdist.steps import SupervisedStep
 
 X = np.array([[1.0, 2.0]], np.float32)
@@ -110,7 +110,7 @@ def test_easgd_diverged_local_weights_restart_from_the_centre(caplog):
     one_chunk(state, replica, wr)
     centre, version = state.weights.copy(), state.version
     replica.set_weights(np.array([np.nan, 1.0], np.float32))
-    with caplog.at_level("WARNING", logger="psdist.rules.elastic"):
+    with caplog.at_level("WARNING", logger="psdist.core.rules.elastic"):
         reply = wr.communicate(replica, state, 1, 1, 0.5)
     assert not reply.applied and reply.reason.startswith("nonfinite")
     assert "restarting from the centre" in caplog.text

@@ -20,10 +20,15 @@ import pytest
 import torch
 
 import psdist
+from psdist.cluster.security import (
+    as_security,
+    security_from_files,
+    temporary_security,
+    write_temporary_certificate,
+)
 from psdist.errors import ClusterError, ConfigError
-from psdist.flat import FlatSpec, flatten
 from psdist.hep.models import mlp
-from psdist.security import as_security, security_from_files, temporary_security, write_temporary_certificate
+from psdist.replica.binding import flatten, spec_of
 
 pytest.importorskip("cryptography")
 
@@ -103,7 +108,7 @@ def test_missing_cryptography_names_the_package(monkeypatch):
 # ----------------------------------------------------------------------------- batch systems (offline)
 def _slurm_config(**changes: Any) -> Any:
     pytest.importorskip("dask_jobqueue")
-    from psdist.batch import load_cluster_config
+    from psdist.cluster.batch import load_cluster_config
 
     return dataclasses.replace(load_cluster_config("slurm-cpu"), **changes)
 
@@ -113,7 +118,7 @@ def _tls_args(script: str) -> dict[str, str]:
 
 
 def test_batch_config_certificate_files_reach_every_job_script(tmp_path):
-    from psdist.batch import BatchConfig, job_scripts
+    from psdist.cluster.batch import BatchConfig, job_scripts
 
     files = write_temporary_certificate(tmp_path)
     cfg = _slurm_config()
@@ -136,7 +141,7 @@ def test_batch_config_certificate_files_reach_every_job_script(tmp_path):
 
 
 def test_batch_config_temporary_certificate_is_written_to_the_shared_directory(tmp_path):
-    from psdist.batch import job_scripts
+    from psdist.cluster.batch import job_scripts
 
     worker, ps = job_scripts(_slurm_config(security=True), shared_temp_directory=str(tmp_path))
     args = _tls_args(worker)
@@ -174,22 +179,22 @@ def _http_sockets(dask_scheduler: Any) -> list[tuple[str, int]]:
 
 
 def _push_from_a_worker(ps: Any, update: np.ndarray) -> tuple[bool, int]:
-    from psdist.protocol import Push
+    from psdist.core.protocol import Push
 
     reply = ps.push(Push("remote", 0, update, 8, 0.25)).result(timeout=30)
     return reply.applied, reply.version
 
 
 def test_parameter_server_over_tls(tls):
-    from psdist.actor import ParameterServer
     from psdist.cluster import pick_ps_worker
-    from psdist.flat import Layout
+    from psdist.cluster.actor import ParameterServer
+    from psdist.core.layout import Layout
     from psdist.optim import SGD
     from psdist.rules import Downpour
 
     _, client = tls
     model = MLP_BN()
-    spec = FlatSpec.from_module(model)
+    spec = spec_of(model)
     w0 = flatten(model, spec)
     ps_address, _ = pick_ps_worker(client)
     future = client.submit(ParameterServer, Layout.of({"model": spec}).to_dict(), w0, {"model": SGD(lr=0.5)},
@@ -340,7 +345,7 @@ def test_dashboard_page_is_served_by_the_dask_dashboard_and_shows_only_the_feed(
     from bokeh.client import pull_session
 
     from psdist.dashboard import PATH, install
-    from psdist.monitor import TOPIC
+    from psdist.run.events import TOPIC
 
     _, client = tls
     trainer, _, _ = trained
@@ -372,7 +377,7 @@ def test_dashboard_page_is_served_by_the_dask_dashboard_and_shows_only_the_feed(
     ev_numbers, ev_strings, _ = _document_values_of(events)
 
     model = trainer.model()
-    weights = flatten(model, FlatSpec.from_module(model))
+    weights = flatten(model, spec_of(model))
     g = blob_data.open_group()
     rows = np.concatenate([g["x"][:].ravel(), g["x_val"][:].ravel()])
     assert len(_looks_like_weights_or_data(weights[:8].tolist(), weights)) >= LEAK  # the check sees them

@@ -1,4 +1,4 @@
-"""Tests of psdist.server.ServerState: admission, staleness, snapshots, buffers, checkpoints."""
+"""Tests of psdist.core.server.ServerState: admission, staleness, snapshots, buffers, checkpoints."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import re
 import numpy as np
 import pytest
 
-from psdist.checkpoint import read_checkpoint, write_checkpoint
+from psdist.core.layout import Entry, FlatSpec, Layout
+from psdist.core.protocol import NONFINITE, STALE, Push, reason_kind
+from psdist.core.server import ServerState
 from psdist.errors import ConfigError, ServerError
-from psdist.flat import Entry, FlatSpec, Layout
 from psdist.optim import SGD, Optimizer
-from psdist.protocol import NONFINITE, STALE, Push, reason_kind
-from psdist.server import ServerState
+from psdist.run.checkpoint import read_checkpoint, write_checkpoint
 
 N_PARAMS = 4
 N_BUFFERS = 2

@@ -36,11 +36,11 @@ def _cannot_run(reason: str, module: bool = False) -> None:
 
 
 try:
-    import dask_jobqueue  # noqa: F401 - psdist.batch's clusters are dask_jobqueue's
+    import dask_jobqueue  # noqa: F401 - psdist.cluster.batch's clusters are dask_jobqueue's
 except ImportError:
     _cannot_run("dask_jobqueue is not installed: pip install -e '.[jobqueue]'", module=True)
 
-from psdist.batch import PS_NAME, batch_cluster, ps_worker_address  # noqa: E402 - after the check
+from psdist.cluster.batch import PS_NAME, batch_cluster, ps_worker_address  # noqa: E402 - after the check
 from psdist.errors import ClusterError  # noqa: E402
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]

@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 import psdist
-from psdist.flat import flatten
-from psdist.loop import evaluate_rows, train_rows
+from psdist.core.server import ServerState
 from psdist.replica import Replica
+from psdist.replica.binding import flatten
+from psdist.replica.loop import evaluate_rows, train_rows
 from psdist.rules import Downpour
-from psdist.server import ServerState
 from psdist.steps import Step
 
 

@@ -177,7 +177,7 @@ def grads_vector(model: Any) -> Any:
 
 
 def batch_bounds(n: int, batch: int) -> list[tuple[int, int]]:
-    from psdist.loop import batch_bounds as bb
+    from psdist.replica.loop import batch_bounds as bb
 
     return bb(n, batch)
 

@@ -54,7 +54,7 @@ def memcpy(n: int, reps: int) -> dict[str, float]:
 # ---------------------------------------------------------------------------- psdist
 def _psdist_task(ps: Any, n: int, reps: int) -> dict[str, float]:
     """Runs on a data worker: times calls to the actor on the other worker."""
-    from psdist.protocol import Push
+    from psdist.core.protocol import Push
 
     grad = np.full(n, 1e-6, np.float32)
     state = {"version": ps.pull("bench", -1).result().version}
@@ -73,8 +73,8 @@ def _psdist_task(ps: Any, n: int, reps: int) -> dict[str, float]:
 def psdist_calls(sizes: list[int], reps: int) -> dict[int, dict[str, float]]:
     import torch
 
-    from psdist.actor import ParameterServer
     from psdist.cluster import embedded_cluster
+    from psdist.cluster.actor import ParameterServer
     from psdist.optim import SGD
     from psdist.replica import layout_of
     from psdist.rules import Downpour
@@ -111,11 +111,11 @@ def psdist_breakdown(n: int, reps: int) -> dict[str, float]:
 
     import torch
 
+    from psdist.core.protocol import Push
+    from psdist.core.server import ServerState
     from psdist.optim import SGD
-    from psdist.protocol import Push
     from psdist.replica import layout_of
     from psdist.rules import Downpour
-    from psdist.server import ServerState
 
     layout = layout_of({"model": torch.nn.Linear(n, 1, bias=False)})
     state = ServerState(layout, np.zeros(n, np.float32), {"model": SGD(lr=0.01, momentum=0.9)}, Downpour())

@@ -191,7 +191,7 @@ def load_arrays(path: str, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarra
     """Train and validation arrays of a store, read into memory (what the baselines train on)."""
     import zarr
 
-    from psdist.loop import as_labels
+    from psdist.replica.loop import as_labels
 
     wl = WORKLOADS[name]
     g = zarr.open_group(path, mode="r")

@@ -1,6 +1,6 @@
 """Live monitoring: a psdist page in the Dask dashboard, at ``<dashboard>/psdist``.
 
-Every training publishes its feed (:mod:`psdist.monitor`) as Dask events; the scheduler plugin
+Every training publishes its feed (:mod:`psdist.run.events`) as Dask events; the scheduler plugin
 :class:`DashboardPlugin` folds them into per-run histories (:mod:`psdist.dashboard.state`) and
 serves a Bokeh page (:mod:`psdist.dashboard.page`, :mod:`psdist.dashboard.components`) inside
 the dashboard the scheduler already runs.

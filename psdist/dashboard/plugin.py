@@ -28,7 +28,7 @@ from urllib.parse import quote, urlsplit
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from psdist.dashboard.state import Runs
-from psdist.monitor import TOPIC
+from psdist.run.events import TOPIC
 
 __all__ = ["PATH", "DashboardPlugin", "install", "page_url", "served_path"]
 

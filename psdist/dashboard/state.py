@@ -1,7 +1,7 @@
-"""What the dashboard knows of each training: the feed of :mod:`psdist.monitor` folded into series.
+"""What the dashboard knows of each training: the feed of :mod:`psdist.run.events` folded into series.
 
 Pure Python (no Bokeh, no Dask): the scheduler plugin feeds every message of topic
-:data:`psdist.monitor.TOPIC` to :meth:`Runs.consume`, the page's components read the
+:data:`psdist.run.events.TOPIC` to :meth:`Runs.consume`, the page's components read the
 :class:`RunState` of the run they show. Every history is bounded
 (:class:`~psdist.dashboard.series.Series`).
 
@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from psdist.core.protocol import NONFINITE
 from psdist.dashboard.series import Series, as_float, as_int
-from psdist.protocol import NONFINITE
 
 __all__ = ["RunState", "Runs"]
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from psdist.hep.models import ENERGY_SCALE
 from psdist.hep.showers import profile_distances
-from psdist.metrics import auc, scores
+from psdist.run.metrics import auc, scores
 
 __all__ = [
     "auc",

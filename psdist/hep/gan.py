@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from psdist.hep.models import ENERGY_SCALE
-from psdist.steps import Step
+from psdist.replica.steps import Step
 
 __all__ = ["CaloDiscriminator", "CaloGANStep", "CaloGenerator", "calo_gan"]
 

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from psdist.data import ZarrDataset, write_zarr
+from psdist.data.dataset import ZarrDataset, write_zarr
 from psdist.errors import ConfigError
 
 __all__ = [

@@ -1,0 +1,168 @@
+"""Starting the embedded LocalCluster, and choosing where the parameter server lives.
+
+psdist does not manage clusters beyond this: give ``Trainer(client=...)`` any Dask client
+(LocalCluster, dask-jobqueue, a scheduler started by hand) and it uses it as it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import dask
+
+from psdist.cluster.worker import PS_RESOURCE
+from psdist.errors import ClusterError
+
+__all__ = ["embedded_cluster", "malloc_config", "pick_ps_worker", "training_slots"]
+
+logger = logging.getLogger(__name__)
+
+# What a nanny writes into os.environ of the process that starts it (distributed's nanny.py).
+_SPAWN_VARS = (
+    "MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "PYTHONHASHSEED",
+)
+
+
+@contextlib.contextmanager
+def malloc_config(enabled: bool = True) -> Iterator[None]:
+    """Start nannies inside this block without ``MALLOC_TRIM_THRESHOLD_=65536``.
+
+    Setting the config key to ``None`` is how distributed lets one drop a pre-spawn variable;
+    the env-variable form of the override does not work (measured).
+    """
+    if not enabled:
+        yield
+        return
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        yield
+
+
+@contextlib.contextmanager
+def _restore_environ() -> Iterator[None]:
+    # Starting nannies leaks OMP_NUM_THREADS=1 etc. into this process; keep the user's own.
+    saved = {k: os.environ.get(k) for k in _SPAWN_VARS}
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def embedded_cluster(
+    workers: int, threads_per_worker: int, malloc_fix: bool = True, dashboard_address: str | None = ":0",
+    security: Any = None, **kwargs: Any,
+) -> tuple[Any, Any]:
+    """Start a LocalCluster of ``workers`` data workers plus one for the parameter server.
+
+    ``security`` turns on TLS for every connection (client, scheduler, workers, and so every
+    pull and push): ``True`` makes a temporary self-signed certificate (needs ``cryptography``),
+    or give a ``distributed.Security`` or ``{"ca_file": ..., "cert": ..., "key": ...}`` (see
+    :func:`psdist.cluster.security.as_security`). The cluster then listens on ``tls://`` addresses and
+    the returned client holds the credentials; ``cluster.security`` has them for other clients.
+    TLS does not cover the dashboard (plain HTTP): with ``security``, a ``dashboard_address``
+    without a host (``":0"``, ``":8787"``) listens on 127.0.0.1 only; name a host to expose it.
+
+    Returns ``(cluster, client)``; the caller closes both.
+    """
+    from distributed import Client, LocalCluster
+
+    from psdist.cluster.security import as_security
+
+    sec = as_security(security)
+    if sec is not None:
+        kwargs = {"protocol": "tls://", **kwargs, "security": sec}
+        if dashboard_address is not None and dashboard_address.startswith(":"):
+            # the dashboard is plain HTTP: ":port" would listen on every interface
+            dashboard_address = "127.0.0.1" + dashboard_address
+    n = workers + 1 if workers >= 1 else 1
+    with malloc_config(malloc_fix), _restore_environ():
+        cluster = LocalCluster(
+            n_workers=n,
+            threads_per_worker=threads_per_worker,
+            processes=True,
+            dashboard_address=dashboard_address,
+            **kwargs,
+        )
+        try:
+            client = Client(cluster, security=sec)
+        except BaseException:
+            cluster.close()
+            raise
+    logger.info("psdist: embedded LocalCluster with %d workers at %s; dashboard %s", n,
+                cluster.scheduler_address, client.dashboard_link)
+    return cluster, client
+
+
+def pick_ps_worker(client: Any, preferred: str | None = None, dedicated: bool | None = None) -> tuple[str, bool]:
+    """Choose the parameter server's worker; returns (address, exclusive).
+
+    ``exclusive`` means the PS worker gets no training slot. Where the PS lives:
+
+    - a worker started for it (resource ``psdist-ps``: the batch configs' PS job) always hosts
+      it, and never trains;
+    - ``preferred`` (a worker's name or address) hosts it when given;
+    - otherwise the last worker by name (deterministic; in the embedded cluster that is the
+      extra worker started for it).
+
+    ``dedicated`` says whether that worker also trains. ``None`` (default) means no: on a
+    user's cluster every worker trains and the actor shares one (actor calls run in the
+    worker's actor thread and need no task slot), so a cluster of N workers trains on N, not
+    N - 1 (on a GPU node, no GPU idles). ``True`` keeps training tasks off the PS's worker
+    (the embedded cluster asks for this: it starts one worker more for the PS). A cluster of
+    one worker always shares it.
+    """
+    info = client.scheduler_info(n_workers=-1)["workers"]
+    ps_only = sorted(a for a, w in info.items() if PS_RESOURCE in (w.get("resources") or {}))
+    if preferred is None and ps_only:  # a worker started for it (psdist.cluster.batch): never a data worker
+        return ps_only[0], True
+    if not info:
+        raise ClusterError(
+            "the Dask cluster has no workers; start some first, e.g. cluster.scale(2), "
+            "or let psdist start its own by passing no client"
+        )
+    if preferred is not None:
+        matches = [a for a, w in info.items() if preferred in (a, str(w.get("name")))]
+        if not matches:
+            raise ClusterError(
+                f"ps_worker={preferred!r} is not a worker of this cluster; "
+                f"workers are {sorted(str(w.get('name')) for w in info.values())}"
+            )
+        address = matches[0]
+    else:
+        def key(item: tuple[str, dict[str, Any]]) -> tuple[int, str]:
+            name = str(item[1].get("name"))
+            return (int(name), "") if name.isdigit() else (1 << 30, name)
+
+        address = max(info.items(), key=key)[0]
+    exclusive = bool(dedicated) and len(info) > 1
+    if dedicated and not exclusive:
+        logger.warning("psdist: dedicated_ps=True, but the cluster has one worker; the parameter server shares it")
+    return address, exclusive
+
+
+def training_slots(client: Any, ps_address: str, exclusive: bool) -> int:
+    """Training slots of a cluster for a PS placed at ``ps_address``: now, or as planned if more.
+
+    Workers started for a PS (``psdist-ps``) never train, nor does an exclusive PS's worker. A
+    cluster that is still starting (a batch system's jobs in the queue, ``cluster.scale(n)``
+    just called) counts what it plans (``SpecCluster.plan``), so that settings sized from it
+    (EASGD's alpha, the default staleness bound) fit the cluster the training will have.
+    """
+    info = client.scheduler_info(n_workers=-1)["workers"]
+    ps_only = {a for a, w in info.items() if PS_RESOURCE in (w.get("resources") or {})}
+    now = sum(1 for a in info if a not in ps_only and not (exclusive and a == ps_address))
+    plan = getattr(getattr(client, "cluster", None), "plan", None)
+    planned = 0
+    if plan:
+        names = {str(n) for n in plan}
+        ps_name = str(info.get(ps_address, {}).get("name"))
+        # a PS worker in the plan (the embedded cluster's) is no training slot when exclusive
+        planned = len(names) - (1 if (exclusive or ps_address in ps_only) and ps_name in names else 0)
+    return max(1, now, planned)

@@ -1,0 +1,235 @@
+"""One training's footprint on a Dask cluster: client, parameter-server actor, worker plugins.
+
+:func:`open_session` sets everything up and takes it all down again — the actor released, the
+plugin unregistered, an embedded cluster closed — also when training fails.
+
+A Dask actor dies with its worker. :meth:`Session.call` notices (the PS worker left the
+scheduler) instead of waiting out its timeout, and :meth:`Session.restart_ps` starts a new
+parameter server from a saved state and points every worker at it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from psdist.cluster.actor import ParameterServer
+from psdist.cluster.embedded import embedded_cluster, pick_ps_worker, training_slots
+from psdist.cluster.worker import MallocFix, RunPlugin
+from psdist.core.layout import Layout
+from psdist.core.optim import Optimizer
+from psdist.core.rules import Rule
+from psdist.data.dataset import ZarrDataset
+from psdist.errors import ServerError
+
+__all__ = ["AUTO", "ParameterServerLost", "Session", "SessionSpec", "auto_staleness", "open_session"]
+
+logger = logging.getLogger(__name__)
+
+#: How often a blocked call looks whether the parameter server's worker is still there (s).
+LIVENESS_SLICE = 1.0
+
+
+#: ``max_staleness="auto"`` (the default): a bound sized from the training slots at the start.
+AUTO = "auto"
+
+
+def auto_staleness(slots: int) -> int:
+    """The default staleness bound for ``slots`` training slots: ``2 * slots + 2``.
+
+    With n workers pushing in turn, a push is about n - 1 versions stale; bursts (a worker
+    that reads or validates while the others push) reach about twice that. A bound of 2n + 2
+    rejects nothing in a healthy run, and drops the gradients of a worker that stalled for
+    more than two rounds of everybody else's updates — the ones that wreck asynchronous SGD.
+    """
+    return 2 * max(1, slots) + 2
+
+
+class ParameterServerLost(ServerError):
+    """The worker holding the parameter server left the cluster (killed, pre-empted)."""
+
+
+@dataclass
+class SessionSpec:
+    """Everything a session needs to start (built by the trainer after its checks)."""
+
+    model_fn: Any
+    step: Any
+    rule: Rule
+    data: ZarrDataset
+    layout: Layout
+    weights: np.ndarray
+    optimizers: dict[str, Optimizer]
+    max_staleness: int | str | None  # an int, None (no bound) or AUTO (resolved per session)
+    workers: int
+    threads_per_worker: int
+    malloc_fix: bool
+    timeout: float
+    ps_worker: str | None = None
+    resume: tuple[dict[str, Any], dict[str, np.ndarray]] | None = None
+    security: Any = None  # for the embedded cluster: see psdist.cluster.embedded.embedded_cluster
+    dedicated_ps: bool | None = None  # None: the embedded cluster's PS worker is dedicated, a user's shared
+
+    def sized(self, slots: int) -> tuple[Rule, int | None]:
+        """The rule and staleness bound for ``slots`` training slots (EASGD's alpha, ``"auto"``)."""
+        bound = auto_staleness(slots) if self.max_staleness == AUTO else self.max_staleness
+        return self.rule.for_workers(slots), bound  # type: ignore[return-value]
+
+
+@dataclass
+class Session:
+    """A live training on a cluster: the client, the parameter server and its placement."""
+
+    client: Any
+    ps: Any  # distributed.Actor of ParameterServer
+    ps_address: str
+    plugin: str
+    run_id: str
+    spec: SessionSpec | None = None
+    future: Any = None  # the actor's task; cancelled when the actor is replaced or at the end
+    exclusive: bool = False
+    restarts: int = 0
+    size: int = 1  # workers when the training started: a restart waits for them to come back
+    slots: int = 1  # training slots the rule and staleness bound were sized for
+    rule: Rule | None = None  # the rule in force, sized for ``slots`` (EASGD's alpha)
+    max_staleness: int | None = None  # the bound in force ("auto" resolved)
+    dedicated: bool = False  # whether a dedicated PS was asked for (kept across restarts)
+
+    @property
+    def placement(self) -> str:
+        """Where the PS lives and who trains, in words (logs, the dashboard)."""
+        how = "its own worker" if self.exclusive else "a worker that also trains"
+        return f"{self.ps_address} ({how}); {self.slots} worker(s) train"
+
+    @property
+    def dashboard_link(self) -> str | None:
+        return getattr(self.client, "dashboard_link", None)
+
+    def ps_alive(self) -> bool:
+        """Whether the parameter server's worker is still one of the scheduler's workers."""
+        return self.ps_address in self.client.scheduler_info(n_workers=-1)["workers"]
+
+    def call(self, method: str, *args: Any, timeout: float) -> Any:
+        """Call a parameter-server method and wait for it, at most ``timeout`` seconds.
+
+        The wait is cut in slices; between slices the scheduler is asked whether the PS worker
+        is still there, so a dead parameter server raises :class:`ParameterServerLost` within
+        about a second instead of hanging until the timeout (a Dask actor call to a dead
+        worker waits for the actor's task to be recomputed, which never happens here).
+        """
+        fut = getattr(self.ps, method)(*args)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return fut.result(timeout=min(LIVENESS_SLICE, max(0.01, deadline - time.monotonic())))
+            except TimeoutError:
+                if not self.ps_alive():
+                    raise ParameterServerLost(
+                        f"the parameter server's worker {self.ps_address} left the cluster during {method}()"
+                    ) from None
+                if time.monotonic() >= deadline:
+                    raise ServerError(
+                        f"the parameter server did not answer {method}() within {timeout} s; "
+                        "raise Trainer(timeout=...) if it is overloaded"
+                    ) from None
+
+    def restart_ps(self, state: tuple[dict[str, Any], dict[str, np.ndarray]], wait_s: float = 30.0) -> int:
+        """Start a new parameter server holding ``state``; every worker is pointed at it.
+
+        Waits up to ``wait_s`` for the cluster to regain its size (a nanny restarts a killed
+        worker within seconds; a batch system may not), then places the PS as at the start.
+        Returns the version restored.
+        """
+        assert self.spec is not None
+        if self.future is not None:
+            self.client.cancel([self.future], force=True)  # its recompute would wait forever
+        try:
+            self.client.wait_for_workers(self.size, timeout=wait_s)
+        except TimeoutError:
+            logger.warning("psdist: the cluster did not regain its %d workers in %s s; going on with %d",
+                           self.size, wait_s, len(self.client.scheduler_info(n_workers=-1)["workers"]))
+        self.restarts += 1
+        self.ps_address, self.exclusive = pick_ps_worker(self.client, None, self.dedicated)
+        self.ps, self.future = _start_ps(
+            self.client, self.spec, self.run_id, self.ps_address, self, state, suffix=f"-r{self.restarts}"
+        )
+        # same plugin name: Dask tears the old one down on every worker (its tasks stop waiting
+        # on the dead actor) and sets the new one up, with the slots of the new placement
+        _register(self.client, self.spec, self, self.future.key)
+        logger.warning("psdist: parameter server restarted on %s at version %d", self.ps_address,
+                       int(state[0]["version"]))
+        return int(state[0]["version"])
+
+
+def _start_ps(
+    client: Any, spec: SessionSpec, run_id: str, ps_address: str, sess: Session,
+    state: tuple[dict[str, Any], dict[str, np.ndarray]] | None, suffix: str = "",
+) -> tuple[Any, Any]:
+    future = client.submit(
+        ParameterServer,
+        spec.layout.to_dict(),
+        spec.weights,
+        spec.optimizers,
+        sess.rule,
+        sess.max_staleness,
+        run_id,
+        actor=True,
+        workers=[ps_address],
+        key=f"psdist-ps-{run_id}{suffix}",
+    )
+    ps = future.result(timeout=spec.timeout)  # no call to the PS waits forever, its start included
+    if state is not None:
+        version = ps.load_state_dict(*state).result(timeout=spec.timeout)
+        logger.info("psdist: parameter server restored at version %d", version)
+    return ps, future
+
+
+def _register(client: Any, spec: SessionSpec, sess: Session, ps_key: str) -> str:
+    assert sess.rule is not None
+    plugin = RunPlugin(
+        sess.run_id, spec.model_fn, spec.step, sess.rule, spec.data, sess.ps_address, sess.exclusive,
+        spec.optimizers, ps_key=ps_key,
+    )
+    client.register_plugin(plugin, name=plugin.name)
+    return plugin.name
+
+
+@contextlib.contextmanager
+def open_session(spec: SessionSpec, client: Any | None = None) -> Iterator[Session]:
+    """Start (or join) a cluster, place the parameter server, register the worker plugins."""
+    stack = contextlib.ExitStack()
+    with stack:
+        embedded = client is None
+        if client is None:
+            cluster, client = embedded_cluster(spec.workers, spec.threads_per_worker, spec.malloc_fix,
+                                               security=spec.security)
+            stack.callback(cluster.close)
+            stack.callback(client.close)
+        if spec.malloc_fix:  # also fixes workers of an existing cluster, and future ones
+            client.register_plugin(MallocFix(), name=MallocFix.name)
+        run_id = uuid.uuid4().hex[:10]
+        # the embedded cluster starts one worker more for the PS; a user's cluster trains on all
+        dedicated = spec.dedicated_ps if spec.dedicated_ps is not None else embedded
+        ps_address, exclusive = pick_ps_worker(client, spec.ps_worker, dedicated)
+        slots = training_slots(client, ps_address, exclusive)
+        rule, bound = spec.sized(slots)
+        size = len(client.scheduler_info(n_workers=-1)["workers"])
+        sess = Session(client, None, ps_address, f"psdist-run-{run_id}", run_id, spec, None, exclusive,
+                       size=size, slots=slots, rule=rule, max_staleness=bound, dedicated=dedicated)
+        sess.ps, sess.future = _start_ps(client, spec, run_id, ps_address, sess, spec.resume)
+        # cancel, not release: the Actor handle holds its own reference to the key (kept alive by
+        # reference cycles inside distributed until the garbage collector runs), which otherwise
+        # keeps the parameter server and its weights on the cluster after the training; a
+        # restarted server's future is the one cancelled
+        stack.callback(lambda: client.cancel([sess.future]))
+        name = _register(client, spec, sess, sess.future.key)
+        stack.callback(client.unregister_worker_plugin, name)
+        logger.info("psdist: parameter server on %s", sess.placement)
+        yield sess

@@ -1,0 +1,329 @@
+"""What runs on the Dask workers: the per-training plugin and the task functions.
+
+The model is built once per worker (lazily, by :class:`RunPlugin`) from the user's factory,
+which travels once with the plugin — never with each task. Tasks carry only a chunk's
+coordinates; the rows are read here, straight from the Zarr store.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import socket
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import torch
+from distributed import WorkerPlugin, get_worker
+
+from psdist.core.protocol import Pull, Push, PushReply
+from psdist.core.rules import Rule
+from psdist.data.dataset import Chunk, ZarrDataset
+from psdist.errors import BadChunkError, ServerError
+from psdist.replica.loop import ChunkResult, EvalResult, evaluate_rows, train_rows
+from psdist.replica.replica import Replica, as_model_dict
+
+__all__ = ["PS_RESOURCE", "SLOT", "ActorServer", "MallocFix", "RunPlugin", "evaluate_task", "train_task"]
+
+logger = logging.getLogger(__name__)
+
+#: Worker resource that admits one psdist training task at a time per worker.
+SLOT = "psdist-slot"
+#: Worker resource of a worker dedicated to parameter servers (psdist.cluster.batch): never a data worker.
+PS_RESOURCE = "psdist-ps"
+#: Seconds between the checks of a waiting parameter-server call (see ActorServer).
+SLICE = 1.0
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_MMAP_MAX = 32 * 1024 * 1024  # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit
+
+
+def fix_malloc() -> bool:
+    """Undo the nanny's ``MALLOC_TRIM_THRESHOLD_=65536`` in this process.
+
+    That setting freezes glibc's mmap threshold at 128 KiB, so every tensor buffer is mapped and
+    unmapped on each step (page faults halve PyTorch CPU speed). Returns whether glibc took it.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl): the trap does not exist there
+        return False
+    ok_mmap = libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_MAX)
+    ok_trim = libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+    return bool(ok_mmap and ok_trim)
+
+
+class MallocFix(WorkerPlugin):
+    """Worker plugin applying :func:`fix_malloc` on every worker, new ones included."""
+
+    name = "psdist-malloc-fix"
+
+    def setup(self, worker: Any) -> None:
+        if not fix_malloc():
+            logger.warning("psdist: mallopt not available on %s; malloc fix not applied", worker.address)
+
+
+class RunPlugin(WorkerPlugin):
+    """One training's state on a worker: the user's factories and a lazily built replica.
+
+    Parameters
+    ----------
+    run_id
+        Unique id of the training (the plugin is registered as ``psdist-run-<run_id>``).
+    model_fn
+        Picklable factory returning an ``nn.Module`` (or a dict of them).
+    step
+        The training step object (``__call__`` trains one batch, ``evaluate`` scores one).
+    rule
+        The update rule; each worker makes its own worker side.
+    data
+        The dataset, opened on the worker.
+    ps_address
+        Worker holding the parameter server; it gets no training slot when ``ps_exclusive``.
+    ps_exclusive
+        Keep training tasks off the parameter server's worker.
+    optimizers
+        The training's optimizers (rules with local steps build their local optimizers from them).
+    """
+
+    def __init__(
+        self,
+        run_id: str,
+        model_fn: Any,
+        step: Any,
+        rule: Rule,
+        data: ZarrDataset,
+        ps_address: str,
+        ps_exclusive: bool,
+        optimizers: dict[str, Any] | None = None,
+        ps_key: str | None = None,
+    ) -> None:
+        self.name = f"psdist-run-{run_id}"
+        self.run_id = run_id
+        self.model_fn = model_fn
+        self.step = step
+        self.rule = rule
+        self.data = data
+        self.ps_address = ps_address
+        self.ps_exclusive = ps_exclusive
+        self.optimizers = optimizers
+        self.ps_key = ps_key
+        self._ps: Any = None
+        self._replica: Replica | None = None
+        self._worker_rule: Any = None
+        self._group: Any = None
+        self._lock = threading.Lock()
+        self.closed = threading.Event()  # set at teardown: this run's tasks stop waiting
+
+    def __getstate__(self) -> dict[str, Any]:
+        # only the recipe travels; the replica, lock and open store are per process
+        state = dict(self.__dict__)
+        for k in ("_replica", "_worker_rule", "_group", "_lock", "_worker", "_ps", "closed"):
+            state.pop(k, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._replica, self._worker_rule, self._group, self._ps = None, None, None, None
+        self._lock = threading.Lock()
+        self.closed = threading.Event()
+
+    async def setup(self, worker: Any) -> None:
+        self._worker = worker
+        dedicated = worker.state.total_resources.get(PS_RESOURCE, 0) > 0
+        slots = 0 if dedicated or (self.ps_exclusive and worker.address == self.ps_address) else 1
+        await worker.set_resources(**{SLOT: slots})
+
+    def teardown(self, worker: Any) -> None:
+        # the training ended, or its parameter server was replaced (a new plugin of the same
+        # name): a task still waiting on the old server gives up now, not at its timeout
+        self.closed.set()
+        self._replica = None
+        self._group = None
+
+    def server(self) -> Any:
+        """This worker's handle on the parameter server, made once from its address and key.
+
+        Tasks do not carry the Actor: an Actor argument is a dependency on the actor's key, and
+        the scheduler then sends every chunk task to the workers already holding a copy of it —
+        workers that join later (scale, adapt) would get none.
+        """
+        if self._ps is None:
+            from distributed import Actor
+
+            from psdist.cluster.actor import ParameterServer
+
+            self._ps = Actor(ParameterServer, self.ps_address, self.ps_key, worker=self._worker)
+        return self._ps
+
+    @property
+    def lock(self) -> threading.Lock:
+        """Held while a task uses the replica (guards against misconfigured resources)."""
+        return self._lock
+
+    def replica(self, ps: Any, timeout: float) -> tuple[Replica, Any]:
+        """The worker's model replica and rule state, built on first use."""
+        if self._replica is None:
+            worker = self._worker
+            gpu = worker.state.total_resources.get("GPU", 0) > 0 and torch.cuda.is_available()
+            device = "cuda" if gpu else "cpu"
+            if not gpu:
+                torch.set_num_threads(max(1, worker.state.nthreads))
+            self._replica = Replica(worker.address, as_model_dict(self.model_fn()), device)
+            self._worker_rule = self.rule.worker_side(self.optimizers)
+            info = {
+                "host": socket.gethostname(),
+                "device": device,
+                "threads": torch.get_num_threads(),
+                "name": str(worker.name),
+            }
+            ps.register(worker.address, info).result(timeout=timeout)
+        return self._replica, self._worker_rule
+
+    def read(self, chunk: Chunk) -> tuple[np.ndarray, np.ndarray]:
+        """The chunk's rows, from the store opened once per worker.
+
+        :class:`~psdist.errors.BadChunkError` when a chunk of the store is missing or corrupted;
+        the task functions skip it or fail as the dataset's ``skip_bad_chunks`` says.
+        """
+        if self._group is None:
+            self._group = self.data.open_group()
+        return self.data.read(chunk, self._group)
+
+    def skip(self, chunk: Chunk, error: BadChunkError, what: str) -> bool:
+        """Whether to skip a bad chunk (``skip_bad_chunks``); logs a warning naming it if so."""
+        if not self.data.skip_bad_chunks:
+            return False
+        logger.warning("psdist: skipping bad %s chunk %d: %s", what, chunk.index, error)
+        return True
+
+
+class ActorServer:
+    """:class:`~psdist.core.protocol.ServerHandle` over the actor, with a timeout on every call.
+
+    A call waits in slices of :data:`SLICE` seconds; between slices it gives up when the run's
+    plugin was torn down (training over, or the parameter server replaced after its worker
+    died): an actor call to a dead worker would otherwise wait until the timeout.
+    """
+
+    def __init__(self, ps: Any, timeout: float, closed: threading.Event | None = None) -> None:
+        self.ps = ps
+        self.timeout = timeout
+        self.closed = closed if closed is not None else _closed_event(ps)
+
+    def _call(self, what: str, fut: Any, timeout: float | None = None) -> Any:
+        limit = timeout or self.timeout
+        deadline = time.monotonic() + limit
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return fut.result(timeout=timedelta(seconds=min(SLICE, max(0.01, left))))
+            except TimeoutError:
+                if self.closed is not None and self.closed.is_set():
+                    raise ServerError(
+                        f"{what} was abandoned: this training's parameter server was replaced or the training ended"
+                    ) from None
+                if time.monotonic() >= deadline:
+                    raise ServerError(
+                        f"the parameter server did not answer {what} within {limit} s; "
+                        "raise Trainer(timeout=...) if it is overloaded"
+                    ) from None
+
+    def pull(self, worker: str, have_version: int = -1) -> Pull:
+        return self._call("a pull", self.ps.pull(worker, have_version))
+
+    def push(self, push: Push, pull: bool = True) -> PushReply:
+        return self._call("a push", self.ps.push(push, pull))
+
+    def join(self, worker: str) -> None:
+        self._call("a join", self.ps.join(worker))
+
+    def leave(self, worker: str) -> None:
+        self._call("a leave", self.ps.leave(worker))
+
+    def wait(self, worker: str, have_version: int = -1) -> Pull:
+        # the server gives up (evicting silent workers) after `timeout`; we allow it that long
+        return self._call("a wait", self.ps.wait(worker, have_version, self.timeout), 2 * self.timeout + 10)
+
+
+def _closed_event(ps: Any) -> threading.Event | None:
+    """The teardown event of the run plugin that made ``ps`` (None outside a worker)."""
+    try:
+        plugins = get_worker().plugins
+    except ValueError:
+        return None
+    for p in plugins.values():
+        if isinstance(p, RunPlugin) and p._ps is ps:
+            return p.closed
+    return None
+
+
+def _plugin(name: str) -> RunPlugin:
+    return get_worker().plugins[name]
+
+
+def train_task(
+    plugin: str,
+    chunk: Chunk,
+    epoch: int,
+    seed: int,
+    batch_size: int,
+    push_every: int,
+    timeout: float,
+) -> ChunkResult:
+    """Dask task: train on one chunk against the parameter server.
+
+    A bad chunk (:class:`~psdist.errors.BadChunkError`) fails the task, or with the dataset's
+    ``skip_bad_chunks`` gives a result of 0 samples with ``bad_chunks=1``.
+    """
+    run = _plugin(plugin)
+    with run.lock:
+        ps = run.server()
+        replica, rule = run.replica(ps, timeout)
+        t0 = time.time()
+        try:
+            x, y = run.read(chunk)
+        except BadChunkError as e:
+            if not run.skip(chunk, e, "training"):
+                raise
+            result = ChunkResult.skipped(chunk.index, epoch, replica.worker, str(replica.device), e)
+            result.read_s = time.time() - t0
+            result.spans.append(("read", t0, t0 + result.read_s))
+            return result
+        t1 = time.time()
+        torch.manual_seed(seed)  # dropout and friends: reproducible per chunk and epoch
+        result = train_rows(
+            replica, ActorServer(ps, timeout), rule, run.step, x, y,
+            batch_size=batch_size, push_every=push_every, seed=seed,
+            chunk=chunk.index, epoch=epoch,
+        )
+        result.read_s = t1 - t0
+        result.spans.insert(0, ("read", t0, t1))
+        return result
+
+
+def evaluate_task(plugin: str, chunk: Chunk, batch_size: int, timeout: float) -> EvalResult:
+    """Dask task: evaluate the current weights on one validation chunk.
+
+    A bad chunk fails the task, or with ``skip_bad_chunks`` gives a result with ``bad_chunks=1``,
+    no samples and ``outputs=None``, to be left out of the metrics.
+    """
+    run = _plugin(plugin)
+    with run.lock:
+        ps = run.server()
+        replica, rule = run.replica(ps, timeout)
+        try:
+            x, y = run.read(chunk)
+        except BadChunkError as e:
+            if not run.skip(chunk, e, "validation"):
+                raise
+            return EvalResult.skipped(chunk.index, replica.worker, e)
+        return evaluate_rows(
+            replica, ActorServer(ps, timeout), run.step.evaluate, x, y,
+            batch_size=batch_size, chunk=chunk.index, keep_local=rule.keeps_local,
+        )

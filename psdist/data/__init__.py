@@ -1,0 +1,29 @@
+"""Zarr datasets: reading chunks, integrity checks, the held-out split, writing, converters."""
+
+from __future__ import annotations
+
+from psdist.data.dataset import (
+    EVERY_CHUNK_ATTR,
+    Chunk,
+    DatasetInfo,
+    ScanReport,
+    ZarrDataset,
+    compressor_codecs,
+    nonfinite_rows,
+    write_zarr,
+)
+from psdist.data.split import epoch_order, holdout_chunks, task_seed
+
+__all__ = [
+    "EVERY_CHUNK_ATTR",
+    "Chunk",
+    "DatasetInfo",
+    "ScanReport",
+    "ZarrDataset",
+    "compressor_codecs",
+    "epoch_order",
+    "holdout_chunks",
+    "nonfinite_rows",
+    "task_seed",
+    "write_zarr",
+]

@@ -1,0 +1,315 @@
+"""The worker's inner loops: train on one chunk, evaluate one chunk. No Dask here.
+
+The same functions run inside Dask tasks (:mod:`psdist.cluster.worker`), in unit tests against an
+in-process :class:`~psdist.core.server.ServerState`, and in the simulator.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from psdist.core.finite import nonfinite_rows
+from psdist.core.protocol import NONFINITE, ServerHandle, reason_kind
+from psdist.core.rules import WorkerRule
+from psdist.replica.replica import Replica
+from psdist.replica.steps import reported_loss
+
+__all__ = [
+    "ChunkResult",
+    "EvalResult",
+    "as_labels",
+    "batch_bounds",
+    "concat_outputs",
+    "evaluate_rows",
+    "nonfinite_rows",
+    "train_rows",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ChunkResult:
+    """What one training task reports back (the history's raw material)."""
+
+    chunk: int
+    epoch: int
+    worker: str
+    device: str
+    samples: int = 0
+    samples_applied: int = 0
+    loss_sum: float = 0.0
+    losses: dict[str, float] = field(default_factory=dict)  # named losses of a custom step, summed
+    pushes: int = 0
+    applied: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    staleness: list[int] = field(default_factory=list)
+    version: int = 0
+    compute_s: float = 0.0
+    comm_s: float = 0.0
+    wait_s: float = 0.0  # held back by a barrier rule (SSP, Sync)
+    read_s: float = 0.0
+    # (phase, start, stop) wall-clock spans for the timeline (pull/compute/push)
+    spans: list[tuple[str, float, float]] = field(default_factory=list)
+    batches: int = 0  # minibatches of the chunk, skipped ones included
+    nonfinite_batches: int = 0  # skipped, no gradient: NaN/Inf in their inputs or their loss
+    nonfinite_inputs: int = 0  # of those, skipped for their inputs (before the forward pass)
+    bad_chunks: int = 0  # 1: the chunk could not be read and was skipped (skip_bad_chunks)
+    bad: list[str] = field(default_factory=list)  # why (the read errors of skipped chunks)
+
+    @property
+    def pushes_nonfinite(self) -> int:
+        """Pushes the server rejected because the update or loss held NaN/Inf."""
+        return self.rejected.get(NONFINITE, 0)
+
+    @classmethod
+    def skipped(cls, chunk: int, epoch: int, worker: str, device: str, error: BaseException) -> ChunkResult:
+        """The result of a chunk that could not be read and was skipped: 0 samples, counted."""
+        return cls(chunk, epoch, worker, device, bad_chunks=1, bad=[str(error)])
+
+
+@dataclass
+class EvalResult:
+    """Summed loss and raw outputs (an array, or a dict of arrays) of one validation chunk."""
+
+    chunk: int
+    samples: int
+    loss_sum: float
+    outputs: Any
+    targets: np.ndarray
+    version: int
+    worker: str = ""
+    start: float = 0.0  # wall-clock span of the evaluation (timeline)
+    stop: float = 0.0
+    bad_chunks: int = 0  # 1: the chunk could not be read and was skipped; leave it out of metrics
+    bad: list[str] = field(default_factory=list)
+
+    @classmethod
+    def skipped(cls, chunk: int, worker: str, error: BaseException) -> EvalResult:
+        """A validation chunk that could not be read: no samples, no outputs (``None``)."""
+        now = time.time()
+        return cls(chunk, 0, 0.0, None, np.empty(0), -1, worker, now, now, bad_chunks=1, bad=[str(error)])
+
+
+def _numpy(out: Any) -> Any:
+    if isinstance(out, dict):
+        return {k: _numpy(v) for k, v in out.items()}
+    return out.detach().float().cpu().numpy()
+
+
+def concat_outputs(parts: list[Any]) -> Any:
+    """Concatenate per-batch outputs: arrays, or dicts of arrays (custom steps)."""
+    if isinstance(parts[0], dict):
+        return {k: concat_outputs([p[k] for p in parts]) for k in parts[0]}
+    return np.concatenate(parts)
+
+
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """Minibatch row ranges; a 1-row tail joins the previous batch (BatchNorm needs 2 rows)."""
+    bounds = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2] = (bounds[-2][0], n)
+        bounds.pop()
+    return bounds
+
+
+def as_labels(y: np.ndarray) -> np.ndarray:
+    """Integer labels as int64 (what torch's classification losses expect)."""
+    return y.astype(np.int64) if y.dtype.kind in "iub" and y.dtype != np.int64 else y
+
+
+def _to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    return t.to(device, non_blocking=True) if device.type != "cpu" else t
+
+
+def train_rows(
+    replica: Replica,
+    server: ServerHandle,
+    rule: WorkerRule,
+    step: Callable[[Replica, torch.Tensor, torch.Tensor], float],
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    batch_size: int,
+    push_every: int,
+    seed: int,
+    chunk: int = 0,
+    epoch: int = 0,
+) -> ChunkResult:
+    """Train on the rows of one chunk, shuffled with ``seed``, pushing every ``push_every``.
+
+    A minibatch with NaN/Inf in its inputs (``x``, or float labels) is skipped before the
+    forward pass; one whose loss comes out NaN/Inf has its gradient (and BatchNorm statistics)
+    taken back, so the other minibatches of the same push are not poisoned. Both are counted
+    in ``nonfinite_batches`` and send nothing; a push window left without a good minibatch is
+    not sent. Pushes the server rejects as non-finite (a NaN gradient behind a finite loss) are
+    counted in ``pushes_nonfinite``.
+    """
+    res = ChunkResult(chunk, epoch, replica.worker, str(replica.device))
+    perm = np.random.default_rng(seed).permutation(len(x))
+    xt, yt = _to_device(x[perm], replica.device), _to_device(as_labels(y[perm]), replica.device)
+    bad = nonfinite_rows(x, y)
+    bad_before = np.concatenate([[0], np.cumsum(bad[perm])]) if bad.any() else None
+
+    t0 = time.time()
+    server.join(replica.worker)
+    try:
+        rule.begin(replica, server.wait(replica.worker, replica.version))
+        t1 = time.time()
+        res.spans.append(("pull", t0, t1))
+        res.comm_s += t1 - t0
+        _train_batches(replica, server, rule, step, xt, yt, batch_size, push_every, res, bad_before)
+    finally:
+        server.leave(replica.worker)
+    res.version = replica.version
+    if res.nonfinite_batches:
+        logger.warning(
+            "psdist: chunk %d (epoch %d) on %s: %d of %d minibatches skipped for NaN/Inf (%d in the "
+            "inputs, %d in the loss)", chunk, epoch, replica.worker, res.nonfinite_batches, res.batches,
+            res.nonfinite_inputs, res.nonfinite_batches - res.nonfinite_inputs,
+        )
+    return res
+
+
+def _save(replica: Replica, grads: bool) -> list[tuple[Any, Any, list[torch.Tensor]]]:
+    """What a minibatch may change besides the weights: gradients (if asked) and buffers."""
+    saved = []
+    for b in replica.bindings.values():
+        assert b.weights is not None and b.grads is not None
+        n = b.spec.n_params
+        ints = [t.clone() for t in b.module.buffers() if not t.is_floating_point()]
+        saved.append((b.grads.clone() if grads else None, b.weights[n:].clone() if b.spec.n_buffers else None, ints))
+    return saved
+
+
+@torch.no_grad()
+def _restore(replica: Replica, saved: list[tuple[Any, Any, list[torch.Tensor]]]) -> None:
+    """Undo a minibatch: gradients back to ``saved`` (zero when not saved), buffers too."""
+    for b, (grads, buffers, ints) in zip(replica.bindings.values(), saved, strict=True):
+        assert b.weights is not None and b.grads is not None
+        if grads is None:
+            b.grads.zero_()
+        else:
+            b.grads.copy_(grads)
+        if buffers is not None:
+            b.weights[b.spec.n_params :].copy_(buffers)
+        for t, old in zip([t for t in b.module.buffers() if not t.is_floating_point()], ints, strict=True):
+            t.copy_(old)
+
+
+def _finite(loss: float, named: dict[str, float]) -> bool:
+    return math.isfinite(loss) and all(math.isfinite(v) for v in named.values())
+
+
+def _train_batches(
+    replica: Replica,
+    server: ServerHandle,
+    rule: WorkerRule,
+    step: Callable[[Replica, torch.Tensor, torch.Tensor], float],
+    xt: torch.Tensor,
+    yt: torch.Tensor,
+    batch_size: int,
+    push_every: int,
+    res: ChunkResult,
+    bad_before: np.ndarray | None = None,
+) -> None:
+    replica.train(True)
+    replica.zero_grad()
+    bounds = batch_bounds(len(xt), batch_size)
+    acc_batches = acc_samples = 0
+    acc_loss = 0.0
+    t_compute = time.time()
+    for i, (lo, hi) in enumerate(bounds):
+        last = i == len(bounds) - 1
+        res.batches += 1
+        if bad_before is not None and bad_before[hi] > bad_before[lo]:
+            res.nonfinite_batches += 1  # NaN/Inf inputs: no forward pass at all
+            res.nonfinite_inputs += 1
+        else:
+            saved = _save(replica, grads=acc_batches > 0)
+            loss, named = reported_loss(step(replica, xt[lo:hi], yt[lo:hi]))
+            if not _finite(loss, named):
+                _restore(replica, saved)
+                res.nonfinite_batches += 1
+            else:
+                for k, v in named.items():
+                    res.losses[k] = res.losses.get(k, 0.0) + v * (hi - lo)
+                rule.after_backward(replica)
+                acc_batches += 1
+                acc_samples += hi - lo
+                acc_loss += loss * (hi - lo)
+        if acc_batches == 0 or (acc_batches < push_every and not last):
+            continue
+        t_comm = time.time()
+        res.spans.append(("compute", t_compute, t_comm))
+        res.compute_s += t_comm - t_compute
+        reply = rule.communicate(replica, server, acc_batches, acc_samples, acc_loss / acc_samples)
+        t_push = time.time()
+        res.spans.append(("push", t_comm, t_push))
+        if reply.wait and not last:  # a barrier holds us; the chunk's last push needs no weights
+            rule.resume(replica, server)
+            t_compute = time.time()
+            res.spans.append(("wait", t_push, t_compute))
+            res.wait_s += t_compute - t_push
+        else:
+            t_compute = t_push
+        res.comm_s += t_push - t_comm
+        res.pushes += 1
+        res.samples += acc_samples
+        res.loss_sum += acc_loss
+        res.staleness.append(reply.staleness)
+        if reply.applied:
+            res.applied += 1
+            res.samples_applied += acc_samples
+        else:
+            kind = reason_kind(reply.reason)
+            res.rejected[kind] = res.rejected.get(kind, 0) + 1
+        acc_batches = acc_samples = 0
+        acc_loss = 0.0
+
+
+@torch.no_grad()
+def evaluate_rows(
+    replica: Replica,
+    server: ServerHandle,
+    evaluate: Callable[[Replica, torch.Tensor, torch.Tensor], tuple[float, Any]],
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    batch_size: int,
+    chunk: int = 0,
+    keep_local: bool = False,
+) -> EvalResult:
+    """Evaluate the server's current weights on one chunk; outputs come back for metrics.
+
+    With ``keep_local`` (rules whose workers hold local weights, e.g. EASGD) the replica's own
+    weights and version are put back afterwards.
+    """
+    t0 = time.time()
+    saved = (replica.weights_vector(), replica.version) if keep_local and replica.version >= 0 else None
+    pulled = server.pull(replica.worker, -1 if saved else replica.version)
+    try:
+        replica.load(pulled)
+        version = replica.version
+        replica.train(False)
+        xt, yt = _to_device(x, replica.device), _to_device(as_labels(y), replica.device)
+        loss_sum, outs = 0.0, []
+        for lo, hi in batch_bounds(len(x), batch_size):
+            ls, out = evaluate(replica, xt[lo:hi], yt[lo:hi])
+            loss_sum += ls
+            outs.append(_numpy(out))
+    finally:
+        if saved is not None:
+            replica.set_weights(saved[0])
+            replica.version = saved[1]
+    return EvalResult(chunk, len(x), loss_sum, concat_outputs(outs), np.asarray(y), version,
+                      replica.worker, t0, time.time())

@@ -1,0 +1,158 @@
+"""A worker's copy of the model(s): flat-bound tensors, the pulled version, the training step.
+
+No Dask here: a :class:`Replica` is driven by :mod:`psdist.replica.loop` against any
+:class:`~psdist.core.protocol.ServerHandle` (the actor, or an in-process server in tests and the
+simulator).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from psdist.core.layout import Layout
+from psdist.core.optim import Optimizer
+from psdist.core.protocol import Pull
+from psdist.errors import ModelError
+from psdist.replica.binding import FlatBinding, spec_of
+from psdist.replica.torch_optim import TorchLocalOptimizer, local_optimizer
+
+__all__ = ["Replica", "as_model_dict", "layout_of"]
+
+
+def as_model_dict(built: Any) -> dict[str, torch.nn.Module]:
+    """Accept what a ``model_fn`` returns: one module, or a dict of named modules."""
+    if isinstance(built, torch.nn.Module):
+        return {"model": built}
+    if isinstance(built, dict) and built and all(
+        isinstance(k, str) and isinstance(v, torch.nn.Module) for k, v in built.items()
+    ):
+        return dict(built)
+    raise ModelError(
+        f"model_fn returned {type(built).__name__}; it must return a torch.nn.Module "
+        "(or a dict of named modules for multi-model training)"
+    )
+
+
+def layout_of(models: dict[str, torch.nn.Module]) -> Layout:
+    return Layout.of({name: spec_of(m) for name, m in models.items()})
+
+
+class Replica:
+    """Model(s) bound to flat vectors, plus the server version they hold.
+
+    Parameters
+    ----------
+    worker
+        Identity used in pushes.
+    models
+        Named modules, in layout order.
+    device
+        Where the tensors live (``"cpu"`` or ``"cuda:N"``).
+    """
+
+    def __init__(
+        self, worker: str, models: dict[str, torch.nn.Module], device: str = "cpu"
+    ) -> None:
+        self.worker = worker
+        self.models = models
+        self.device = torch.device(device)
+        self.layout = layout_of(models)
+        self.bindings = {
+            g.name: FlatBinding(models[g.name], g.spec).bind(self.device)
+            for g in self.layout.groups
+        }
+        self.version = -1
+        self._buffers_at_pull = np.zeros(self.layout.size, dtype=np.float32)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The single model (raises for multi-model replicas)."""
+        if len(self.models) != 1:
+            raise ModelError(f"this training has several models {list(self.models)}")
+        return next(iter(self.models.values()))
+
+    def train(self, mode: bool = True) -> None:
+        for m in self.models.values():
+            m.train(mode)
+
+    def load(self, pull: Pull | None) -> None:
+        """Adopt the weights of a pull (a no-op when the answer says we are current)."""
+        if pull is None:
+            return
+        if pull.weights is not None:
+            w = pull.weights
+            if w.shape != (self.layout.size,):
+                raise ModelError(
+                    f"server weights have {w.shape[0]} values, this model {self.layout.size}: "
+                    "the server was started for a different model"
+                )
+            with warnings.catch_warnings():
+                # pulled snapshots are read-only on purpose; we only copy out of them
+                warnings.simplefilter("ignore", UserWarning)
+                src = torch.from_numpy(w)
+            for g in self.layout.groups:
+                self.bindings[g.name].load(src[g.whole])
+                self._buffers_at_pull[g.buffers] = w[g.buffers]
+        self.version = pull.version
+
+    def weights_vector(self) -> np.ndarray:
+        """A copy of the replica's whole weight vector (server layout, buffers included)."""
+        out = np.empty(self.layout.size, dtype=np.float32)
+        for g in self.layout.groups:
+            b = self.bindings[g.name]
+            assert b.weights is not None
+            out[g.params] = b.weights[: g.spec.n_params].detach().cpu().numpy()
+            if g.spec.n_buffers:
+                out[g.buffers] = b.buffer_vector()
+        return out
+
+    def set_weights(self, w: np.ndarray) -> None:
+        """Overwrite the local weights (the version is left alone: local rules move it)."""
+        src = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
+        for g in self.layout.groups:
+            self.bindings[g.name].load(src[g.whole])
+
+    def gradient_update(self, scale: float = 1.0) -> np.ndarray:
+        """A push vector: ``scale`` × accumulated gradients, and each buffer's change since pull."""
+        out = np.empty(self.layout.size, dtype=np.float32)
+        for g in self.layout.groups:
+            b = self.bindings[g.name]
+            b.check_grads()
+            assert b.grads is not None
+            grads = b.grads.detach().cpu().numpy()
+            np.multiply(grads, np.float32(scale), out=out[g.params])
+            if g.spec.n_buffers:
+                np.subtract(b.buffer_vector(), self._buffers_at_pull[g.buffers], out=out[g.buffers])
+        return out
+
+    def zero_grad(self) -> None:
+        for b in self.bindings.values():
+            b.zero_grad()
+
+    def trainable_models(self) -> tuple[str, ...]:
+        """The models with at least one parameter that trains (a wholly frozen one has no step)."""
+        return tuple(n for n, m in self.models.items() if any(p.requires_grad for p in m.parameters()))
+
+    def local_optimizer(self, model: str, optimizer: Optimizer, nesterov_momentum: float | None = None
+                        ) -> TorchLocalOptimizer:
+        """A torch optimizer of ``model``'s trainable parameters (see :class:`~psdist.core.ports.ReplicaPort`)."""
+        return local_optimizer(list(self.models[model].parameters()), optimizer, nesterov_momentum)
+
+    def backward(self, loss: torch.Tensor, model: str) -> None:
+        """Accumulate the gradient of ``loss`` into ``model``'s parameters only.
+
+        For steps with several models (a GAN's generator loss flows through the discriminator
+        too, but must only train the generator). Other models' gradients are left untouched.
+        """
+        if model not in self.models:
+            raise ModelError(f"no model {model!r} in this training; models are {list(self.models)}")
+        params = [p for p in self.models[model].parameters() if p.requires_grad]
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        with torch.no_grad():
+            for p, g in zip(params, grads, strict=True):
+                if g is not None:
+                    p.grad.add_(g)
