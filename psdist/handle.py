@@ -2,17 +2,17 @@
 
 In a notebook the cell returns at once; the progress bar (a widget under Jupyter) keeps
 updating, ``handle.history`` grows epoch by epoch, ``trainer.set_lr`` acts on the live
-parameter server, and ``handle.stop()`` ends the run cleanly with a checkpoint.
+parameter server, and ``handle.stop()`` ends the run cleanly with a checkpoint. The handle is
+a thin view of a :class:`concurrent.futures.Future` and of the trainer's public interface.
 """
 
 from __future__ import annotations
 
 import html
 import logging
-import threading
-from typing import TYPE_CHECKING, Any
-
-from psdist.progress import Progress, progress_bar
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from psdist.run.history import History
@@ -26,47 +26,21 @@ logger = logging.getLogger(__name__)
 class TrainingHandle:
     """Handle of a background ``fit``.
 
-    Attributes
+    Parameters
     ----------
     trainer
         The :class:`~psdist.trainer.Trainer` (its ``history`` grows as epochs finish).
+    future
+        Resolves to the fit's history, or to its error.
     epochs
         Epochs this ``fit`` was asked for.
     """
 
-    def __init__(self, trainer: Trainer, epochs: int) -> None:
+    def __init__(self, trainer: Trainer, future: Future[History], epochs: int) -> None:
         self.trainer = trainer
+        self.future = future
         self.epochs = epochs
         self.first_epoch = trainer.epoch
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-        self._done = threading.Event()
-
-    @classmethod
-    def start(cls, trainer: Trainer, epochs: int, progress: Progress | None, prepared: Any,
-              display: bool = True) -> TrainingHandle:
-        """Run ``trainer``'s checked fit in a daemon thread (``Trainer.fit(block=False)`` calls this)."""
-        handle = cls(trainer, epochs)
-        bar = progress_bar(epochs, trainer.epoch) if display else None
-
-        def report(event: dict[str, Any]) -> None:
-            if bar is not None:
-                bar(event)
-            if progress is not None:
-                progress(event)
-
-        def run() -> None:
-            try:
-                trainer._run(epochs, report, prepared)
-            except BaseException as e:  # handed to the caller by result()
-                handle._error = e
-                logger.error("psdist: background training failed: %r", e)
-            finally:
-                handle._done.set()
-
-        handle._thread = threading.Thread(target=run, name=f"psdist-fit-{trainer.name}", daemon=True)
-        handle._thread.start()
-        return handle
 
     # ------------------------------------------------------------------ state
     @property
@@ -80,22 +54,21 @@ class TrainingHandle:
         return self.trainer.dashboard_url
 
     def running(self) -> bool:
-        return not self._done.is_set()
+        return not self.future.done()
 
     def done(self) -> bool:
-        return self._done.is_set()
+        return self.future.done()
 
     def wait_started(self, timeout: float | None = None) -> bool:
         """Block until the cluster and parameter server are up (or the run ended)."""
-        return self.trainer._live.wait(timeout)
+        return self.trainer.wait_started(timeout)
 
     def result(self, timeout: float | None = None) -> History:
         """Wait for the end of the training; its history (re-raises the training's error)."""
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"the training is still running after {timeout} s")
-        if self._error is not None:
-            raise self._error
-        return self.trainer.history
+        try:
+            return self.future.result(timeout)
+        except FutureTimeout:
+            raise TimeoutError(f"the training is still running after {timeout} s") from None
 
     # ------------------------------------------------------------------ control
     def set_lr(self, lr: float, model: str | None = None) -> float:
@@ -119,7 +92,8 @@ class TrainingHandle:
     # ------------------------------------------------------------------ display
     def _status(self) -> str:
         t = self.trainer
-        state = "running" if self.running() else ("failed" if self._error else t.stopped_reason or "completed")
+        failed = self.future.done() and self.future.exception() is not None
+        state = "running" if self.running() else ("failed" if failed else t.stopped_reason or "completed")
         last = t.history.records[-1] if len(t.history) else {}
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k.startswith("val_") and isinstance(v, float))
         return (f"psdist training {t.name}: {state}, {t.epoch - self.first_epoch}/{self.epochs} epochs"

@@ -12,9 +12,10 @@ import logging
 import math
 import os
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
@@ -22,25 +23,24 @@ import numpy as np
 import torch
 
 from psdist.checks import dry_run
+from psdist.cluster.driver import EpochDriver, Progress
 from psdist.cluster.security import as_security
-from psdist.cluster.session import AUTO, ParameterServerLost, Session, SessionSpec, open_session
+from psdist.cluster.session import AUTO, Session, SessionSpec, open_session
 from psdist.cluster.tasks import ChunkRunner
 from psdist.core.layout import Layout
 from psdist.core.optim import SGD, Optimizer, optimizer_from_config
 from psdist.core.rules import Downpour, Rule, rule_from_config
-from psdist.data.dataset import DatasetInfo, ZarrDataset, epoch_order
-from psdist.errors import ConfigError, DataError, ModelError, ServerError
+from psdist.data.dataset import DatasetInfo, ZarrDataset
+from psdist.errors import ConfigError, DataError, ModelError
 from psdist.replica.binding import flatten, unflatten_into
-from psdist.replica.loop import concat_outputs
 from psdist.replica.replica import as_model_dict, layout_of
 from psdist.replica.steps import SupervisedStep
 from psdist.run.checkpoint import read_checkpoint, write_checkpoint
-from psdist.run.epoch import EpochProgress
 from psdist.run.events import TOPIC, event
-from psdist.run.guard import NonfiniteGuard
 from psdist.run.history import History
 from psdist.run.metrics import default_metrics
-from psdist.run.recovery import Checkpoints, PointKeeper, RecoveryPoint
+from psdist.run.recovery import Checkpoints, RecoveryPoint
+from psdist.run.state import RunState
 from psdist.run.stopping import EarlyStopping
 
 if TYPE_CHECKING:
@@ -49,11 +49,6 @@ if TYPE_CHECKING:
 __all__ = ["Trainer"]
 
 logger = logging.getLogger(__name__)
-
-Progress = Callable[[dict[str, Any]], None]
-
-#: Timeline spans kept for :meth:`Trainer.trace` (the oldest are dropped beyond this).
-MAX_SPANS = 500_000
 
 
 def _int_at_least(name: str, value: Any, low: int, example: str) -> int:
@@ -234,29 +229,17 @@ class Trainer:
         self.chunk_timeout = None if chunk_timeout is None else float(chunk_timeout)
         # PEM files are checked now, before any cluster; True makes its certificate at fit
         self.security = security if security is True else as_security(security)
-        self.history = History()
-        self.epoch = 0  # epochs completed
-        self.stopped_reason: str | None = None
+        # history, epoch, progress, the server's state, recovery points: shared by the thread
+        # that trains and the user's (save, model, set_lr while fit(block=False) runs)
+        self.run = RunState(self.checkpoints)
         self.dashboard_link: str | None = None
         self.ps_address: str | None = None
-        self.server_metrics: dict[str, Any] = {}  # the server's counters at the end of fit
         self.dashboard_url: str | None = None  # the psdist page of the current/last training
         self.run_id: str | None = None
-        # (worker, phase, start, stop, epoch, chunk) of every pull/compute/push/wait/read/validate
-        self.timeline: deque[tuple[str, str, float, float, int, int]] = deque(maxlen=MAX_SPANS)
-        self._sess: Session | None = None
-        # The fit thread and the user's thread (save, model, set_lr while fit(block=False)
-        # runs) share the run's state: history, epoch, progress, the server state. Every change
-        # of them, and every read that must be consistent, holds this lock.
-        self._lock = threading.RLock()
+        self._sess: Session | None = None  # the live session of a running fit
         self._running = False  # a fit is under way (from its checks to its end)
         self._stop = threading.Event()  # replaced by a fresh one at every fit
         self._live = threading.Event()  # the cluster and the server are up (or the fit ended)
-        self._state: tuple[dict[str, Any], dict[str, np.ndarray]] | None = None
-        self._progress: EpochProgress | None = None  # the running (or interrupted) epoch
-        self._points = PointKeeper(self.checkpoints)  # recovery points of the running fit
-        self._val_chunks: list[int] | None = None  # held-out chunks of the checkpoint loaded
-        self._guard = NonfiniteGuard()  # stops a run that only produces NaN (new at each fit)
         for name, fn in (("model_fn", model_fn), ("loss_fn", loss_fn), ("step", self.step)):
             try:
                 cloudpickle.dumps(fn)
@@ -300,19 +283,19 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):  # dropout in the dry run: no global side effect
             dry_run(self.step, self.data, models, info)
         optimizers = self._optimizers(layout)
-        if self._state is not None:
-            layout.check_same(Layout.from_dict(self._state[0]["layout"]))
+        if self.run.server_state is not None:
+            layout.check_same(Layout.from_dict(self.run.server_state[0]["layout"]))
         spec = SessionSpec(
             self.model_fn, self.step, self.rule, self.data, layout, weights, optimizers,
             self.max_staleness, self.workers, self.threads_per_worker, self.malloc_fix,
-            self.timeout, self.ps_worker, self._state, self.security, self.dedicated_ps,
+            self.timeout, self.ps_worker, self.run.server_state, self.security, self.dedicated_ps,
         )
         metrics = {**default_metrics(info.y_dtype), **self.user_metrics}
         return info, spec, metrics
 
     def _check_same_split(self, info: DatasetInfo) -> None:
         """A resumed training validates on the chunks it validated on (never on trained rows)."""
-        saved = self._val_chunks
+        saved = self.run.held_out
         now = [c.index for c in info.val if c.x == self.data.x]  # held-out chunks of the training arrays
         if saved is None or saved == now:
             return
@@ -336,72 +319,75 @@ class Trainer:
         meant for.
         """
         _int_at_least("epochs", epochs, 1, "fit(epochs=5)")
-        with self._lock:
+        with self.run.lock:
             if self._running:
                 raise ConfigError("this trainer is already training; wait for handle.result() or call handle.stop()")
             prepared = self._prepare()  # bad input raises here, in the caller, before any cluster
             self._running = True
             self._stop = threading.Event()
             self._live.clear()
-        if not block:
-            from psdist.handle import TrainingHandle
+        if block:
+            return self._run(epochs, progress, prepared)
+        from psdist.handle import TrainingHandle
+        from psdist.progress import progress_bar
 
-            return TrainingHandle.start(self, epochs, progress, prepared)
-        return self._run(epochs, progress, prepared)
+        bar = progress_bar(epochs, self.epoch)
+
+        def report(ev: dict[str, Any]) -> None:
+            bar(ev)
+            if progress is not None:
+                progress(ev)
+
+        future: Future[History] = Future()
+        future.set_running_or_notify_cancel()
+
+        def run() -> None:
+            try:
+                future.set_result(self._run(epochs, report, prepared))
+            except BaseException as e:  # handed to the caller by handle.result()
+                logger.error("psdist: background training failed: %r", e)
+                future.set_exception(e)
+
+        # a daemon thread, not an executor: a kernel that exits does not wait for the training
+        threading.Thread(target=run, name=f"psdist-fit-{self.name}", daemon=True).start()
+        return TrainingHandle(self, future, epochs)
+
+    def wait_started(self, timeout: float | None = None) -> bool:
+        """Block until the running fit's cluster and parameter server are up (or it ended)."""
+        return self._live.wait(timeout)
 
     def _run(self, epochs: int, progress: Progress | None, prepared: Any) -> History:
-        """The body of a fit (in the caller's thread or the handle's); ends the run's state."""
+        """The body of a fit (in the caller's thread or a background one); ends the fit's state."""
         try:
             return self._fit(epochs, progress, prepared, self._stop)
         finally:
-            with self._lock:
+            with self.run.lock:
                 self._running = False
-            self._live.set()  # nobody waits forever for a run that failed to start
+            self._live.set()  # nobody waits forever for a fit that failed to start
 
     def _fit(self, epochs: int, progress: Progress | None, prepared: Any, stop: threading.Event) -> History:
         info, spec, metrics = prepared
         with open_session(spec, self.client) as sess:
-            self.dashboard_link = sess.dashboard_link
-            self.ps_address = sess.ps_address
-            self.run_id = sess.run_id
+            self.dashboard_link, self.ps_address, self.run_id = sess.dashboard_link, sess.ps_address, sess.run_id
             self.dashboard_url = self._dashboard(sess)
-            self._publish(sess, "start", name=self.name, ps=sess.ps_address, epochs=epochs, config=self._config(sess))
+            publish = partial(self._publish, sess)
+            publish("start", name=self.name, ps=sess.ps_address, epochs=epochs, config=self._config(sess))
             logger.info("psdist: training %d epochs; parameter server on %s; live page %s", epochs,
                         sess.placement, self.dashboard_url or self.dashboard_link)
-            with self._lock:
-                self._sess = sess
-                self._points = PointKeeper(self.checkpoints)
-            self._live.set()
-            if progress is not None:
-                progress({"event": "start", "run": sess.run_id, "dashboard": self.dashboard_url or self.dashboard_link})
-            reason = "completed"
-            self._guard = NonfiniteGuard()
             assert sess.rule is not None
             runner = ChunkRunner(sess, self.seed, self.batch_size, sess.rule.comm_period(self.push_every),
                                  self.timeout, self.chunk_timeout, stop)
+            write = self._write_point if self.checkpoints.path is not None else None
+            driver = EpochDriver(runner, self.run, info, metrics, self.seed, self.checkpoints.max_restarts,
+                                 publish, write, progress, str(self.data.path))
+            with self.run.lock:
+                self._sess = sess
+                self.run.points.last = None
+            self._live.set()
+            if progress is not None:
+                progress({"event": "start", "run": sess.run_id, "dashboard": self.dashboard_url or self.dashboard_link})
             try:
-                self._take_point(sess, write=False)  # a lost server before any point restarts here
-                for _ in range(epochs):
-                    record = self._recovering_epoch(runner, info, metrics, progress)
-                    partial = bool(record.get("partial"))
-                    with self._lock:  # the record, the epoch count and the progress change together
-                        self.history.append(record)
-                        if not partial:
-                            self.epoch += 1
-                            self._progress = None
-                    sess.call("publish", timeout=self.timeout)  # a fresh snapshot for the page
-                    self._publish(sess, "epoch", record=record)
-                    if partial:
-                        reason = self.stopped_reason = "stopped by the user"
-                        logger.info("psdist: stopped after %d of the epoch's chunks", record["chunks"])
-                        break
-                    self._take_point(sess, write=True)
-                    if progress is not None:
-                        progress({"event": "epoch", "record": record})
-                    if self.early_stopping is not None and self.early_stopping.update(record):
-                        reason = self.stopped_reason = self.early_stopping.reason
-                        logger.info("psdist: early stop: %s", self.stopped_reason)
-                        break
+                reason = self._epochs(driver, epochs, progress)
             except BaseException as exc:
                 # keep what the server learned (Ctrl-C in a notebook, a failed task), without
                 # letting a second failure hide the first
@@ -410,20 +396,44 @@ class Trainer:
             self._end(sess, reason)
         return self.history
 
+    def _epochs(self, driver: EpochDriver, epochs: int, progress: Progress | None) -> str:
+        """Run the fit's epochs; why they ended."""
+        driver.take_point(write=False)  # a lost server before any point restarts here
+        for _ in range(epochs):
+            record = driver.epoch()
+            self.run.epoch_done(record)  # the record, the epoch count and the progress together
+            driver.sess.call("publish", timeout=self.timeout)  # a fresh snapshot for the page
+            driver.publish("epoch", record=record)
+            if record.get("partial"):
+                logger.info("psdist: stopped after %d of the epoch's chunks", record["chunks"])
+                return self._stopped("stopped by the user")
+            driver.take_point(write=True)
+            if progress is not None:
+                progress({"event": "epoch", "record": record})
+            if self.early_stopping is not None and self.early_stopping.update(record):
+                logger.info("psdist: early stop: %s", self.early_stopping.reason)
+                return self._stopped(self.early_stopping.reason or "early stopping")
+        return "completed"
+
+    def _stopped(self, reason: str) -> str:
+        self.run.stopped_reason = reason
+        return reason
+
     def _end(self, sess: Session, reason: str, exc: BaseException | None = None) -> None:
         """Fetch the server's final state (or fall back to the last point) and leave the session."""
-        with self._lock:
+        with self.run.lock:
             try:
-                self._fetch_state(sess)
+                self.run.fetched(sess.call("state_dict", timeout=self.timeout),
+                                 sess.call("metrics", timeout=self.timeout))
                 self._publish(sess, "end", reason=reason)
             except Exception as second:
                 if exc is None:
                     raise
-                # the trainer's bookkeeping goes back to the last recovery point, so that
-                # save() never pairs old weights with a newer epoch count or progress
-                self._restore_point()
-                note = f"psdist could not fetch the server state afterwards ({second!r}); " \
-                       "the trainer holds its last recovery point"
+                # the bookkeeping goes back to the last recovery point, so that save() never
+                # pairs old weights with a newer epoch count or progress
+                self.run.back_to_last_point()
+                note = (f"psdist could not fetch the server state afterwards ({second!r}); "
+                        "the trainer holds its last recovery point")
                 if hasattr(exc, "add_note"):
                     exc.add_note(note)
                 else:  # Python 3.10
@@ -431,20 +441,11 @@ class Trainer:
             finally:
                 self._sess = None
 
-    def _restore_point(self) -> None:
-        point = self._points.last
-        if point is None:
-            return
-        self._state = point.state
-        self.epoch = point.epoch
-        self._progress = EpochProgress.from_dict(point.progress) if point.progress else None
-        self.history = History(self.history.records[: point.history_len])
-
     @property
     def name(self) -> str:
         """A label for logs and the dashboard: the model factory's name."""
         fn = getattr(self.model_fn, "func", self.model_fn)  # functools.partial
-        return getattr(fn, "__name__", type(fn).__name__)
+        return str(getattr(fn, "__name__", type(fn).__name__))
 
     def _config(self, sess: Session) -> dict[str, Any]:
         """The run's settings as the dashboard shows them: sized for this session's cluster."""
@@ -457,14 +458,6 @@ class Trainer:
             "max_staleness": sess.max_staleness, "data": os.path.basename(str(self.data.path).rstrip("/")),
             "seed": self.seed, "parameter_server": sess.placement, "training_workers": sess.slots,
         }
-
-    def _sizing(self, sess: Session) -> dict[str, Any]:
-        """What this fit sized from its cluster, for every epoch record: which alpha, which bound."""
-        out: dict[str, Any] = {"training_workers": sess.slots, "max_staleness": sess.max_staleness}
-        alpha = getattr(sess.rule, "alpha", None)
-        if alpha is not None:
-            out["alpha"] = float(alpha)
-        return out
 
     def _publish(self, sess: Session, kind: str, **fields: Any) -> None:
         sess.client.log_event(TOPIC, event(kind, sess.run_id, **fields))
@@ -489,8 +482,9 @@ class Trainer:
         opts = self.optimizer if isinstance(self.optimizer, dict) else {"model": self.optimizer}
         if model is not None and model not in opts:
             raise ConfigError(f"no model {model!r}; models are {sorted(opts)}")
-        with self._lock:
-            stored = self._state[0]["optimizers"] if self._state is not None else {}
+        with self.run.lock:
+            state = self.run.server_state
+            stored = state[0]["optimizers"] if state is not None else {}
             for name, opt in opts.items():  # the trainer's own copies (see __init__)
                 if model in (None, name):
                     opt.set_lr(lr)
@@ -522,168 +516,51 @@ class Trainer:
             write_trace(path, trace)
         return trace
 
-    def _fetch_state(self, sess: Session) -> None:
-        with self._lock:
-            self._state = sess.call("state_dict", timeout=self.timeout)
-            self.server_metrics = sess.call("metrics", timeout=self.timeout)
-
-    # ------------------------------------------------------------------ recovery
-    def _point_now(self, sess: Session) -> RecoveryPoint:
-        """The server's state and the trainer's bookkeeping at one moment (under the lock).
-
-        No chunk result is added while the lock is held, so the progress is the one the
-        server's weights belong to, except for the pushes of chunks still running (they rerun
-        after a restore: ``pushes_replayed``).
-        """
-        with self._lock:
-            t0 = time.monotonic()
-            state = sess.call("state_dict", timeout=self.timeout)
-            cost = time.monotonic() - t0
-            progress = self._progress.to_dict() if self._progress is not None else None
-            return RecoveryPoint(state, progress, self.epoch, len(self.history), t0, cost)
-
-    def _take_point(self, sess: Session, write: bool) -> None:
-        """A recovery point: the server's state now, with the epoch's progress; to file if asked."""
-        point = self._point_now(sess)
-        self._points.keep(point)
-        logger.debug("psdist: recovery point at version %d took %.1f ms", point.version, 1e3 * point.cost_s)
-        if write and self.checkpoints.path is not None:
-            self._write(self.checkpoints.path, point)
-            logger.info("psdist: checkpoint %s at version %d", self.checkpoints.path, point.version)
-
-    def _recovering_epoch(self, runner: ChunkRunner, info: DatasetInfo, metrics: dict[str, Any],
-                          progress: Progress | None) -> dict[str, Any]:
-        """One epoch; a lost parameter server is replaced from the last point and the epoch goes on."""
-        while True:
-            try:
-                return self._epoch(runner, info, metrics, progress)
-            except Exception as exc:
-                if isinstance(exc, ParameterServerLost) or not runner.sess.ps_alive():
-                    self._recover(runner.sess, exc)
-                    continue
-                raise
-
-    def _recover(self, sess: Session, exc: BaseException) -> None:
-        if sess.restarts >= self.checkpoints.max_restarts:
-            raise ServerError(
-                f"lost the parameter server {sess.restarts + 1} times (max_restarts="
-                f"{self.checkpoints.max_restarts}); last: {exc!r}. Check the PS worker's memory and logs, "
-                "or allow more with Checkpoints(max_restarts=...)"
-            ) from exc
-        point = self._points.last
-        assert point is not None
-        point_progress = point.progress
-        before = self._progress if self._progress is not None else EpochProgress(self.epoch + 1)
-        point_version = sess.restart_ps(point.state)
-        same_epoch = point_progress is not None and point_progress["epoch"] == before.epoch
-        after = EpochProgress.from_dict(point_progress) if same_epoch else EpochProgress(before.epoch)
-        after.faults = dict(before.faults)  # what went wrong so far this epoch stays counted
-        after.faults["ps_restarts"] += 1
-        after.faults["versions_lost"] += max(0, self._points.seen_version - point_version)
-        after.faults["chunks_redone"] += len(set(before.done) - set(after.done))
-        # the point's weights hold pushes of chunks that were running then: they rerun
-        after.faults["pushes_replayed"] += point.pushes_in_flight() if same_epoch else 0
-        after.train_s = before.train_s
-        with self._lock:
-            self._progress = after
-        self.ps_address = sess.ps_address
-        self._points.restored(point_version, time.monotonic())
-        self._publish(sess, "recovery", error=repr(exc), version=point_version,
-                      versions_lost=after.faults["versions_lost"], ps=sess.ps_address)
-        logger.warning(
-            "psdist: parameter server lost (%r); restarted on %s from version %d; this epoch so far: "
-            "%d updates lost, %d finished chunks redone", exc, sess.ps_address, point_version,
-            after.faults["versions_lost"], after.faults["chunks_redone"],
-        )
-
-    def _epoch(self, runner: ChunkRunner, info: DatasetInfo, metrics: dict[str, Any],
-               progress: Progress | None) -> dict[str, Any]:
-        sess = runner.sess
-        t0 = time.perf_counter()
-        wall0 = time.time()
-        with self._lock:
-            prog = self._progress
-            if prog is None or prog.epoch != self.epoch + 1:
-                prog = self._progress = EpochProgress(self.epoch + 1)
-        if prog.server_start is None:
-            m0 = sess.call("metrics", timeout=self.timeout)
-            prog.server_start = {"applied": m0["applied"], "rejected": sum(m0["rejected"].values()),
-                                 "waits": m0["waits"]}
-        order = epoch_order(info.train, self.seed, self.epoch)
-        todo = [(i, c) for i, c in enumerate(order) if c.index not in prog.done]
-        try:
-            for r in runner.train(todo, self.epoch, prog):
-                with self._lock:  # save() from another thread sees the chunk done or not, never half
-                    prog.add(r)
-                self._points.seen(r.version)
-                self.timeline.extend((r.worker, phase, a, b, self.epoch + 1, r.chunk) for phase, a, b in r.spans)
-                self._publish(sess, "chunk", epoch=self.epoch + 1, chunk=r.chunk, worker=r.worker, samples=r.samples,
-                              loss=r.loss_sum / max(r.samples, 1), compute_s=r.compute_s, comm_s=r.comm_s,
-                              wait_s=r.wait_s, read_s=r.read_s, done=len(prog.done), total=len(order),
-                              pushes=r.pushes, batches=r.batches, nonfinite_batches=r.nonfinite_batches,
-                              nonfinite_inputs=r.nonfinite_inputs, pushes_nonfinite=r.pushes_nonfinite,
-                              bad_chunks=r.bad_chunks, bad=r.bad)
-                if progress is not None:
-                    progress({"event": "chunk", "epoch": self.epoch + 1, "done": len(prog.done), "chunk": r.chunk,
-                              "total": len(order), "loss": r.loss_sum / max(r.samples, 1), "samples": r.samples,
-                              "worker": r.worker, "pushes": r.pushes})
-                verdict = self._guard.update(r)
-                if verdict is not None:  # only NaN (or only unreadable chunks): stop, do not spin
-                    raise DataError(verdict)
-                if self._points.due(time.monotonic()):
-                    self._take_point(sess, write=True)
-        finally:
-            prog.train_s += time.perf_counter() - t0
-            runner.count_worker_losses(prog, self.epoch, wall0)
-        m1 = sess.call("metrics", timeout=self.timeout)
-        start = prog.server_start
-        received = m1["applied"] + sum(m1["rejected"].values()) - start["applied"] - start["rejected"]
-        record: dict[str, Any] = prog.record()
-        record.update({
-            "pushes_applied": m1["applied"] - start["applied"],
-            "pushes_rejected": sum(m1["rejected"].values()) - start["rejected"],
-            "pushes_orphaned": prog.faults["pushes_orphaned"] + max(0, received - prog.pushes),
-            "version": m1["version"],
-            "lr": m1["lr"],
-            "waits": m1["waits"] - start["waits"],
-            "clock_gap_max": m1["clock_gap_max"],
-            **self._sizing(sess),
-        })
-        if len(prog.done) < len(order):  # stop() was called: this epoch is not complete
-            record["partial"] = True
-        if info.val:
-            record.update(self._validate(runner, info, metrics))
-        record["wall_s"] = time.perf_counter() - t0
-        logger.info("psdist: epoch %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})
-        return record
-
-    def _validate(self, runner: ChunkRunner, info: DatasetInfo, metrics: dict[str, Any]) -> dict[str, float]:
-        gathered = runner.validate(info.val, self.epoch, self._progress or EpochProgress(self.epoch + 1))
-        self.timeline.extend((r.worker, "validate", r.start, r.stop, self.epoch + 1, r.chunk) for r in gathered)
-        # chunks skipped as unreadable (skip_bad_chunks) are left out of the metrics, and counted
-        results = [r for r in gathered if not r.bad_chunks]
-        if not results:
-            raise DataError(f"every validation chunk of {self.data.path!r} is unreadable: "
-                            + "; ".join(b for r in gathered for b in r.bad[:1]))
-        n = sum(r.samples for r in results)
-        outputs = concat_outputs([r.outputs for r in results])
-        targets = np.concatenate([r.targets for r in results])
-        out = {"val_loss": sum(r.loss_sum for r in results) / n,
-               "val_bad_chunks": sum(r.bad_chunks for r in gathered)}
-        for name, fn in metrics.items():
-            out[f"val_{name}"] = float(fn(targets, outputs))
-        return out
-
     # ------------------------------------------------------------------ results
+    @property
+    def history(self) -> History:
+        """One record per epoch (``.to_pandas()``, ``.to_csv()``, ``.to_json()``)."""
+        return self.run.history
+
+    @property
+    def epoch(self) -> int:
+        """Epochs completed."""
+        return self.run.epoch
+
+    @property
+    def server_metrics(self) -> dict[str, Any]:
+        """The parameter server's counters at the end of the last fit."""
+        return self.run.server_metrics
+
+    @property
+    def timeline(self) -> deque[tuple[str, str, float, float, int, int]]:
+        """(worker, phase, start, stop, epoch, chunk) of every span of the fits so far."""
+        return self.run.timeline
+
+    @property
+    def stopped_reason(self) -> str | None:
+        """Why the last fit ended early (``None``: it ran all its epochs)."""
+        return self.run.stopped_reason
+
+    @property
+    def resumes_mid_epoch(self) -> bool:
+        """Whether the next ``fit`` first finishes an epoch a checkpoint interrupted."""
+        return self.run.resumes_mid_epoch
+
+    @property
+    def version(self) -> int:
+        """Server version reached (0 before any training)."""
+        return self.run.version
+
     def models(self) -> dict[str, torch.nn.Module]:
         """Fresh modules holding the latest weights (the initial ones before any fit).
 
         While a fit runs in the background, the weights are fetched from the server now.
         """
         models, layout = self._build()
-        with self._lock:
+        with self.run.lock:
             sess = self._sess
-            state = sess.call("state_dict", timeout=self.timeout) if sess is not None else self._state
+            state = sess.call("state_dict", timeout=self.timeout) if sess is not None else self.run.server_state
         if state is not None:
             w = state[1]["weights"]
             for g in layout.groups:
@@ -697,16 +574,6 @@ class Trainer:
             raise ModelError(f"this training has several models {list(models)}; use models()")
         return next(iter(models.values()))
 
-    @property
-    def resumes_mid_epoch(self) -> bool:
-        """Whether the next ``fit`` first finishes an epoch a checkpoint interrupted."""
-        return self._progress is not None and bool(self._progress.done)
-
-    @property
-    def version(self) -> int:
-        """Server version reached (0 before any training)."""
-        return int(self._state[0]["version"]) if self._state is not None else 0
-
     def save(self, path: str) -> None:
         """Write a checkpoint (weights, optimizer state, version, epoch, history), atomically.
 
@@ -716,33 +583,27 @@ class Trainer:
         chunks not done; chunks that were running rerun, and the pushes they had made are
         applied again (``pushes_replayed`` in the resumed epoch's record).
         """
-        with self._lock:
+        with self.run.lock:
             sess = self._sess
             if sess is not None:
-                point = self._point_now(sess)
-            elif self._state is not None:
-                progress = self._progress.to_dict() if self._progress is not None else None
-                point = RecoveryPoint(self._state, progress, self.epoch, len(self.history), time.monotonic())
+                point = self.run.snapshot(lambda: sess.call("state_dict", timeout=self.timeout))
+            elif self.run.server_state is not None:
+                point = self.run.at_rest()
             else:
                 raise ConfigError("nothing to save yet: call fit() first")
             self._write(path, point)
 
+    def _write_point(self, point: RecoveryPoint) -> None:
+        assert self.checkpoints.path is not None
+        self._write(self.checkpoints.path, point)
+        logger.info("psdist: checkpoint %s at version %d", self.checkpoints.path, point.version)
+
     def _write(self, path: str, point: RecoveryPoint) -> None:
-        scalars, arrays = point.state
         held_out = [c.index for c in self.data.describe().val if c.x == self.data.x]
-        meta = {
-            "epoch": point.epoch,
-            "val_chunks": held_out,
-            "progress": point.progress,
-            "history": self.history.records[: point.history_len],
-            "server": scalars,
-            "trainer": {
-                "batch_size": self.batch_size, "push_every": self.push_every,
-                "max_staleness": self.max_staleness, "seed": self.seed,
-                "rule": self.rule.to_config(),
-            },
-            "early_stopping": self.early_stopping.state() if self.early_stopping else None,
-        }
+        settings = {"batch_size": self.batch_size, "push_every": self.push_every,
+                    "max_staleness": self.max_staleness, "seed": self.seed, "rule": self.rule.to_config()}
+        stopping = self.early_stopping.state() if self.early_stopping else None
+        meta, arrays = self.run.checkpoint(point, settings, held_out, stopping)
         write_checkpoint(path, meta, arrays)
 
     @classmethod
@@ -766,19 +627,10 @@ class Trainer:
         layout.check_same(Layout.from_dict(server["layout"]))
         if "optimizer" in kwargs:  # given again: its settings win over the stored ones
             arrays = _adopt_optimizers(t.optimizer, server, arrays)
-        t._state = (server, arrays)
-        t.epoch = int(meta["epoch"])
-        t.history = History(meta["history"])
-        t._val_chunks = meta.get("val_chunks")
-        if t._val_chunks is None and any(c.x == t.data.x for c in t.data.describe().val):
+        t.run.restore(meta, arrays)
+        if t.run.held_out is None and any(c.x == t.data.x for c in t.data.describe().val):
             logger.warning("psdist: %s was written before held-out chunks were recorded; the training then held "
                            "out the last chunks, the resumed run holds out chunks spread over the store", path)
-        if meta.get("progress"):  # saved mid-epoch: the epoch goes on with the chunks not done
-            t._progress = EpochProgress.from_dict(meta["progress"])
-            t._progress.resumed = True
-            # pushes of the chunks running at the save are in the weights; they rerun
-            point = RecoveryPoint((server, arrays), meta["progress"], t.epoch, len(t.history), 0.0)
-            t._progress.faults["pushes_replayed"] += point.pushes_in_flight()
         if t.early_stopping is not None and meta.get("early_stopping"):
             t.early_stopping.load_state(meta["early_stopping"])
         return t

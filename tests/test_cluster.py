@@ -131,7 +131,7 @@ def test_save_load_fit_equals_uninterrupted_run(small_blobs, tmp_path):
     assert resumed.epoch == 1 and resumed.version == first.version
     resumed.fit(epochs=1)
 
-    a, b = straight._state[1], resumed._state[1]
+    a, b = straight.run.server_state[1], resumed.run.server_state[1]
     np.testing.assert_array_equal(a["weights"], b["weights"])
     np.testing.assert_array_equal(a["optim/model/momentum"], b["optim/model/momentum"])
     assert resumed.version == straight.version

@@ -79,7 +79,8 @@ def test_bad_input_raises_in_the_caller_before_any_thread(client, tmp_path):
     t = psdist.Trainer(MODEL, CE, str(tmp_path / "missing.zarr"), client=client)
     with pytest.raises(psdist.DataError):
         t.fit(epochs=1, block=False)
-    assert not t._running
+    with pytest.raises(psdist.DataError):  # not "already training": the failed fit left nothing running
+        t.fit(epochs=1, block=False)
 
 
 def test_chrome_trace_has_every_phase_per_worker(client, blob_data, tmp_path):
