@@ -233,7 +233,7 @@ class Trainer:
         # that trains and the user's (save, model, set_lr while fit(block=False) runs)
         self.run = RunState(self.checkpoints)
         self.dashboard_link: str | None = None
-        self.ps_address: str | None = None
+        self._ps_address: str | None = None  # where the last fit's parameter server was
         self.dashboard_url: str | None = None  # the psdist page of the current/last training
         self.run_id: str | None = None
         self._sess: Session | None = None  # the live session of a running fit
@@ -368,7 +368,7 @@ class Trainer:
     def _fit(self, epochs: int, progress: Progress | None, prepared: Any, stop: threading.Event) -> History:
         info, spec, metrics = prepared
         with open_session(spec, self.client) as sess:
-            self.dashboard_link, self.ps_address, self.run_id = sess.dashboard_link, sess.ps_address, sess.run_id
+            self.dashboard_link, self.run_id = sess.dashboard_link, sess.run_id
             self.dashboard_url = self._dashboard(sess)
             publish = partial(self._publish, sess)
             publish("start", name=self.name, ps=sess.ps_address, epochs=epochs, config=self._config(sess))
@@ -439,6 +439,7 @@ class Trainer:
                 else:  # Python 3.10
                     logger.error(note)
             finally:
+                self._ps_address = sess.ps_address  # a restarted server's, if it was replaced
                 self._sess = None
 
     @property
@@ -517,6 +518,12 @@ class Trainer:
         return trace
 
     # ------------------------------------------------------------------ results
+    @property
+    def ps_address(self) -> str | None:
+        """The worker of the running fit's parameter server (after a restart, the new one's)."""
+        sess = self._sess
+        return sess.ps_address if sess is not None else self._ps_address
+
     @property
     def history(self) -> History:
         """One record per epoch (``.to_pandas()``, ``.to_csv()``, ``.to_json()``)."""
