@@ -20,7 +20,7 @@ import heapq
 import itertools
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from psdist.core.optim import Optimizer, optimizer_from_config
-from psdist.core.rules import Downpour, Rule
+from psdist.core.rules import Downpour, Rule, WorkerRule
 from psdist.core.server import ServerState
 from psdist.errors import ConfigError
 from psdist.replica.binding import flatten
@@ -98,8 +98,29 @@ class _Sim:
     """The event loop. Events: 'start' (a worker may compute), 'arrive' (its push reaches the
     server); parked workers wait for a barrier and are re-checked after every server change."""
 
-    def __init__(self, ctx: dict[str, Any]) -> None:
-        self.__dict__.update(ctx)
+    def __init__(
+        self, *, state: ServerState, specs: list[SimWorker], names: list[str], replicas: list[Replica],
+        rules: list[WorkerRule], x: np.ndarray, y: np.ndarray, epochs: float, batch_size: int,
+        push_every: int, seed: int, rng: np.random.Generator, step: SupervisedStep, eval_every: int,
+        evaluate: Callable[[], dict[str, float]],
+    ) -> None:
+        self.state = state
+        self.specs = specs
+        self.names = names
+        self.replicas = replicas
+        self.rules = rules
+        self.started = [False] * len(specs)
+        self.x = x
+        self.y = y
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.push_every = push_every
+        self.seed = seed
+        self.rng = rng
+        self.step = step
+        self.eval_every = eval_every
+        self.evaluate = evaluate
+        self.history: list[dict[str, float]] = []
         self.now = 0.0
         self.events: list[tuple[float, int, str, int]] = []
         self.seq = itertools.count()
@@ -109,7 +130,7 @@ class _Sim:
         self.next_eval = 0
 
     # ---------------------------------------------------------------- data and time
-    def _batches(self):
+    def _batches(self) -> Iterator[np.ndarray]:
         n = len(self.x)
         for epoch in range(math.ceil(self.epochs)):
             perm = np.random.default_rng([self.seed, epoch]).permutation(n)
@@ -203,7 +224,8 @@ class _Sim:
 
 
 def _evaluator(model_fn: Callable[[], Any], step: SupervisedStep, x_val: np.ndarray, y_val: np.ndarray,
-               metric: Callable[[np.ndarray, np.ndarray], float], state_ref: list[ServerState]):
+               metric: Callable[[np.ndarray, np.ndarray], float], state_ref: list[ServerState],
+               ) -> Callable[[], dict[str, float]]:
     replica = Replica("sim-eval", as_model_dict(model_fn()))
     xv, yv = torch.from_numpy(x_val), torch.from_numpy(as_labels(y_val))
 
@@ -289,20 +311,19 @@ def simulate(
         weights = np.concatenate([flatten(models[g.name], g.spec) for g in layout.groups])
         state = ServerState(layout, weights, {layout.names[0]: optimizer_from_config(optimizer.to_config())}, rule, max_staleness)
         names = [f"sim-{i}" for i in range(len(specs))]
-        replicas, rules = [], []
+        replicas: list[Replica] = []
+        rules: list[WorkerRule] = []
         for i in range(len(specs)):
             replicas.append(Replica(names[i], as_model_dict(model_fn())))
             rules.append(rule.worker_side({layout.names[0]: optimizer}))
         step = SupervisedStep(loss_fn)
-        sim = _Sim({
-            "state": state, "specs": specs, "names": names, "replicas": replicas, "rules": rules,
-            "started": [False] * len(specs), "x": np.ascontiguousarray(x),
-            "y": np.ascontiguousarray(as_labels(y)), "epochs": float(epochs),
-            "batch_size": batch_size, "push_every": rule.comm_period(push_every), "seed": seed,
-            "rng": np.random.default_rng([seed, 1]), "step": step, "eval_every": eval_every,
-            "history": [],
-            "evaluate": _evaluator(model_fn, step, x_val, y_val, metric, [state]),
-        })
+        sim = _Sim(
+            state=state, specs=specs, names=names, replicas=replicas, rules=rules,
+            x=np.ascontiguousarray(x), y=np.ascontiguousarray(as_labels(y)), epochs=float(epochs),
+            batch_size=batch_size, push_every=rule.comm_period(push_every), seed=seed,
+            rng=np.random.default_rng([seed, 1]), step=step, eval_every=eval_every,
+            evaluate=_evaluator(model_fn, step, x_val, y_val, metric, [state]),
+        )
         state.clock = lambda: sim.now  # the server's clock is the simulated one
         sim.run()
     state.validate_state()  # the server's invariants hold after the whole simulated run
