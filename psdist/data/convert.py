@@ -55,17 +55,19 @@ logger = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 """Called as ``progress(rows_done, rows_total)`` after every block written."""
 
-Files = str | os.PathLike | Sequence[str | os.PathLike] | Mapping[str | os.PathLike, float]
+StrPath = str | os.PathLike[str]
+# a mapping's key type is invariant: Mapping[str, float] lets a plain dict[str, float] in
+Files = StrPath | Sequence[StrPath] | Mapping[str, float] | Mapping[StrPath, float]
 
 
 def from_numpy(
-    out: str | os.PathLike,
-    x: str | os.PathLike | np.ndarray,
-    y: str | os.PathLike | np.ndarray,
-    x_val: str | os.PathLike | np.ndarray | None = None,
-    y_val: str | os.PathLike | np.ndarray | None = None,
+    out: StrPath,
+    x: StrPath | np.ndarray,
+    y: StrPath | np.ndarray,
+    x_val: StrPath | np.ndarray | None = None,
+    y_val: StrPath | np.ndarray | None = None,
     *,
-    npz: str | os.PathLike | None = None,
+    npz: StrPath | None = None,
     chunk_rows: int = 1024,
     compressor: str | None = "lz4",
     overwrite: bool = False,
@@ -105,7 +107,7 @@ def from_numpy(
 
 
 def from_hdf5(
-    out: str | os.PathLike,
+    out: StrPath,
     files: Files,
     x: str | Sequence[str] | Mapping[str, str],
     y: str | None = None,
@@ -176,7 +178,7 @@ def from_hdf5(
 
 
 def from_root(
-    out: str | os.PathLike,
+    out: StrPath,
     files: Files,
     tree: str = "Events",
     branches: Sequence[str] = (),
@@ -229,10 +231,13 @@ def from_root(
     pads = {b: 0.0 for b in jagged} if not isinstance(jagged, Mapping) else {b: float(v) for b, v in jagged.items()}
     if not flat and not pads:
         raise ConfigError("give flat branches=[...] and/or jagged=[...] to convert")
-    if pads and (not isinstance(max_particles, int | np.integer) or max_particles < 1):
-        raise ConfigError(f"max_particles={max_particles!r}: jagged branches need a positive particle count "
-                          "(--max-particles), e.g. 30")
-    max_particles = int(max_particles) if pads else None
+    if pads:
+        if not isinstance(max_particles, int | np.integer) or max_particles < 1:
+            raise ConfigError(f"max_particles={max_particles!r}: jagged branches need a positive particle count "
+                              "(--max-particles), e.g. 30")
+        max_particles = int(max_particles)
+    else:
+        max_particles = None
     if label is not None and label in (*flat, *pads):
         raise ConfigError(f"label={label!r} is also a feature branch: the model would see the answer")
     train_files, train_labels = _files(files, "files")
@@ -245,7 +250,7 @@ def from_root(
         if (vlabels is None) != (train_labels is None):
             raise ConfigError("give val_files labels the same way as files: both {path: label}, or neither")
         splits["_val"] = _root_split(vfiles, vlabels, tree, flat, pads, max_particles, label)
-    meta = {"converted_from": "root", "tree": tree}
+    meta: dict[str, Any] = {"converted_from": "root", "tree": tree}
     meta |= {"x_features": list(pads), "x_flat_features": flat, "max_particles": max_particles} if pads else {"x_features": flat}
     return _write(out, splits, "x", chunk_rows, compressor, overwrite, {**meta, **(attrs or {})},
                   progress, interleave)
@@ -291,7 +296,7 @@ def _root_split(paths: list[str], labels: list[Any] | None, tree: str, flat: lis
 
 
 # ----------------------------------------------------------------------------- output
-def _write(out: str | os.PathLike, splits: dict[str, list[Source]], x: str, chunk_rows: int,
+def _write(out: StrPath, splits: dict[str, list[Source]], x: str, chunk_rows: int,
            compressor: str | None, overwrite: bool, attrs: dict[str, Any] | None,
            progress: Progress | None, interleave: bool) -> ZarrDataset:
     import zarr

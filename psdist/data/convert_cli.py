@@ -80,7 +80,7 @@ def _report(path: str) -> None:
     import zarr
 
     g = zarr.open_group(path, mode="r")
-    arrays = ", ".join(f"{k} {tuple(g[k].shape)} {g[k].dtype}" for k in sorted(g.array_keys()))
+    arrays = ", ".join(f"{k} {tuple(a.shape)} {a.dtype}" for k, a in sorted(g.arrays(), key=lambda ka: ka[0]))
     print(f"wrote {path}: {arrays}")
 
 
@@ -121,8 +121,9 @@ def _root(a: argparse.Namespace) -> int:
 
 def add_convert_parser(sub: Any) -> None:
     """Register ``psdist convert {numpy,hdf5,root}`` on the CLI's subparsers."""
-    c = sub.add_parser("convert", help="convert NumPy, HDF5 or ROOT files to a psdist Zarr dataset",
-                       description=CONVERT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c: argparse.ArgumentParser = sub.add_parser(
+        "convert", help="convert NumPy, HDF5 or ROOT files to a psdist Zarr dataset",
+        description=CONVERT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     kinds = c.add_subparsers(dest="format", required=True)
 
     def kind(name: str, help: str) -> argparse.ArgumentParser:

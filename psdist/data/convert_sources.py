@@ -209,7 +209,7 @@ def _npz_column(path: str, key: str) -> _Column:
     return _Column(label, shape, dtype, blocks)
 
 
-def _numpy_column(spec: Any, npz: str | os.PathLike | None, role: str) -> _Column:
+def _numpy_column(spec: Any, npz: str | os.PathLike[str] | None, role: str) -> _Column:
     if isinstance(spec, np.ndarray):
         return _array_column(f"the {role} array", spec)
     if npz is not None:
@@ -227,7 +227,7 @@ def _numpy_column(spec: Any, npz: str | os.PathLike | None, role: str) -> _Colum
     return _array_column(repr(path), arr)
 
 
-def numpy_source(x: Any, y: Any, npz: str | os.PathLike | None) -> Source:
+def numpy_source(x: Any, y: Any, npz: str | os.PathLike[str] | None) -> Source:
     """Features and labels from ``.npy`` files, ``.npz`` keys or arrays."""
     cx, cy = _numpy_column(x, npz, "x"), _numpy_column(y, npz, "y")
     if cx.shape[0] != cy.shape[0]:
@@ -390,6 +390,7 @@ def _root_block(ak: Any, arrays: Any, path: str, flat: list[str], pads: dict[str
                 max_particles: int | None, label: str | None, start: int) -> Block:
     out: Block = {}
     if pads:
+        assert max_particles is not None  # root_source sets it whenever there are jagged branches
         jagged = list(pads)
         counts = np.asarray(ak.to_numpy(ak.num(arrays[jagged[0]], axis=1)))
         for b in jagged[1:]:

@@ -480,12 +480,12 @@ def compressor_codecs(name: str | None) -> list[Any]:
     short fails to read (:class:`~psdist.errors.BadChunkError`) instead of decoding to garbage:
     Blosc stores incompressible data verbatim and does not notice either.
     """
-    from zarr.codecs import BloscCodec, Crc32cCodec
+    from zarr.codecs import BloscCname, BloscCodec, Crc32cCodec
 
     if name is None or name == "none":
         return [Crc32cCodec()]
     if name in ("zstd", "lz4", "lz4hc", "zlib", "blosclz"):
-        blosc = BloscCodec(cname=name, clevel=3 if name == "zstd" else 5, shuffle="shuffle")
+        blosc = BloscCodec(cname=BloscCname(name), clevel=3 if name == "zstd" else 5, shuffle="shuffle")
         return [blosc, Crc32cCodec()]
     raise ConfigError(f"unknown compressor {name!r}; choose zstd, lz4, lz4hc, zlib, blosclz or none")
 
@@ -537,7 +537,7 @@ def write_zarr(
     pairs = [("x", x, "y", y)]
     if (x_val is None) != (y_val is None):
         raise DataError("give both x_val and y_val, or neither")
-    if x_val is not None:
+    if x_val is not None and y_val is not None:  # both or neither, checked above
         pairs.append(("x_val", x_val, "y_val", y_val))
     for xn, xa, yn, ya in pairs:
         if len(xa) != len(ya):
@@ -569,7 +569,10 @@ def write_zarr(
             chunks=(min(chunk_rows, max(1, len(arr))), *arr.shape[1:]),
             compressors=codecs,
             attributes={EVERY_CHUNK_ATTR: True},
-            config={"write_empty_chunks": True},  # so a chunk missing later was lost (see read)
+            # so a chunk missing later was lost (see read). The ignore: zarr types this argument
+            # with a TypedDict built on typing.NotRequired (Python 3.11+), which mypy's
+            # python_version = 3.10 cannot read, so no dict literal matches it
+            config={"write_empty_chunks": True},  # type: ignore[arg-type]
         )
         for s, e in _blocks(len(arr), chunk_rows):
             z[s:e] = arr[s:e]
