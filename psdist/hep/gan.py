@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from psdist.hep.models import ENERGY_SCALE
+from psdist.replica.replica import Replica
 from psdist.replica.steps import Step
 
 __all__ = ["CaloDiscriminator", "CaloGANStep", "CaloGenerator", "calo_gan"]
@@ -89,11 +90,12 @@ class CaloGANStep(Step):
         self.latent = latent
         self.aux_weight = aux_weight
 
-    def _fake(self, replica: Any, energy: torch.Tensor) -> torch.Tensor:
+    def _fake(self, replica: Replica, energy: torch.Tensor) -> torch.Tensor:
         z = torch.randn(len(energy), self.latent, device=energy.device)
-        return replica.models["generator"](z, energy)
+        showers: torch.Tensor = replica.models["generator"](z, energy)
+        return showers
 
-    def __call__(self, replica: Any, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def __call__(self, replica: Replica, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         d = replica.models["discriminator"]
         energy = y[:, 1]
         e_scaled = energy / ENERGY_SCALE
@@ -113,7 +115,7 @@ class CaloGANStep(Step):
         replica.backward(g_loss, "generator")
         return {"d_loss": float(d_loss.detach()), "g_loss": float(g_loss.detach())}
 
-    def evaluate(self, replica: Any, x: torch.Tensor, y: torch.Tensor) -> tuple[float, Any]:
+    def evaluate(self, replica: Replica, x: torch.Tensor, y: torch.Tensor) -> tuple[float, Any]:
         """Generated showers for the batch's energies, summarised as shower shapes per sample."""
         from psdist.hep.showers import lateral_profiles, longitudinal_profiles
 

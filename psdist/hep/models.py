@@ -7,6 +7,7 @@ Each is a plain function returning a fresh ``nn.Module``, usable as a psdist ``m
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -115,7 +116,9 @@ class ParticleFeatures(nn.Module):
         return torch.cat([z, x[..., 1:3] * 10, pid], dim=-1) * m
 
 
-def _with_features(net_fn, features: int, pythia_features: bool, **kw) -> nn.Module:
+def _with_features(
+    net_fn: Callable[..., nn.Module], features: int, pythia_features: bool, **kw: int
+) -> nn.Module:
     if not pythia_features:
         return net_fn(features=features, **kw)
     if features != 4:
@@ -136,7 +139,8 @@ class ParticleFlow(nn.Module):
         self.head = _mlp([latent, hidden, hidden, classes], last_act=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head((self.phi(x) * _mask(x).unsqueeze(-1)).sum(dim=1))
+        logits: torch.Tensor = self.head((self.phi(x) * _mask(x).unsqueeze(-1)).sum(dim=1))
+        return logits
 
 
 class GRUTagger(nn.Module):
@@ -151,7 +155,8 @@ class GRUTagger(nn.Module):
         lengths = _mask(x).sum(dim=1).clamp(min=1).long().cpu()
         packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
         _, h = self.gru(packed)
-        return self.head(h[-1])
+        logits: torch.Tensor = self.head(h[-1])
+        return logits
 
 
 class InteractionNetwork(nn.Module):
@@ -176,7 +181,8 @@ class InteractionNetwork(nn.Module):
         pair_mask = (m.unsqueeze(2) * m.unsqueeze(1)) * (1 - torch.eye(p, device=x.device, dtype=x.dtype))
         e = self.f_r(torch.cat([recv, send], dim=-1)) * pair_mask.unsqueeze(-1)
         o = self.f_o(torch.cat([x, e.sum(dim=2)], dim=-1)) * m.unsqueeze(-1)
-        return self.phi_c(o.sum(dim=1))
+        logits: torch.Tensor = self.phi_c(o.sum(dim=1))
+        return logits
 
 
 def particle_flow(features: int = 4, latent: int = 64, hidden: int = 64, classes: int = 2,

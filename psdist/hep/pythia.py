@@ -380,6 +380,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if client is not None:
             client.close()
+        if cluster is not None:
             cluster.close()
 
 

@@ -99,17 +99,21 @@ def _em_lateral(rng: np.random.Generator, tau: np.ndarray) -> np.ndarray:
     r_halo = 0.6 * (np.exp(-2.6 * (tau - 0.65)) + np.exp(0.4 * (tau - 0.65)))
     core = rng.random(tau.shape, dtype=np.float32) < np.clip(0.9 - 0.2 * tau, 0.4, 0.9)
     u = rng.random(tau.shape, dtype=np.float32)
-    return np.where(core, r_core, r_halo) * np.sqrt(u / (1 - u))
+    radii: np.ndarray = np.where(core, r_core, r_halo) * np.sqrt(u / (1 - u))
+    return radii
 
 
 def _had_lateral(rng: np.random.Generator, depth_lambda: np.ndarray, m: ShowerModel) -> np.ndarray:
     core = rng.random(depth_lambda.shape, dtype=np.float32) < 0.6
     u = rng.random(depth_lambda.shape, dtype=np.float32)
     grow = 1 + 0.2 * np.clip(depth_lambda, 0, 5)
-    return np.where(core, m.had_core_rm, m.had_halo_rm) * grow * np.sqrt(u / (1 - u))
+    radii: np.ndarray = np.where(core, m.had_core_rm, m.had_halo_rm) * grow * np.sqrt(u / (1 - u))
+    return radii
 
 
-def _components(rng: np.random.Generator, label: np.ndarray, e: np.ndarray, m: ShowerModel) -> tuple:
+def _components(
+    rng: np.random.Generator, label: np.ndarray, e: np.ndarray, m: ShowerModel
+) -> tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray]:
     """Shower components (an EM one each, a hadronic one per pion) as arrays: shower index, visible
     energy, start depth, gamma shape and rate (depth in X0), t_max, hadronic?; and the pions'
     interaction depth and mask."""
@@ -247,9 +251,8 @@ def write_dataset(
     val_seed = val_seed if val_seed is not None else seed + 1_000_003
     if val_seed == seed:
         raise ConfigError(f"val_seed={val_seed} equals seed: validation would repeat training showers")
-    kw = dict(energy_range=energy_range, particles=particles, grid=grid, model=model)
-    x, y, e = generate(n, seed=seed, **kw)
-    xv, yv, ev = generate(val_n, seed=val_seed, **kw)
+    x, y, e = generate(n, energy_range, particles, grid, seed=seed, model=model)
+    xv, yv, ev = generate(val_n, energy_range, particles, grid, seed=val_seed, model=model)
     logger.info("psdist: writing %d + %d showers to %s", n, val_n, path)
     attrs = {
         "generator": "psdist.hep.showers",
@@ -283,17 +286,20 @@ def _cells(x: np.ndarray) -> np.ndarray:
 
 def total_energy(x: np.ndarray) -> np.ndarray:
     """Total deposited energy per shower, (N,)."""
-    return _cells(x).sum(axis=(1, 2, 3))
+    total: np.ndarray = _cells(x).sum(axis=(1, 2, 3))
+    return total
 
 
 def longitudinal_profiles(x: np.ndarray) -> np.ndarray:
     """Energy per layer of each shower, (N, layers)."""
-    return _cells(x).sum(axis=(2, 3))
+    profiles: np.ndarray = _cells(x).sum(axis=(2, 3))
+    return profiles
 
 
 def longitudinal_profile(x: np.ndarray) -> np.ndarray:
     """Mean energy per layer over the showers, (layers,)."""
-    return longitudinal_profiles(x).mean(axis=0)
+    mean: np.ndarray = longitudinal_profiles(x).mean(axis=0)
+    return mean
 
 
 def lateral_profiles(x: np.ndarray) -> np.ndarray:
@@ -318,7 +324,8 @@ def lateral_profiles(x: np.ndarray) -> np.ndarray:
 
 def lateral_profile(x: np.ndarray) -> np.ndarray:
     """Mean energy per ring over the showers (see :func:`lateral_profiles`)."""
-    return lateral_profiles(x).mean(axis=0)
+    mean: np.ndarray = lateral_profiles(x).mean(axis=0)
+    return mean
 
 
 def _w1_hist(p: np.ndarray, q: np.ndarray) -> float:
