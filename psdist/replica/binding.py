@@ -56,7 +56,7 @@ def _as_float32(name: str, t: torch.Tensor) -> torch.Tensor:
 def flatten(module: torch.nn.Module, spec: FlatSpec) -> np.ndarray:
     """Copy ``module``'s parameters and buffers into a new float32 numpy vector."""
     out = torch.empty(spec.size, dtype=torch.float32)
-    tensors = dict(module.named_parameters())
+    tensors: dict[str, torch.Tensor] = dict(module.named_parameters())
     tensors.update(module.named_buffers())
     for e in spec.entries:
         out[e.offset : e.stop] = _as_float32(e.name, tensors[e.name]).cpu()
@@ -68,7 +68,7 @@ def unflatten_into(module: torch.nn.Module, spec: FlatSpec, flat: np.ndarray) ->
     if flat.shape != (spec.size,):
         raise ModelError(f"flat vector has shape {flat.shape}, the spec expects ({spec.size},)")
     src = torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32))
-    tensors = dict(module.named_parameters())
+    tensors: dict[str, torch.Tensor] = dict(module.named_parameters())
     tensors.update(module.named_buffers())
     with torch.no_grad():
         for e in spec.entries:
@@ -102,6 +102,7 @@ class FlatBinding:
             owner, attr = owners[e.name]
             if e.kind == "param":
                 p = owner._parameters[attr]
+                assert p is not None  # the spec lists named_parameters(), which skips None slots
                 p.data = self.weights[e.offset : e.stop].view(e.shape)
                 p.grad = self.grads[e.offset : e.stop].view(e.shape)
             elif e.dtype == "float32":
@@ -118,6 +119,7 @@ class FlatBinding:
             self.weights.copy_(src, non_blocking=False)
             for e, owner, attr in self._int_buffers:
                 b = owner._buffers[attr]
+                assert b is not None  # bind() kept only the spec's buffers, never None slots
                 b.copy_(self.weights[e.offset : e.stop].view(e.shape).to(b.dtype))
 
     def buffer_vector(self) -> np.ndarray:
@@ -125,8 +127,11 @@ class FlatBinding:
         assert self.weights is not None, "call bind() first"
         with torch.no_grad():
             for e, owner, attr in self._int_buffers:
-                self.weights[e.offset : e.stop] = _as_float32(e.name, owner._buffers[attr])
-        return self.weights[self.spec.n_params :].cpu().numpy().copy()
+                b = owner._buffers[attr]
+                assert b is not None  # bind() kept only the spec's buffers, never None slots
+                self.weights[e.offset : e.stop] = _as_float32(e.name, b)
+        out: np.ndarray = self.weights[self.spec.n_params :].cpu().numpy().copy()
+        return out
 
     def zero_grad(self) -> None:
         assert self.grads is not None, "call bind() first"

@@ -154,5 +154,11 @@ class Replica:
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         with torch.no_grad():
             for p, g in zip(params, grads, strict=True):
-                if g is not None:
-                    p.grad.add_(g)
+                if g is None:
+                    continue
+                if p.grad is None:  # was an AttributeError on None: say what happened
+                    raise ModelError(
+                        f"a gradient of model {model!r} no longer lives in psdist's flat gradient buffer: "
+                        "a custom step must not call zero_grad() or replace .grad; psdist zeroes gradients itself"
+                    )
+                p.grad.add_(g)
