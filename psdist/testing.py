@@ -15,6 +15,7 @@ import torch
 
 from psdist.core.optim import Optimizer
 from psdist.data.dataset import ZarrDataset
+from psdist.errors import ConfigError
 from psdist.replica.loop import as_labels, concat_outputs
 from psdist.replica.replica import Replica, as_model_dict
 from psdist.replica.steps import Step, SupervisedStep
@@ -43,7 +44,10 @@ def train_plain(
     """
     if threads is not None:
         torch.set_num_threads(threads)
-    step = step if step is not None else SupervisedStep(loss_fn)  # type: ignore[arg-type]
+    if step is None:
+        if loss_fn is None:  # was a TypeError ('NoneType' object is not callable) in the first batch
+            raise ConfigError("give loss_fn (e.g. torch.nn.functional.cross_entropy) or a custom step")
+        step = SupervisedStep(loss_fn)
     info = data.describe()
     g = data.open_group()
     x = np.concatenate([np.asarray(g[c.x][c.start : c.stop]) for c in info.train])
@@ -57,7 +61,7 @@ def train_plain(
         if not any(p.requires_grad for p in models[name].parameters()):
             continue  # a wholly frozen model: nothing to step (torch refuses empty optimizers)
         t = torch_optimizer(opt, models[name].parameters())
-        sched = torch.optim.lr_scheduler.LambdaLR(t, lambda v, o=opt: o.schedule.factor(v))
+        sched = torch.optim.lr_scheduler.LambdaLR(t, _lr_factor(opt))
         torch_opts[name] = (t, sched)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     rng = np.random.default_rng(seed)
@@ -83,6 +87,12 @@ def train_plain(
     result = {"val_loss": loss_sum / max(n, 1)}
     if outs:
         outputs, target = concat_outputs(outs), np.concatenate(targets)
-        for name, fn in {**default_metrics(info.y_dtype), **(metrics or {})}.items():
+        every: dict[str, Callable[[np.ndarray, Any], float]] = {**default_metrics(info.y_dtype), **(metrics or {})}
+        for name, fn in every.items():
             result[f"val_{name}"] = float(fn(target, outputs))
     return result
+
+
+def _lr_factor(opt: Optimizer) -> Callable[[int], float]:
+    """The torch ``LambdaLR`` multiplier of ``opt``'s schedule at a step count."""
+    return lambda v: opt.schedule.factor(v)

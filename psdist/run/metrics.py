@@ -6,6 +6,8 @@ Every metric has the signature ``metric(targets, outputs) -> float``; pass your 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 __all__ = ["accuracy", "auc", "default_metrics", "mse", "scores"]
@@ -16,8 +18,10 @@ def scores(outputs: np.ndarray) -> np.ndarray:
     if outputs.ndim == 2 and outputs.shape[1] == 2:
         z = outputs - outputs.max(axis=1, keepdims=True)
         e = np.exp(z)
-        return e[:, 1] / e.sum(axis=1)
-    return outputs.reshape(len(outputs), -1)[:, 0]
+        p1: np.ndarray = e[:, 1] / e.sum(axis=1)
+        return p1
+    first: np.ndarray = outputs.reshape(len(outputs), -1)[:, 0]
+    return first
 
 
 def accuracy(targets: np.ndarray, outputs: np.ndarray) -> float:
@@ -51,6 +55,6 @@ def mse(targets: np.ndarray, outputs: np.ndarray) -> float:
     return float(np.mean((outputs.reshape(targets.shape) - targets) ** 2))
 
 
-def default_metrics(y_dtype: str) -> dict[str, object]:
+def default_metrics(y_dtype: str) -> dict[str, Callable[[np.ndarray, np.ndarray], float]]:
     """Accuracy for integer labels (classification); nothing extra for regression."""
     return {"accuracy": accuracy} if np.dtype(y_dtype).kind in "iub" else {}
