@@ -66,7 +66,7 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-def batch_cluster(config: str, jobs: int = 1, **kwargs: object) -> tuple[object, object]:
+def batch_cluster(config: str, jobs: int = 1, **kwargs: Any) -> tuple[object, object]:
     """A dask-jobqueue cluster from a ``jobqueue/*.yaml`` config (:func:`psdist.cluster.batch.batch_cluster`)."""
     from psdist.cluster.batch import batch_cluster as _batch_cluster
 

@@ -83,7 +83,7 @@ class BadChunkError(DataError):
         self.rows = tuple(rows)
         self.store_chunk = None if store_chunk is None else tuple(store_chunk)
 
-    def __reduce__(self) -> tuple[type, tuple]:
+    def __reduce__(self) -> tuple[type[BadChunkError], tuple[object, ...]]:
         # exceptions pickle as cls(*args) by default, which would drop the fields (Dask pickles
         # a task's exception to send it to the client)
         return type(self), (str(self), self.path, self.array, self.chunk, self.rows, self.store_chunk)

@@ -69,7 +69,8 @@ def temporary_security() -> Security:
             f"a temporary TLS certificate needs the 'cryptography' package, which is not installed: {_INSTALL}; "
             "or give certificate files instead (psdist.cluster.security.security_from_files)"
         ) from e
-    return Security.temporary()
+    sec: Security = Security.temporary()  # unannotated in distributed: Any
+    return sec
 
 
 def _readable_pem(path: str | os.PathLike[str], what: str, marker: str) -> str:
@@ -226,9 +227,10 @@ def write_temporary_certificate(directory: str | os.PathLike[str]) -> dict[str, 
     d = Path(directory).expanduser().absolute()
     d.mkdir(parents=True, exist_ok=True)
     cert, key = d / "psdist-cert.pem", d / "psdist-key.pem"
-    cert.write_text(sec.tls_client_cert)
+    # distributed's Security lists its fields in __slots__ without annotations: mypy cannot see them
+    cert.write_text(sec.tls_client_cert)  # type: ignore[attr-defined]
     fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(sec.tls_client_key)
+        f.write(sec.tls_client_key)  # type: ignore[attr-defined]
     os.chmod(key, 0o600)  # also when the file was there before
     return {"ca_file": str(cert), "cert": str(cert), "key": str(key)}

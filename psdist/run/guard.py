@@ -25,7 +25,7 @@ def is_nonfinite_only(r: Any) -> bool:
     if getattr(r, "bad_chunks", 0) or not getattr(r, "batches", 0):
         return False
     nonfinite_pushes = r.rejected.get("nonfinite", 0)
-    return r.applied == 0 and r.pushes == nonfinite_pushes and (r.nonfinite_batches + nonfinite_pushes) > 0
+    return bool(r.applied == 0 and r.pushes == nonfinite_pushes and (r.nonfinite_batches + nonfinite_pushes) > 0)
 
 
 class NonfiniteGuard:
