@@ -23,7 +23,7 @@ from psdist.errors import ConfigError, ModelError
 from psdist.run.recovery import Checkpoints
 from psdist.run.stopping import EarlyStopping
 from psdist.settings.schema import Schema
-from psdist.settings.spec import BAD, Key, check_fields, declared, plain
+from psdist.settings.spec import BAD, UNSET, Key, check_fields, declared, plain
 
 __all__ = ["AUTO", "GROUPS", "JOB_KEYS", "Algorithm", "FaultPolicy", "Scaling", "Training", "import_object"]
 
@@ -198,7 +198,7 @@ class Training:
     Each field's help, allowed values and example: :func:`psdist.settings.specs` (``psdist schema``).
     """
 
-    model_fn: Callable[..., Any] = field(**declared(
+    model_fn: Callable[..., Any] = field(default=UNSET, metadata=declared(
         "picklable function returning a fresh nn.Module (or a dict of named modules), built once per worker",
         "model_fn=functools.partial(psdist.hep.models.mlp, inputs=20)", "a function returning an nn.Module",
         _callable_or(False),
@@ -206,7 +206,7 @@ class Training:
             "psdist.hep.models:jet_cnn", required=True),
         Key("model_args", {"type": "object"}, "keyword arguments for the model factory", {"width": 32}, {}),
         error=ModelError, build=_build_model))
-    loss_fn: Callable[..., Any] | None = field(**declared(
+    loss_fn: Callable[..., Any] | None = field(default=None, metadata=declared(
         "loss_fn(output, target) -> scalar tensor, the mean over the batch; not needed with a custom step",
         "loss_fn=torch.nn.functional.cross_entropy",
         "a function loss_fn(output, target) -> scalar tensor, or None with a custom step", _callable_or(True),
@@ -214,7 +214,7 @@ class Training:
             "the loss: a torch.nn.functional name or 'package.module:function' (ignored with step)",
             "cross_entropy", "cross_entropy"),
         build=_build_loss))
-    optimizer: Optimizer | dict[str, Optimizer] = field(**declared(
+    optimizer: Optimizer | dict[str, Optimizer] = field(default=UNSET, metadata=declared(
         "server optimizer (psdist.optim) or a dict of them per model name; default SGD(lr=0.01)",
         "optimizer=psdist.optim.SGD(lr=0.05, momentum=0.9)", "a psdist.optim optimizer or a dict of them per model name",
         _optimizer,
@@ -223,7 +223,7 @@ class Training:
             "the server optimizer {name: ..., lr: ..., options}, or one per model {generator: {name: adam, ...}, ...}",
             {"name": "sgd", "lr": 0.05, "momentum": 0.9}, {"name": "sgd", "lr": 0.01}),
         build=_build_optimizer, checkpoint="server", dump=_optimizer_json, load=_optimizer_from_server))
-    step: Any = field(**declared(
+    step: Any = field(default=None, metadata=declared(
         "custom training step: __call__(replica, x, y) -> loss after backward, evaluate(replica, x, y); "
         "default: supervised with loss_fn", "step=psdist.hep.gan.CaloGANStep(latent=32)",
         "a training step object (callable), or None for the supervised step with loss_fn", _callable_or(True),
@@ -231,23 +231,24 @@ class Training:
             "step_args (then no loss)", "psdist.hep.gan:CaloGANStep"),
         Key("step_args", {"type": "object"}, "keyword arguments for the step class", {"latent": 32}, {}),
         build=_build_step))
-    metrics: dict[str, Callable[..., float]] = field(**declared(
+    metrics: dict[str, Callable[..., float]] = field(default=UNSET, metadata=declared(
         "extra validation metrics {name: fn(targets, outputs) -> float}", "metrics={'auc': psdist.metrics.auc}",
         "a dict {name: fn(targets, outputs) -> float}", _metrics,
         Key("metrics", {"type": "object", "additionalProperties": _IMPORT},
             "extra validation metrics {name: 'package.module:function'}", {"auc": "psdist.metrics:auc"}, {}),
         build=lambda v: {str(k): import_object(f, f"metrics.{k}") for k, f in v["metrics"].items()}))
-    early_stopping: EarlyStopping | None = field(**declared(
+    early_stopping: EarlyStopping | None = field(default=None, metadata=declared(
         "stop when a validation metric stops improving for patience epochs, or reaches target",
         "early_stopping=psdist.EarlyStopping('val_auc', patience=3)", "a psdist.EarlyStopping or None",
         _is(EarlyStopping),
         Key("early_stopping", _or_null(_mapping_of(EarlyStopping)), "stop when a validation metric stops "
             "improving for patience epochs, or reaches target", {"monitor": "val_auc", "patience": 3}),
         build=_build_early_stopping))
-    batch_size: int = field(**plain(128, "rows per minibatch", {"type": "integer", "minimum": 1}, 128,
-                             flag="--batch-size N", checkpoint="restore"))
-    seed: int = field(**plain(0, "seeds the initial weights, the chunk order and the in-chunk shuffles",
-                       {"type": "integer", "minimum": 0}, 0, flag="--seed N", checkpoint="restore"))
+    batch_size: int = field(default=128, metadata=plain(
+        "rows per minibatch", {"type": "integer", "minimum": 1}, 128, flag="--batch-size N", checkpoint="restore"))
+    seed: int = field(default=0, metadata=plain(
+        "seeds the initial weights, the chunk order and the in-chunk shuffles", {"type": "integer", "minimum": 0}, 0,
+        flag="--seed N", checkpoint="restore"))
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -259,7 +260,7 @@ class Training:
 class Algorithm:
     """How updates are made: the update rule and its staleness bound and push period."""
 
-    rule: Rule = field(**declared(
+    rule: Rule = field(default=UNSET, metadata=declared(
         "update rule (psdist.rules), default Downpour; options that depend on the workers (EASGD's alpha) "
         "are sized at each fit", "rule=psdist.rules.SSP(bound=2)", "an update rule of psdist.rules, or None "
         "(Downpour)", _is(Rule, Downpour),
@@ -268,13 +269,15 @@ class Algorithm:
             "the update rule {name: ..., options}", {"name": "ssp", "bound": 2}),
         build=lambda v: rule_from_config(v["rule"]) if v["rule"] else None,
         checkpoint="restore", dump=lambda rule: rule.to_config(), load=rule_from_config))
-    max_staleness: int | str | None = field(**plain(
-        AUTO, "reject pushes computed on weights more than this many versions old",
-        {"anyOf": [{"type": "integer", "minimum": 0}, {"const": AUTO, "description": "2 x workers + 2, sized at each fit"},
+    max_staleness: int | str | None = field(default=AUTO, metadata=plain(
+        "reject pushes computed on weights more than this many versions old",
+        {"anyOf": [{"type": "integer", "minimum": 0},
+                   {"const": AUTO, "description": "2 x workers + 2, sized at each fit"},
                    {"type": "null", "description": "no bound"}]},
         4, flag="--max-staleness N|auto|null", checkpoint="restore"))
-    push_every: int = field(**plain(1, "minibatches whose gradients a worker accumulates before each push",
-                             {"type": "integer", "minimum": 1}, 1, flag="--push-every N", checkpoint="restore"))
+    push_every: int = field(default=1, metadata=plain(
+        "minibatches whose gradients a worker accumulates before each push", {"type": "integer", "minimum": 1}, 1,
+        flag="--push-every N", checkpoint="restore"))
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -284,21 +287,23 @@ class Algorithm:
 class Scaling:
     """Where the training runs: the cluster, the parameter server's place, TLS, allocator."""
 
-    workers: int = field(**plain(2, "training workers of the embedded LocalCluster (ignored with a client)",
-                          {"type": "integer", "minimum": 1}, 2, flag="--workers N", checkpoint="record"))
-    threads_per_worker: int = field(**plain(1, "threads per worker of the embedded LocalCluster (torch threads)",
-                                     {"type": "integer", "minimum": 1}, 1, flag="--threads N", checkpoint="record"))
-    client: Any = field(**declared("an existing distributed.Client; without it each fit starts and closes a LocalCluster",
-                          "client=distributed.Client('tcp://scheduler:8786')", "a distributed.Client or None",
-                          lambda value: value))
-    ps_worker: str | None = field(**plain(None, "name or address of the worker to host the parameter server",
-                                   _or_null({"type": "string"}, "chosen"), "tcp://10.0.0.5:40331",
-                                   checkpoint="record"))
-    dedicated_ps: bool | None = field(**plain(
-        None, "keep the parameter server's worker free of training; null: the embedded cluster starts one "
-        "worker more for it, a given cluster only if it has a psdist-ps worker",
+    workers: int = field(default=2, metadata=plain(
+        "training workers of the embedded LocalCluster (ignored with a client)", {"type": "integer", "minimum": 1},
+        2, flag="--workers N", checkpoint="record"))
+    threads_per_worker: int = field(default=1, metadata=plain(
+        "threads per worker of the embedded LocalCluster (torch threads)", {"type": "integer", "minimum": 1}, 1,
+        flag="--threads N", checkpoint="record"))
+    client: Any = field(default=None, metadata=declared(
+        "an existing distributed.Client; without it each fit starts and closes a LocalCluster",
+        "client=distributed.Client('tcp://scheduler:8786')", "a distributed.Client or None", lambda value: value))
+    ps_worker: str | None = field(default=None, metadata=plain(
+        "name or address of the worker to host the parameter server", _or_null({"type": "string"}, "chosen"),
+        "tcp://10.0.0.5:40331", checkpoint="record"))
+    dedicated_ps: bool | None = field(default=None, metadata=plain(
+        "keep the parameter server's worker free of training; null: the embedded cluster starts one worker more "
+        "for it, a given cluster only if it has a psdist-ps worker",
         _or_null({"type": "boolean"}, "chosen by the cluster"), True, checkpoint="record"))
-    security: Any = field(**declared(
+    security: Any = field(default=None, metadata=declared(
         "TLS for the embedded cluster: true (a temporary certificate) or PEM files {ca_file, cert, key}",
         "security=True", "True, a distributed.Security or {'ca_file': ..., 'cert': ..., 'key': ...}", _security,
         Key("", {"anyOf": [{"type": "boolean"}, {"type": "null"}, {
@@ -306,8 +311,9 @@ class Scaling:
             "required": ["ca_file", "cert"], "additionalProperties": False}]},
             "TLS for the embedded cluster: true (a temporary certificate) or PEM files {ca_file, cert, key}",
             {"ca_file": "tls/ca.pem", "cert": "tls/node.pem", "key": "tls/node.key"})))
-    malloc_fix: bool = field(**plain(True, "undo Dask's MALLOC_TRIM_THRESHOLD_ on workers (about 2x faster PyTorch "
-                              "CPU training)", {"type": "boolean"}, True, checkpoint="record"))
+    malloc_fix: bool = field(default=True, metadata=plain(
+        "undo Dask's MALLOC_TRIM_THRESHOLD_ on workers (about 2x faster PyTorch CPU training)",
+        {"type": "boolean"}, True, checkpoint="record"))
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -317,13 +323,14 @@ class Scaling:
 class FaultPolicy:
     """What the training survives: timeouts of the server and of chunks, recovery points."""
 
-    timeout: float = field(**plain(300.0, "seconds any call to the parameter server may take before it is an error",
-                            _POSITIVE, 300.0, flag="--timeout S", checkpoint="record"))
-    chunk_timeout: float | None = field(**plain(
-        None, "seconds a chunk task may take before its worker counts as hung and is restarted",
+    timeout: float = field(default=300.0, metadata=plain(
+        "seconds any call to the parameter server may take before it is an error", _POSITIVE, 300.0,
+        flag="--timeout S", checkpoint="record"))
+    chunk_timeout: float | None = field(default=None, metadata=plain(
+        "seconds a chunk task may take before its worker counts as hung and is restarted",
         _or_null(_POSITIVE, "the larger of timeout and 20 x the slowest chunk so far"), 600.0,
         flag="--chunk-timeout S", checkpoint="record"))
-    checkpoints: Checkpoints = field(**declared(
+    checkpoints: Checkpoints = field(default=UNSET, metadata=declared(
         "recovery points: how often the server's state is saved within an epoch, to which file, how many "
         "lost parameter servers to replace", "checkpoints=psdist.Checkpoints('run.ckpt', every_versions=500)",
         "psdist.Checkpoints(...)", _is(Checkpoints, Checkpoints),

@@ -146,12 +146,12 @@ def _alternatives(schema: Schema, python: bool) -> list[str]:
         return ["one of " + ", ".join(_literal(v, python) for v in schema["enum"])]
     kind = schema.get("type")
     if kind in ("integer", "number"):
-        words = "an integer" if kind == "integer" else "a number"
+        text = "an integer" if kind == "integer" else "a number"
         if "minimum" in schema:
-            words += f" >= {schema['minimum']}"
+            text += f" >= {schema['minimum']}"
         if "exclusiveMinimum" in schema:
-            words += f" > {schema['exclusiveMinimum']}"
-        return [words]
+            text += f" > {schema['exclusiveMinimum']}"
+        return [text]
     if kind == "boolean":
         return ["True", "False"] if python else ["true", "false"]
     if kind == "null":

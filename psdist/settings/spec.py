@@ -1,7 +1,7 @@
 """How a setting is declared: :class:`Spec` (one setting) and :class:`Key` (one YAML key).
 
-A settings group (:mod:`psdist.settings.groups`) is a frozen dataclass whose fields are
-``field(**plain(...))`` (a JSON value, checked by its schema) or ``field(**declared(...))``
+A settings group (:mod:`psdist.settings.groups`) is a frozen dataclass whose fields carry
+``metadata=plain(...)`` (a JSON value, checked by its schema) or ``metadata=declared(...)``
 (Python objects, checked by a function); :func:`check_fields` checks them all when the group
 is built.
 """
@@ -9,16 +9,16 @@ is built.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
+from types import MappingProxyType
 from typing import Any, Literal
 
 from psdist.errors import ConfigError
 from psdist.settings.schema import Schema, describe, mismatch
 
-__all__ = ["BAD", "CheckpointRole", "Key", "Spec", "check_fields", "declared", "plain", "resolved"]
+__all__ = ["BAD", "UNSET", "CheckpointRole", "Key", "Spec", "check_fields", "declared", "plain", "resolved"]
 
 
 @dataclass(frozen=True)
@@ -108,42 +108,50 @@ class Spec:
 #: what an object setting's check returns for a value it refuses
 BAD: Any = object()
 
+#: the default of an object setting whose check makes the real one (``rule``: ``Downpour()``), or
+#: that must be given (``model_fn``); typed ``Any`` so that the field keeps its real type
+UNSET: Any = None
 
-def plain(default: Any, help: str, schema: Schema, example: Any, *, flag: str = "",
-          checkpoint: CheckpointRole = "") -> dict[str, Any]:
-    """A setting whose value is JSON (the same in Python and YAML), checked by its schema.
 
-    Returns the arguments of its ``dataclasses.field``. Its one YAML key has the setting's
-    name; ``example`` is a valid value.
+def plain(help: str, schema: Schema, example: Any, *, flag: str = "", checkpoint: CheckpointRole = "") -> dict[str, Spec]:
+    """The metadata of a setting whose value is JSON (the same in Python and YAML), checked by its schema.
+
+    ``batch_size: int = field(default=128, metadata=plain(...))``. Its one YAML key has the
+    setting's name and default; ``example`` is a valid value.
     """
-    key = Key("", schema, help, example, default, flag=flag)
-    return {"default": default, "metadata": {"spec": Spec(help, schema=schema, keys=(key,), checkpoint=checkpoint)}}
+    return {"spec": Spec(help, schema=schema, keys=(Key("", schema, help, example, flag=flag),), checkpoint=checkpoint)}
 
 
 def declared(help: str, example: str, allowed: str, check: Callable[[Any], Any], *keys: Key,
-             **more: Any) -> dict[str, Any]:
-    """A setting holding Python objects (functions, optimizers), checked by ``check``.
+             **more: Any) -> dict[str, Spec]:
+    """The metadata of a setting holding Python objects (functions, optimizers), checked by ``check``.
 
-    Returns the arguments of its ``dataclasses.field``. ``example`` is valid Python for the keyword (``"rule=psdist.rules.SSP(bound=2)"``); ``more``
-    are further :class:`Spec` fields (``build``, ``checkpoint``, ...). The default is ``None``,
-    which ``check`` may turn into the real default (``SGD(lr=0.01)``).
+    ``rule: Rule = field(default=None, metadata=declared(...))``: ``check`` turns ``None`` into
+    the real default (``Downpour()``). ``example`` is valid Python for the keyword
+    (``"rule=psdist.rules.SSP(bound=2)"``); ``more`` are further :class:`Spec` fields
+    (``build``, ``checkpoint``, ...).
     """
-    return {"default": None, "metadata": {"spec": Spec(help, example, allowed=allowed, check=check, keys=keys, **more)}}
+    return {"spec": Spec(help, example, allowed=allowed, check=check, keys=keys, **more)}
 
 
-@functools.cache
+_RESOLVED: dict[type, Mapping[str, Spec]] = {}
+
+
 def resolved(group: type) -> Mapping[str, Spec]:
     """The specs of a group's fields with their names filled in (keys named ``""`` take the field's)."""
-    out = {}
-    for f in fields(group):
-        spec: Spec = f.metadata["spec"]
-        keys = tuple(dataclasses.replace(k, name=k.name or f.name) for k in spec.keys)
-        example = spec.example or f"{f.name}={keys[0].example!r}"
-        out[f.name] = dataclasses.replace(spec, name=f.name, keys=keys, example=example)
-    return out
+    if group not in _RESOLVED:  # once per group class: it is checked at every construction
+        out = {}
+        for f in fields(group):
+            spec: Spec = f.metadata["spec"]
+            # a plain setting's key: the field's name and default
+            keys = tuple(k if k.name else dataclasses.replace(k, name=f.name, default=f.default) for k in spec.keys)
+            example = spec.example or f"{f.name}={keys[0].example!r}"
+            out[f.name] = dataclasses.replace(spec, name=f.name, keys=keys, example=example)
+        _RESOLVED[group] = MappingProxyType(out)
+    return _RESOLVED[group]
 
 
-def check_fields(group: Any) -> None:
+def check_fields(group: object) -> None:
     """Check every field of a frozen settings group, keeping the normalised values."""
     for name, spec in resolved(type(group)).items():
         value = getattr(group, name)
