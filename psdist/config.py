@@ -1,4 +1,4 @@
-"""YAML training configurations for ``psdist train``.
+"""YAML training configurations for ``psdist train``: the YAML form of :mod:`psdist.settings`.
 
 A config names everything by value or by import path (``module:function``), so a run is fully
 described by one small text file::
@@ -12,12 +12,25 @@ described by one small text file::
     batch_size: 128
     workers: 2
     threads_per_worker: 1
-    max_staleness: 4                     # leave out for psdist.Trainer's default
+    max_staleness: 4                     # leave out for "auto"; null: no bound
     push_every: 1
     metrics: {auc: psdist.metrics:auc}   # extra validation metrics (module:function)
     step: psdist.hep.gan:CaloGANStep     # a custom training step (then no loss), with step_args
 
-On ``psdist train --resume`` the training settings a checkpoint stores (optimizer, rule,
+The same keys may stand in sections named as :mod:`psdist.settings` groups them::
+
+    training: {model: psdist.hep.models:jet_cnn, data: data/jets.zarr, epochs: 5}
+    algorithm: {rule: {name: ssp, bound: 2}, max_staleness: 4}
+    scaling: {workers: 4}
+    faults: {checkpoint: runs/jets.ckpt}
+
+Every key, its type, default and meaning come from :mod:`psdist.settings` (``psdist schema``
+prints them as a JSON Schema for editors: ``docs/psdist-config.schema.json``). An unknown key,
+or a value of the wrong type, is a :class:`~psdist.errors.ConfigError` naming the key with its
+path (``algorithm.push_every``, ``data.val_fraction``) and what it may be.
+
+On ``psdist train --resume`` the training settings a checkpoint restores (those whose
+:class:`~psdist.settings.Spec` has ``checkpoint`` ``restore`` or ``server``: optimizer, rule,
 batch_size, push_every, max_staleness, seed) are compared with the ones the YAML sets
 (:func:`resume_settings`): keys the YAML leaves out come from the checkpoint; a key it sets to
 another value is refused unless ``--override`` asks for the YAML's value.
@@ -25,185 +38,265 @@ another value is refused unless ``--override`` asks for the YAML's value.
 
 from __future__ import annotations
 
-import functools
-import importlib
+import copy
 import json
 import os
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
 from psdist.core.optim import Optimizer, optimizer_from_config
-from psdist.core.rules import Downpour, Rule, rule_from_config
+from psdist.core.rules import Downpour, Rule
 from psdist.data.dataset import ZarrDataset
 from psdist.errors import ConfigError
 from psdist.run.recovery import Checkpoints
 from psdist.run.stopping import EarlyStopping
+from psdist.settings import (
+    GROUPS,
+    Key,
+    Settings,
+    describe,
+    did_you_mean,
+    import_object,
+    mismatch,
+    specs,
+    stored_values,
+    yaml_keys,
+)
 
 __all__ = ["ResumeSettings", "SettingChange", "TrainConfig", "import_object", "load_config", "resume_settings"]
 
-#: Training settings ``Trainer.save`` stores under ``meta["trainer"]`` (besides the rule); a
-#: resumed run takes them from the checkpoint unless the YAML sets them.
-STORED_SETTINGS = ("batch_size", "push_every", "max_staleness", "seed")
+#: how checkpoints hold the settings ``--resume`` compares (psdist.settings.CheckpointRole)
+RESTORED = ("restore", "server")
 
 
-def import_object(spec: str, what: str) -> Any:
-    """Resolve ``"package.module:name"``; errors say what was looked for."""
-    if not isinstance(spec, str) or ":" not in spec:
-        raise ConfigError(f"{what}={spec!r} must look like 'package.module:function'")
-    mod_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise ConfigError(f"{what}: cannot import module {mod_name!r} ({e}); is it on PYTHONPATH?") from e
-    try:
-        obj = module
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except AttributeError:
-        raise ConfigError(f"{what}: module {mod_name!r} has no attribute {attr!r}") from None
-    return obj
+def _keys() -> dict[str, tuple[str, Key]]:
+    """Every YAML key -> (its section, its declaration)."""
+    return {key.name: (group, key) for group, keys in yaml_keys().items() for key in keys}
 
 
-def _loss(spec: str) -> Any:
-    if ":" in spec:
-        return import_object(spec, "loss")
-    import torch.nn.functional as F
-
-    fn = getattr(F, spec, None)
-    if fn is None or not callable(fn):
-        raise ConfigError(f"loss={spec!r} is not a torch.nn.functional loss; e.g. cross_entropy, mse_loss")
-    return fn
+def _yaml(value: Any) -> str:
+    """A value as a YAML flow (``{name: sgd, lr: 0.05}``, ``auto``, ``null``) for messages."""
+    return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10_000).removesuffix("...\n").strip()
 
 
-@dataclass
+def _shown(value: Any) -> str:
+    """A bad value: scalars as JSON, so that a string is quoted (``"none"``), mappings as YAML."""
+    return _yaml(value) if isinstance(value, (Mapping, list)) else json.dumps(value)
+
+
+def _flag(key: Key) -> str:
+    return key.flag.split()[0] if key.flag else key.name
+
+
+# ----------------------------------------------------------------------------- reading
+def _unknown(path: str, key: str, section: str | None, where: str) -> ConfigError:
+    table = _keys()
+    if section is None:
+        return ConfigError(
+            f"{where}unknown config key {key!r}{did_you_mean(key, [*table, *GROUPS])}; the keys are "
+            f"{', '.join(table)} (at the top level or in the sections {', '.join(f'{g}:' for g in GROUPS)})")
+    if key in table:
+        return ConfigError(f"{where}{path}: {key} belongs in {table[key][0]}: (or at the top level), not in {section}:")
+    names = [k.name for k in yaml_keys()[section]]
+    return ConfigError(f"{where}{path}: unknown key{did_you_mean(key, names)}; {section}: takes {', '.join(names)}")
+
+
+def _flatten(raw: Any, where: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """The YAML's keys, top-level and in sections, as one mapping; and each key's path."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}a psdist config is a YAML mapping of settings (model:, data:, ...)")
+    table = _keys()
+    flat: dict[str, Any] = {}
+    paths: dict[str, str] = {}
+
+    def put(key: str, value: Any, path: str) -> None:
+        if key in flat:
+            raise ConfigError(f"{where}{key} is given twice: as {paths[key]} and as {path}; keep one")
+        flat[key], paths[key] = value, path
+
+    for top, value in raw.items():
+        top = str(top)
+        if top in GROUPS:
+            names = [k.name for k in yaml_keys()[top]]
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}{top}: must be a mapping of its settings ({', '.join(names)})")
+            for key, item in value.items():
+                if str(key) not in names:
+                    raise _unknown(f"{top}.{key}", str(key), top, where)
+                put(str(key), item, f"{top}.{key}")
+        elif top in table:
+            put(top, value, top)
+        else:
+            raise _unknown(top, top, None, where)
+    return flat, paths
+
+
+def _check(key: Key, value: Any, path: str, where: str) -> None:
+    """Raise a ConfigError naming the key's path unless ``value`` meets the key's schema."""
+    m = mismatch(value, key.schema)
+    if m is None:
+        return
+    at = f"{path}.{m.path}" if m.path else path
+    example = f"{path} {_yaml(key.example)}" if path.startswith("--") else f"{key.name}: {_yaml(key.example)}"
+    if m.unknown is not None:
+        allowed = list(m.schema.get("properties", {}))
+        raise ConfigError(f"{where}{at}.{m.unknown}: unknown key{did_you_mean(m.unknown, allowed)}; "
+                          f"{at} takes {', '.join(allowed)}")
+    if m.missing is not None:
+        raise ConfigError(f"{where}{at}: needs a {m.missing!r} key, e.g. {example}")
+    raise ConfigError(f"{where}{at}: {_shown(m.value)} must be {describe(m.schema)}; e.g. {example}")
+
+
+def _data(value: Any, base_dir: str) -> dict[str, Any]:
+    """``data:`` as ZarrDataset's arguments; a relative path is taken from the config's directory."""
+    data = {"path": value} if isinstance(value, str) else dict(value)
+    path = os.fspath(data["path"])
+    if "://" not in path and not os.path.isabs(path):
+        data["path"] = os.path.normpath(os.path.join(base_dir, path))
+    return data
+
+
 class TrainConfig:
-    """A validated training configuration (see the module docstring for the YAML form)."""
+    """A checked training configuration: the value of every YAML key, given or default.
 
-    model: str
-    data: dict[str, Any]
-    loss: str = "cross_entropy"
-    model_args: dict[str, Any] = field(default_factory=dict)
-    optimizer: dict[str, Any] = field(default_factory=lambda: {"name": "sgd", "lr": 0.01})
-    rule: dict[str, Any] | None = None
-    epochs: int = 1
-    batch_size: int = 128
-    workers: int = 2
-    threads_per_worker: int = 1
-    max_staleness: int | str | None = None
-    push_every: int = 1
-    seed: int = 0
-    timeout: float = 300.0
-    malloc_fix: bool = True
-    early_stopping: dict[str, Any] | None = None
-    checkpoint: str | None = None
-    checkpoint_every_versions: int | None = None
-    checkpoint_every_seconds: float | None = 60.0
-    max_restarts: int = 3
-    chunk_timeout: float | None = None
-    metrics: dict[str, str] = field(default_factory=dict)
-    step: str | None = None
-    step_args: dict[str, Any] = field(default_factory=dict)
-    #: the keys the YAML (or a command-line flag) set; the others hold defaults. A resumed run
-    #: compares only these with its checkpoint, and an unset max_staleness is left to the Trainer.
-    given: frozenset[str] = field(default_factory=frozenset, repr=False, compare=False)
+    Each key is also an attribute (``cfg.epochs``, ``cfg.workers``, ``cfg.checkpoint``); the
+    Python objects are made on demand (:meth:`settings`, or one with :meth:`setting`).
+
+    Parameters
+    ----------
+    values
+        Every key of :func:`psdist.settings.yaml_keys` -> its value; ``data`` as
+        :class:`~psdist.data.dataset.ZarrDataset`'s arguments.
+    given
+        The keys the YAML (or a command-line flag) set; the others hold defaults. A resumed run
+        compares only these with its checkpoint.
+    """
+
+    def __init__(self, values: dict[str, Any], given: frozenset[str] = frozenset()) -> None:
+        self.values = values
+        self.given = given
+
+    def __getattr__(self, name: str) -> Any:
+        values = self.__dict__.get("values")  # not self.values: unpickling asks before it is set
+        if values is not None and name in values:
+            return values[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __repr__(self) -> str:
+        return f"TrainConfig({self.values!r}, given={sorted(self.given)})"
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], base_dir: str = ".") -> TrainConfig:
-        if not isinstance(raw, dict):
-            raise ConfigError("a psdist config is a YAML mapping of settings (model:, data:, ...)")
-        known = {f.name for f in fields(cls)} - {"given"}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigError(f"unknown config keys {unknown}; known keys are {sorted(known)}")
-        for required in ("model", "data"):
-            if required not in raw:
-                raise ConfigError(f"the config needs a {required!r} entry (see `psdist train --help`)")
-        cfg = cls(**raw, given=frozenset(raw))
-        if isinstance(cfg.data, str):
-            cfg.data = {"path": cfg.data}
-        if "path" not in cfg.data:
-            raise ConfigError("data: needs a path, e.g. data: {path: data/jets.zarr}")
-        path = os.fspath(cfg.data["path"])
-        if "://" not in path and not os.path.isabs(path):
-            cfg.data["path"] = os.path.normpath(os.path.join(base_dir, path))
-        return cfg
+    def from_dict(cls, raw: Any, base_dir: str = ".", *, overrides: Mapping[str, Any] | None = None,
+                  source: str = "") -> TrainConfig:
+        """Check a parsed YAML config (flat or in sections) and fill in the defaults.
+
+        Parameters
+        ----------
+        raw
+            The YAML document.
+        base_dir
+            Directory a relative ``data`` path is taken from.
+        overrides
+            Values that replace the YAML's, by key (command-line flags; ``None`` is ``null``).
+            Messages name them by their flag (``--workers``).
+        source
+            How messages name the config (its path); ``""``: not at all.
+
+        Raises
+        ------
+        ConfigError
+            For an unknown key (with the closest known one), a value of the wrong type or out of
+            range (naming its path, ``algorithm.push_every``, and what it may be), or a missing
+            ``model`` or ``data``.
+        """
+        where = f"{source}: " if source else ""
+        flat, paths = _flatten(raw, where)
+        table = _keys()
+        for key, value in (overrides or {}).items():
+            if key not in table:
+                raise _unknown(key, key, None, where)
+            flat[key], paths[key] = value, _flag(table[key][1])
+        for key, value in flat.items():
+            _check(table[key][1], value, paths[key], where)
+        for name, (_, decl) in table.items():
+            if decl.required and name not in flat:
+                raise ConfigError(f"{where}the config needs a {name!r} entry ({decl.help}), e.g. "
+                                  f"{name}: {_yaml(decl.example)}; see `psdist train --help`")
+        # a default is copied: model_args: {} of one config is not another's
+        values = {name: flat[name] if name in flat else copy.deepcopy(decl.default) for name, (_, decl) in table.items()}
+        values["data"] = _data(values["data"], base_dir)
+        return cls(values, frozenset(flat))
+
+    def setting(self, name: str) -> Any:
+        """The Python value of one setting (:func:`psdist.settings.specs`) as this config gives it.
+
+        Not yet checked: :meth:`settings` checks them all together.
+        """
+        spec = specs()[name]
+        if spec.build is not None:
+            return spec.build(self.values)
+        return self.values[name] if spec.keys else None  # client: never in a YAML
+
+    def settings(self, **changes: Any) -> Settings:
+        """All the settings of this config, checked; ``changes`` by flat name (``client=...``)."""
+        made = {name: self.setting(name) for name, spec in specs().items() if spec.keys}
+        return Settings.from_kwargs(**{**made, **changes})
+
+    def given_settings(self) -> list[str]:
+        """The settings (flat names) any of whose keys the YAML or a flag set."""
+        return [name for name, spec in specs().items() if any(k.name in self.given for k in spec.keys)]
+
+    def trainer_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :class:`psdist.Trainer` (all but model, loss and data)."""
+        kwargs = self.settings().to_kwargs()
+        del kwargs["model_fn"], kwargs["loss_fn"]
+        return kwargs
 
     def model_fn(self) -> Any:
-        fn = import_object(self.model, "model")
-        return functools.partial(fn, **self.model_args) if self.model_args else fn
+        """The model factory (``model`` with ``model_args``)."""
+        return self.setting("model_fn")
 
     def loss_fn(self) -> Any:
-        return None if self.step else _loss(self.loss)
+        """The loss function (``None`` with a custom ``step``)."""
+        return self.setting("loss_fn")
 
     def dataset(self) -> ZarrDataset:
-        try:
-            return ZarrDataset(**self.data)
-        except TypeError as e:
-            raise ConfigError(f"bad data: option ({e}); known: path, x, y, x_val, y_val, val_fraction, chunk_rows, skip_bad_chunks, holdout_seed") from None
+        """The :class:`~psdist.data.dataset.ZarrDataset` of ``data``."""
+        return ZarrDataset(**self.values["data"])
 
     def make_optimizer(self) -> Optimizer | dict[str, Optimizer]:
         """One optimizer (``{name: sgd, ...}``) or one per model (``{generator: {name: adam}, ...}``)."""
-        if "name" not in self.optimizer and self.optimizer and all(isinstance(v, dict) for v in self.optimizer.values()):
-            return {str(k): optimizer_from_config(v) for k, v in self.optimizer.items()}
-        return optimizer_from_config(self.optimizer)
+        return self.setting("optimizer")  # type: ignore[no-any-return]
 
     def make_metrics(self) -> dict[str, Any]:
-        """``metrics: {auc: psdist.metrics:auc}`` → functions."""
-        return {str(k): import_object(v, f"metrics.{k}") for k, v in self.metrics.items()}
+        """``metrics: {auc: psdist.metrics:auc}`` -> functions."""
+        return self.setting("metrics")  # type: ignore[no-any-return]
 
     def make_step(self) -> Any | None:
-        """``step: psdist.hep.gan:CaloGANStep`` with ``step_args`` → a step object (or None)."""
-        if not self.step:
-            return None
-        cls = import_object(self.step, "step")
-        try:
-            return cls(**self.step_args)
-        except TypeError as e:
-            raise ConfigError(f"bad step_args for {self.step}: {e}") from None
+        """``step: psdist.hep.gan:CaloGANStep`` with ``step_args`` -> a step object (or None)."""
+        return self.setting("step")
 
     def make_rule(self) -> Rule:
-        return rule_from_config(self.rule) if self.rule else Downpour()
+        """The update rule (``rule:``; Downpour without one)."""
+        return self.setting("rule") or Downpour()
 
     def make_early_stopping(self) -> EarlyStopping | None:
-        if not self.early_stopping:
-            return None
-        try:
-            return EarlyStopping(**self.early_stopping)
-        except TypeError as e:
-            raise ConfigError(f"bad early_stopping option ({e})") from None
+        """The :class:`~psdist.run.stopping.EarlyStopping` of ``early_stopping`` (or None)."""
+        return self.setting("early_stopping")  # type: ignore[no-any-return]
 
-    def trainer_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for :class:`psdist.Trainer` (all but model, loss and data).
-
-        ``max_staleness`` is left out when the YAML does not set it, so
-        :class:`psdist.Trainer`'s own default applies; ``max_staleness: null`` means no bound.
-        """
-        kwargs = {
-            "optimizer": self.make_optimizer(),
-            "rule": self.make_rule(),
-            "push_every": self.push_every,
-            "batch_size": self.batch_size,
-            "workers": self.workers,
-            "threads_per_worker": self.threads_per_worker,
-            "early_stopping": self.make_early_stopping(),
-            "metrics": self.make_metrics(),
-            "step": self.make_step(),
-            "seed": self.seed,
-            "malloc_fix": self.malloc_fix,
-            "timeout": self.timeout,
-            "checkpoints": Checkpoints(self.checkpoint, self.checkpoint_every_versions,
-                                       self.checkpoint_every_seconds, self.max_restarts),
-            "chunk_timeout": self.chunk_timeout,
-        }
-        if "max_staleness" in self.given or self.max_staleness is not None:
-            kwargs["max_staleness"] = self.max_staleness
-        return kwargs
+    def make_checkpoints(self) -> Checkpoints:
+        """The :class:`~psdist.run.recovery.Checkpoints` of ``checkpoint`` and ``checkpoint_every_*``."""
+        return self.setting("checkpoints")  # type: ignore[no-any-return]
 
 
-def load_config(path: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Read a YAML config; relative data paths are taken from the config's directory."""
+def load_config(path: str, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Read and check a YAML config; relative data paths are taken from the config's directory.
+
+    ``overrides`` replace the YAML's values by key (see :meth:`TrainConfig.from_dict`).
+    """
     if not os.path.exists(path):
         raise ConfigError(f"config file {path!r} does not exist")
     with open(path) as f:
@@ -211,9 +304,8 @@ def load_config(path: str, overrides: dict[str, Any] | None = None) -> TrainConf
             raw = yaml.safe_load(f)
         except yaml.YAMLError as e:
             raise ConfigError(f"{path!r} is not valid YAML: {e}") from e
-    raw = dict(raw or {})
-    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return TrainConfig.from_dict(raw, base_dir=os.path.dirname(os.path.abspath(path)))
+    return TrainConfig.from_dict(raw if raw is not None else {}, os.path.dirname(os.path.abspath(path)),
+                                 overrides=overrides, source=path)
 
 
 # ----------------------------------------------------------------------------- --resume
@@ -281,36 +373,52 @@ def _differ(prefix: str, stored: dict[str, Any], wanted: dict[str, Any]) -> list
             if v is not None and stored.get(k) != v]
 
 
-def _optimizer_changes(cfg: TrainConfig, stored: dict[str, dict[str, Any]]) -> list[SettingChange]:
-    wanted = cfg.make_optimizer()
-    single = not isinstance(wanted, dict)
-    if not isinstance(wanted, dict):  # one optimizer: the checkpoint's only model, whatever its name
-        wanted = {next(iter(stored)) if len(stored) == 1 else "model": wanted}
+def _config_changes(key: str, have: dict[str, Any], want: dict[str, Any]) -> list[SettingChange]:
+    """Two ``{name: ..., options}`` configs (a rule, an optimizer): another name, or other options."""
+    if str(have.get("name", "")).lower() != str(want["name"]).lower():  # other options: not comparable
+        return [SettingChange(f"{key}.name", have.get("name"), want["name"])]
+    # None: an option resolved when training starts (EASGD's alpha), the stored one holds
+    return _differ(key, have, {k: v for k, v in want.items() if k != "name"})
+
+
+def _optimizer_changes(stored: dict[str, dict[str, Any]], want: dict[str, Any]) -> list[SettingChange]:
+    single = "name" in want  # one optimizer: the checkpoint's only model, whatever its name
+    wanted = {next(iter(stored)) if len(stored) == 1 else "model": want} if single else want
     out: list[SettingChange] = []
     for name in sorted(set(wanted) | set(stored)):
         if name not in wanted or name not in stored:
             out.append(SettingChange(f"optimizer.{name}", stored[name]["name"] if name in stored else None,
-                                     wanted[name].name if name in wanted else None))
+                                     wanted[name]["name"] if name in wanted else None))
             continue
-        key = "optimizer" if single else f"optimizer.{name}"
         # both sides normalised the same way: the YAML's optimizer with its defaults filled in
         # (leaving out momentum means momentum 0) against the checkpoint's full config
-        have, want = optimizer_from_config(stored[name]).to_config(), wanted[name].to_config()
-        if have["name"] != want["name"]:  # another optimizer: its options are not comparable
-            out.append(SettingChange(f"{key}.name", have["name"], want["name"]))
-        else:
-            out += _differ(key, have, want)
+        have = optimizer_from_config(stored[name]).to_config()
+        out += _config_changes("optimizer" if single else f"optimizer.{name}", have, wanted[name])
     return out
+
+
+def _changes(name: str, stored: dict[str, Any], value: Any) -> list[SettingChange]:
+    """How the checkpoint's JSON of one restored setting differs from ``value`` (a checked one)."""
+    spec = specs()[name]
+    want = spec.dump(value) if spec.dump else value
+    if spec.checkpoint == "server":
+        return _optimizer_changes(stored.get(name) or {}, want)
+    if isinstance(want, dict) and "name" in want:  # a rule: its default where an old checkpoint has none
+        default = spec.check(None) if spec.check else None
+        have = stored.get(name) or (spec.dump(default) if spec.dump and default is not None else {})
+        return _config_changes(name, dict(have), want)
+    return [SettingChange(name, stored.get(name), want)] if stored.get(name) != want else []
 
 
 def resume_settings(cfg: TrainConfig, meta: dict[str, Any], override: bool = False, *,
                     source: str = "the config", checkpoint: str = "the checkpoint") -> ResumeSettings:
     """Compare a config's training settings with a checkpoint's, for ``psdist train --resume``.
 
-    Only what the YAML sets is compared: top-level keys it leaves out (``batch_size``,
-    ``max_staleness``, ...) come from the checkpoint, as does a rule option left to its
-    automatic default (EASGD's ``alpha``). An ``optimizer:`` or ``rule:`` entry means that
-    optimizer or rule with its defaults, as a fresh run would build it.
+    The settings compared are those a checkpoint restores (:mod:`psdist.settings`: optimizer,
+    rule, batch_size, push_every, max_staleness, seed), and only where the YAML sets them: keys
+    it leaves out come from the checkpoint, as does a rule option left to its automatic default
+    (EASGD's ``alpha``). An ``optimizer:`` or ``rule:`` entry means that optimizer or rule with
+    its defaults, as a fresh run would build it.
 
     Parameters
     ----------
@@ -336,19 +444,12 @@ def resume_settings(cfg: TrainConfig, meta: dict[str, Any], override: bool = Fal
         ways out), or when ``override`` would change an optimizer's type, whose state cannot
         carry over.
     """
-    trainer = meta.get("trainer") or {}
-    optimizers = {n: o["config"] for n, o in (meta.get("server") or {}).get("optimizers", {}).items()}
-    changes = [SettingChange(k, trainer.get(k), getattr(cfg, k)) for k in STORED_SETTINGS
-               if k in cfg.given and trainer.get(k) != getattr(cfg, k)]
-    if "rule" in cfg.given:
-        stored = dict(trainer.get("rule") or {"name": "Downpour"})
-        wanted = cfg.make_rule().to_config()
-        if str(stored.get("name", "")).lower() != str(wanted["name"]).lower():
-            changes.append(SettingChange("rule.name", stored.get("name"), wanted["name"]))
-        else:  # None: an option resolved when training starts (EASGD's alpha), the stored one holds
-            changes += _differ("rule", stored, {k: v for k, v in wanted.items() if k != "name"})
-    if "optimizer" in cfg.given:
-        changes += _optimizer_changes(cfg, optimizers)
+    names = [n for n in cfg.given_settings() if specs()[n].checkpoint in RESTORED]
+    if not names:
+        return ResumeSettings([])
+    flat = cfg.settings().to_kwargs()  # checked and normalised as the run would use them
+    stored = stored_values(meta)
+    changes = [change for name in names for change in _changes(name, stored, flat[name])]
     if not changes:
         return ResumeSettings([])
     listing = "\n".join(f"  {c}" for c in changes)
@@ -368,12 +469,9 @@ def resume_settings(cfg: TrainConfig, meta: dict[str, Any], override: bool = Fal
             + "\nthe checkpoint's optimizer state (step count, buffers) does not apply to another "
             "optimizer; keep the checkpoint's in the YAML, or start a new run without --resume"
         )
-    kwargs: dict[str, Any] = {k: getattr(cfg, k) for k in STORED_SETTINGS if k in cfg.given}
+    kwargs = {name: flat[name] for name in names}
     lrs: dict[str | None, float] = {}
-    if "rule" in cfg.given:
-        kwargs["rule"] = cfg.make_rule()
-    if "optimizer" in cfg.given:
-        kwargs["optimizer"] = cfg.make_optimizer()
+    if "optimizer" in kwargs:
         opts = kwargs["optimizer"] if isinstance(kwargs["optimizer"], dict) else {None: kwargs["optimizer"]}
         lrs = {name: opt.lr for name, opt in opts.items()}
     return ResumeSettings(changes, kwargs, lrs)
