@@ -13,7 +13,7 @@ import psdist
 from psdist.cluster.actor import ParameterServer
 from psdist.core.inprocess import LocalServer
 from psdist.core.layout import Entry, FlatSpec, Layout
-from psdist.core.protocol import Push
+from psdist.core.protocol import Push, RejectKind
 from psdist.core.server import ServerState
 from psdist.optim import SGD
 from psdist.rules import SSP, Sync
@@ -64,10 +64,12 @@ def test_sync_rejects_stale_and_duplicate_gradients():
     s.join("b")
     s.push(push("a", 0, [1, 1, 1]))
     dup = s.push(push("a", 0, [1, 1, 1]))
-    assert not dup.applied and dup.reason.startswith("duplicate")
+    assert not dup.applied and dup.kind is RejectKind.DUPLICATE
     s.push(push("b", 0, [1, 1, 1]))
     stale = s.push(push("a", 0, [5, 5, 5]))  # computed on round 0 weights, round 1 is open
-    assert not stale.applied and stale.reason.startswith("stale")
+    assert not stale.applied and stale.kind is RejectKind.STALE
+    assert stale.reason == ("stale: computed at version 0, the round is at 1; "
+                            "synchronous SGD takes only gradients of the current weights")
     assert s.rejected == {"duplicate": 1, "stale": 1} and s.version == 1
 
 

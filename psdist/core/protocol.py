@@ -6,23 +6,75 @@ server is a Dask actor, an in-process object (tests, the simulator) or restored 
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["NONFINITE", "STALE", "Pull", "Push", "PushReply", "ServerHandle", "reason_kind"]
+__all__ = [
+    "NONFINITE",
+    "STALE",
+    "Pull",
+    "Push",
+    "PushReply",
+    "RejectKind",
+    "Rejection",
+    "ServerHandle",
+]
 
-#: Rejection kind of a push whose update or loss holds NaN/Inf (a key of the server's
-#: ``metrics()["rejected"]`` and of :attr:`psdist.replica.loop.ChunkResult.rejected`).
-NONFINITE = "nonfinite"
+
+class RejectKind(str, enum.Enum):
+    """Why the server refused a push, as a stable name.
+
+    ``str``-valued, so a kind is its value wherever text is expected: the keys of the server's
+    ``metrics()["rejected"]``, of :attr:`psdist.replica.loop.ChunkResult.rejected` and of
+    checkpoints are these strings (``"nonfinite"``, ``"stale"``, ...), and a counter read back
+    from JSON is found again with the member (``counts.get(RejectKind.STALE)``).
+    """
+
+    #: The update or the loss holds NaN/Inf.
+    NONFINITE = "nonfinite"
+    #: Computed from weights older than the bound allows (``max_staleness``, or Sync's round).
+    STALE = "stale"
+    #: A second gradient of the same worker for one synchronous round.
+    DUPLICATE = "duplicate"
+    #: Any other refusal of a rule's own (a user's rule); its reason says why.
+    RULE = "rule"
+
+    # the value, not "RejectKind.STALE": f-strings and logs show the stable name, on every
+    # Python (the str() of mixed-in enums changed between 3.10 and 3.12)
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+#: Rejection kind of a push whose update or loss holds NaN/Inf.
+NONFINITE = RejectKind.NONFINITE
 #: Rejection kind of a push computed from weights older than ``max_staleness`` versions.
-STALE = "stale"
+STALE = RejectKind.STALE
 
 
-def reason_kind(reason: str | None) -> str:
-    """The stable kind of a rejection reason: the text before its first colon (``"nonfinite"``)."""
-    return (reason or "rejected").split(":", 1)[0].strip() or "rejected"
+@dataclass(frozen=True)
+class Rejection:
+    """A refused push: the kind to count it under and an explanation for people.
+
+    Parameters
+    ----------
+    kind
+        What counters and code look at (never parse ``reason``).
+    reason
+        Why, and what to do about it, e.g. ``"staleness 5 > max_staleness 4; pull and
+        recompute"``.
+    """
+
+    kind: RejectKind
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.kind.value}: {self.reason}"
 
 
 @dataclass
@@ -76,18 +128,35 @@ class Pull:
 class PushReply:
     """The server's answer to a push (and, with ``pull``, the fresh weights).
 
-    ``reason`` (rejected pushes) starts with a stable kind and a colon, e.g.
-    ``"nonfinite: ..."`` or ``"stale: ..."``; :func:`reason_kind` extracts it.
-    ``wait`` is set when a barrier rule (SSP, Sync) holds the worker back: ``pull`` is then
-    ``None`` and the worker calls :meth:`ServerHandle.wait` before computing again.
+    ``rejection`` says why a push was refused (``None`` when it was admitted); code looks at
+    its :attr:`~Rejection.kind`. ``wait`` is set when a barrier rule (SSP, Sync) holds the
+    worker back: ``pull`` is then ``None`` and the worker calls :meth:`ServerHandle.wait`
+    before computing again.
     """
 
     applied: bool
     version: int
     staleness: int
-    reason: str | None = None
+    rejection: Rejection | None = None
     pull: Pull | None = None
     wait: bool = False
+
+    def __post_init__(self) -> None:
+        if self.applied == (self.rejection is not None):
+            raise ValueError(
+                f"PushReply(applied={self.applied}, rejection={self.rejection}): a push is either "
+                "applied or rejected with a Rejection"
+            )
+
+    @property
+    def kind(self) -> RejectKind | None:
+        """The rejection's kind, ``None`` for an admitted push."""
+        return None if self.rejection is None else self.rejection.kind
+
+    @property
+    def reason(self) -> str | None:
+        """The rejection as text for people (``"stale: staleness 5 > ..."``), or ``None``."""
+        return None if self.rejection is None else str(self.rejection)
 
 
 class ServerHandle(Protocol):

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from psdist.core.layout import Layout
+from psdist.core.layout import Group, Layout
 from psdist.core.optim import Optimizer
-from psdist.core.protocol import NONFINITE, STALE, Pull, Push, PushReply, reason_kind
+from psdist.core.protocol import Pull, Push, PushReply, Rejection, RejectKind
 from psdist.core.rules import Downpour, Rule
 from psdist.errors import ConfigError, InvalidServerState, ServerError
 
@@ -121,7 +121,7 @@ class ServerState:
             "version": self.version,
             "applied": self.applied,
             "rejected": sum(self.rejected.values()),
-            "nonfinite": self.rejected.get(NONFINITE, 0),
+            "nonfinite": self.rejected.get(RejectKind.NONFINITE, 0),
             "pushes": sum(self.staleness_hist),
             "samples": self.samples_applied,
         }
@@ -169,8 +169,8 @@ class ServerState:
         if push.worker in self.active:
             self.active[push.worker] += 1
         self._count_staleness(tau)
-        reason = self._admission(push, tau) or self.server_rule.admit(self, push, tau)
-        if reason is None:
+        rejection = self._admission(push, tau) or self._rule_admission(push, tau)
+        if rejection is None:
             self.server_rule.apply(self, push, tau)
             self.applied += 1
             self.samples_applied += push.samples
@@ -179,17 +179,18 @@ class ServerState:
             stats.samples += push.samples
             stats.last_loss = push.loss
         else:
-            kind = reason_kind(reason)
+            # counted under the plain string: metrics and checkpoints keep JSON's own keys
+            kind = rejection.kind.value
             self.rejected[kind] = self.rejected.get(kind, 0) + 1
             self.samples_rejected += push.samples
             stats.rejected += 1
-            stats.nonfinite += kind == NONFINITE
+            stats.nonfinite += rejection.kind is RejectKind.NONFINITE
         reply, wait = None, False
         if pull:
             reply = self.pull_if_ready(push.worker, push.base_version)
             wait = reply is None
             self.waits += wait
-        return PushReply(reason is None, self.version, tau, reason, reply, wait)
+        return PushReply(rejection is None, self.version, tau, rejection, reply, wait)
 
     def _check_shape(self, push: Push) -> None:
         u = push.update
@@ -204,12 +205,24 @@ class ServerState:
             if unknown:
                 raise ServerError(f"push names unknown model groups {sorted(unknown)}")
 
-    def _admission(self, push: Push, tau: int) -> str | None:
+    def _admission(self, push: Push, tau: int) -> Rejection | None:
         if not math.isfinite(push.loss) or not np.isfinite(push.update).all():
-            return f"{NONFINITE}: the update or loss holds NaN/Inf; lower the learning rate or check the data"
+            return Rejection(RejectKind.NONFINITE,
+                             "the update or loss holds NaN/Inf; lower the learning rate or check the data")
         if self.max_staleness is not None and tau > self.max_staleness:
-            return f"{STALE}: staleness {tau} > max_staleness {self.max_staleness}; pull and recompute"
+            return Rejection(RejectKind.STALE,
+                             f"staleness {tau} > max_staleness {self.max_staleness}; pull and recompute")
         return None
+
+    def _rule_admission(self, push: Push, tau: int) -> Rejection | None:
+        rejection = self.server_rule.admit(self, push, tau)
+        # a rule written for the old text protocol returns a string: say how to port it
+        if rejection is not None and not isinstance(rejection, Rejection):
+            raise ServerError(
+                f"{type(self.server_rule).__name__}.admit returned {rejection!r}; return "
+                "psdist.core.protocol.Rejection(RejectKind.<kind>, reason) or None"
+            )
+        return rejection
 
     def _count_staleness(self, tau: int) -> None:
         if tau >= len(self.staleness_hist):
@@ -273,7 +286,7 @@ class ServerState:
         return gone
 
     # ------------------------------------------------------------------ applying updates
-    def _groups(self, push: Push):
+    def _groups(self, push: Push) -> list[Group]:
         names = push.groups if push.groups is not None else self.layout.names
         return [self.layout.group(n) for n in names]
 
@@ -320,8 +333,8 @@ class ServerState:
     def metrics(self) -> dict[str, Any]:
         """A JSON-safe snapshot of the counters (cumulative; callers take differences).
 
-        ``rejected`` counts rejected pushes by kind (:func:`~psdist.core.protocol.reason_kind`:
-        ``"nonfinite"``, ``"stale"``, or a rule's own); ``nonfinite`` repeats the non-finite
+        ``rejected`` counts rejected pushes by kind (the values of
+        :class:`~psdist.core.protocol.RejectKind`: ``"nonfinite"``, ``"stale"``, ...); ``nonfinite`` repeats the non-finite
         count so it is there (0) before the first such push.
         """
         pushes = sum(self.staleness_hist)
@@ -330,7 +343,7 @@ class ServerState:
         )
         return {
             **self._counters(),
-            "nonfinite": self.rejected.get(NONFINITE, 0),  # = rejected["nonfinite"], always present
+            "nonfinite": self.rejected.get(RejectKind.NONFINITE, 0),  # = rejected["nonfinite"], always present
             "lr": self.lr,
             "staleness_mean": mean_tau,
             "staleness_max": len(self.staleness_hist) - 1 if pushes else 0,
@@ -417,7 +430,7 @@ class ServerState:
         sums = {
             "applied": (self.applied, sum(s.applied for s in table)),
             "rejected": (sum(self.rejected.values()), sum(s.rejected for s in table)),
-            "nonfinite": (self.rejected.get(NONFINITE, 0), sum(s.nonfinite for s in table)),
+            "nonfinite": (self.rejected.get(RejectKind.NONFINITE, 0), sum(s.nonfinite for s in table)),
             "pushes": (sum(self.staleness_hist), sum(s.pushes for s in table)),
             "samples": (self.samples_applied, sum(s.samples for s in table)),
         }

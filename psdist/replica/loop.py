@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from psdist.core.finite import nonfinite_rows
-from psdist.core.protocol import NONFINITE, ServerHandle, reason_kind
+from psdist.core.protocol import RejectKind, ServerHandle
 from psdist.core.rules import WorkerRule
 from psdist.replica.replica import Replica
 from psdist.replica.steps import reported_loss
@@ -50,7 +50,7 @@ class ChunkResult:
     losses: dict[str, float] = field(default_factory=dict)  # named losses of a custom step, summed
     pushes: int = 0
     applied: int = 0
-    rejected: dict[str, int] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)  # by RejectKind value ("stale", ...)
     staleness: list[int] = field(default_factory=list)
     version: int = 0
     compute_s: float = 0.0
@@ -68,7 +68,7 @@ class ChunkResult:
     @property
     def pushes_nonfinite(self) -> int:
         """Pushes the server rejected because the update or loss held NaN/Inf."""
-        return self.rejected.get(NONFINITE, 0)
+        return self.rejected.get(RejectKind.NONFINITE, 0)
 
     @classmethod
     def skipped(cls, chunk: int, epoch: int, worker: str, device: str, error: BaseException) -> ChunkResult:
@@ -270,8 +270,8 @@ def _train_batches(
         if reply.applied:
             res.applied += 1
             res.samples_applied += acc_samples
-        else:
-            kind = reason_kind(reply.reason)
+        elif reply.rejection is not None:  # always, when not applied (PushReply checks)
+            kind = reply.rejection.kind.value  # plain strings: the result travels and is published
             res.rejected[kind] = res.rejected.get(kind, 0) + 1
         acc_batches = acc_samples = 0
         acc_loss = 0.0

@@ -6,8 +6,9 @@ Downpour ignores it (optionally bounded by ``max_staleness``), the others damp o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -37,7 +38,7 @@ class Downpour(Rule):
 
 
 class _ScaledServer(ServerRule):
-    def __init__(self, scale: Any) -> None:
+    def __init__(self, scale: Callable[[int], float]) -> None:
         self._scale = scale
 
     def lr_scale(self, staleness: int) -> float:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from psdist.core.protocol import Push
+from psdist.core.protocol import Push, Rejection, RejectKind
 from psdist.core.rules.base import Rule, ServerRule
 from psdist.errors import ConfigError
 
@@ -33,14 +33,16 @@ class _SyncServer(ServerRule):
         self._groups: set[str] | None = set()
         self.contributed: set[str] = set()
 
-    def admit(self, state: ServerState, push: Push, staleness: int) -> str | None:
+    def admit(self, state: ServerState, push: Push, staleness: int) -> Rejection | None:
         if staleness > 0:
-            return (
-                f"stale: computed at version {push.base_version}, the round is at "
-                f"{state.version}; synchronous SGD takes only gradients of the current weights"
+            return Rejection(
+                RejectKind.STALE,
+                f"computed at version {push.base_version}, the round is at {state.version}; "
+                "synchronous SGD takes only gradients of the current weights",
             )
         if push.worker in self.contributed:
-            return "duplicate: this worker already contributed to the current round; wait for it"
+            return Rejection(RejectKind.DUPLICATE,
+                             "this worker already contributed to the current round; wait for it")
         return None
 
     def apply(self, state: ServerState, push: Push, staleness: int) -> None:

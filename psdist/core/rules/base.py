@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from psdist.core.protocol import Pull, Push, PushReply
+from psdist.core.protocol import Pull, Push, PushReply, Rejection
 from psdist.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -25,8 +25,8 @@ class ServerRule:
     def on_pull(self, state: ServerState, worker: str) -> None:
         """Called for every pull (e.g. to remember the weights a worker holds)."""
 
-    def admit(self, state: ServerState, push: Push, staleness: int) -> str | None:
-        """A rejection reason (``"kind: explanation"``) for this push, or ``None`` to admit it."""
+    def admit(self, state: ServerState, push: Push, staleness: int) -> Rejection | None:
+        """Why this push is refused (its kind and an explanation), or ``None`` to admit it."""
         return None
 
     def lr_scale(self, staleness: int) -> float:

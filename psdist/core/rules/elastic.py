@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from psdist.core.protocol import NONFINITE, Pull, Push, PushReply, reason_kind
+from psdist.core.protocol import Pull, Push, PushReply, RejectKind
 from psdist.core.rules.base import Rule, ServerRule, WorkerRule, positive, rule_code
 from psdist.errors import ConfigError
 
@@ -92,7 +92,7 @@ class _ElasticWorker(WorkerRule):
         # both sides as they were, so the elastic difference is not lost
         if reply.applied:
             replica.set_weights(local - elastic)
-        elif reason_kind(reply.reason) == NONFINITE and not np.isfinite(local).all():
+        elif reply.kind is RejectKind.NONFINITE and not np.isfinite(local).all():
             # diverged local weights would be refused forever: start again from the centre,
             # as a replacement worker would
             logger.warning("psdist: %s: local EASGD weights hold NaN/Inf; restarting from the centre",

@@ -30,7 +30,8 @@ def gem_scale(
     this worker's last pull (the other workers' updates), ``η g`` the worker's own plain move.
     """
     num = kappa * np.abs(lr * momentum) - np.abs(central_move)
-    return np.clip(num / (np.abs(lr * grad) + eps), 0.0, pi_max).astype(np.float32)
+    pi: np.ndarray = np.clip(num / (np.abs(lr * grad) + eps), 0.0, pi_max).astype(np.float32)
+    return pi
 
 
 class _GEMWorker(WorkerRule):
