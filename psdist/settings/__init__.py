@@ -47,7 +47,7 @@ from psdist.settings.groups import (
 )
 from psdist.settings.schema import Mismatch, describe, did_you_mean, mismatch
 from psdist.settings.spec import Key, Spec
-from psdist.settings.views import Settings, json_schema, specs, stored_values, yaml_keys
+from psdist.settings.views import Settings, json_schema, restored_settings, specs, stored_values, yaml_keys
 
 __all__ = [
     "AUTO",
@@ -66,6 +66,7 @@ __all__ = [
     "import_object",
     "json_schema",
     "mismatch",
+    "restored_settings",
     "specs",
     "stored_values",
     "yaml_keys",

@@ -210,17 +210,20 @@ class Training:
         "loss_fn(output, target) -> scalar tensor, the mean over the batch; not needed with a custom step",
         "loss_fn=torch.nn.functional.cross_entropy",
         "a function loss_fn(output, target) -> scalar tensor, or None with a custom step", _callable_or(True),
-        Key("loss", {"type": "string", "title": "a torch.nn.functional name or an import path 'package.module:name'"},
+        Key("loss", {"type": "string",
+                     "title": "a torch.nn.functional name or an import path 'package.module:name'"},
             "the loss: a torch.nn.functional name or 'package.module:function' (ignored with step)",
             "cross_entropy", "cross_entropy"),
         build=_build_loss))
     optimizer: Optimizer | dict[str, Optimizer] = field(default=UNSET, metadata=declared(
         "server optimizer (psdist.optim) or a dict of them per model name; default SGD(lr=0.01)",
-        "optimizer=psdist.optim.SGD(lr=0.05, momentum=0.9)", "a psdist.optim optimizer or a dict of them per model name",
+        "optimizer=psdist.optim.SGD(lr=0.05, momentum=0.9)",
+        "a psdist.optim optimizer or a dict of them per model name",
         _optimizer,
         Key("optimizer", {"type": "object", "properties": {"name": _name_schema(_names(core_optim, Optimizer))},
                           "title": "a mapping {name: ..., lr: ..., options}, or one such mapping per model"},
-            "the server optimizer {name: ..., lr: ..., options}, or one per model {generator: {name: adam, ...}, ...}",
+            "the server optimizer {name: ..., lr: ..., options}, or one per model "
+            "{generator: {name: adam, ...}, ...}",
             {"name": "sgd", "lr": 0.05, "momentum": 0.9}, {"name": "sgd", "lr": 0.01}),
         build=_build_optimizer, checkpoint="server", dump=_optimizer_json, load=_optimizer_from_server))
     step: Any = field(default=None, metadata=declared(
@@ -245,9 +248,11 @@ class Training:
             "improving for patience epochs, or reaches target", {"monitor": "val_auc", "patience": 3}),
         build=_build_early_stopping))
     batch_size: int = field(default=128, metadata=plain(
-        "rows per minibatch", {"type": "integer", "minimum": 1}, 128, flag="--batch-size N", checkpoint="restore"))
+        "rows per minibatch", {"type": "integer", "minimum": 1}, 128,
+        flag="--batch-size N", checkpoint="restore"))
     seed: int = field(default=0, metadata=plain(
-        "seeds the initial weights, the chunk order and the in-chunk shuffles", {"type": "integer", "minimum": 0}, 0,
+        "seeds the initial weights, the chunk order and the in-chunk shuffles",
+        {"type": "integer", "minimum": 0}, 0,
         flag="--seed N", checkpoint="restore"))
 
     def __post_init__(self) -> None:
@@ -276,7 +281,8 @@ class Algorithm:
                    {"type": "null", "description": "no bound"}]},
         4, flag="--max-staleness N|auto|null", checkpoint="restore"))
     push_every: int = field(default=1, metadata=plain(
-        "minibatches whose gradients a worker accumulates before each push", {"type": "integer", "minimum": 1}, 1,
+        "minibatches whose gradients a worker accumulates before each push",
+        {"type": "integer", "minimum": 1}, 1,
         flag="--push-every N", checkpoint="restore"))
 
     def __post_init__(self) -> None:
@@ -288,20 +294,21 @@ class Scaling:
     """Where the training runs: the cluster, the parameter server's place, TLS, allocator."""
 
     workers: int = field(default=2, metadata=plain(
-        "training workers of the embedded LocalCluster (ignored with a client)", {"type": "integer", "minimum": 1},
-        2, flag="--workers N", checkpoint="record"))
+        "training workers of the embedded LocalCluster (ignored with a client)",
+        {"type": "integer", "minimum": 1}, 2, flag="--workers N", checkpoint="record"))
     threads_per_worker: int = field(default=1, metadata=plain(
         "threads per worker of the embedded LocalCluster (torch threads)", {"type": "integer", "minimum": 1}, 1,
         flag="--threads N", checkpoint="record"))
     client: Any = field(default=None, metadata=declared(
         "an existing distributed.Client; without it each fit starts and closes a LocalCluster",
-        "client=distributed.Client('tcp://scheduler:8786')", "a distributed.Client or None", lambda value: value))
+        "client=distributed.Client('tcp://scheduler:8786')", "a distributed.Client or None",
+        lambda value: value))
     ps_worker: str | None = field(default=None, metadata=plain(
         "name or address of the worker to host the parameter server", _or_null({"type": "string"}, "chosen"),
         "tcp://10.0.0.5:40331", checkpoint="record"))
     dedicated_ps: bool | None = field(default=None, metadata=plain(
-        "keep the parameter server's worker free of training; null: the embedded cluster starts one worker more "
-        "for it, a given cluster only if it has a psdist-ps worker",
+        "keep the parameter server's worker free of training; null: the embedded cluster starts one "
+        "worker more for it, a given cluster only if it has a psdist-ps worker",
         _or_null({"type": "boolean"}, "chosen by the cluster"), True, checkpoint="record"))
     security: Any = field(default=None, metadata=declared(
         "TLS for the embedded cluster: true (a temporary certificate) or PEM files {ca_file, cert, key}",
@@ -361,7 +368,8 @@ GROUPS: Mapping[str, str] = MappingProxyType({
 #: YAML keys of ``psdist train`` that are no Trainer setting (in the ``training`` section)
 JOB_KEYS = (
     Key("data", {"anyOf": [{"type": "string"}, _mapping_of(ZarrDataset, ("path",))]},
-        "the Zarr dataset: its path (relative to the config file) or {path: ..., options of psdist.ZarrDataset}",
+        "the Zarr dataset: its path (relative to the config file) or "
+        "{path: ..., options of psdist.ZarrDataset}",
         {"path": "../data/jets.zarr", "val_fraction": 0.1}, required=True),
     Key("epochs", {"type": "integer", "minimum": 1}, "epochs to train (with --resume: up to this many in all; "
         "the --epochs flag: this many more)", 5, 1, flag="--epochs N"),

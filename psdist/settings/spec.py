@@ -113,13 +113,15 @@ BAD: Any = object()
 UNSET: Any = None
 
 
-def plain(help: str, schema: Schema, example: Any, *, flag: str = "", checkpoint: CheckpointRole = "") -> dict[str, Spec]:
+def plain(help: str, schema: Schema, example: Any, *, flag: str = "",
+          checkpoint: CheckpointRole = "") -> dict[str, Spec]:
     """The metadata of a setting whose value is JSON (the same in Python and YAML), checked by its schema.
 
     ``batch_size: int = field(default=128, metadata=plain(...))``. Its one YAML key has the
     setting's name and default; ``example`` is a valid value.
     """
-    return {"spec": Spec(help, schema=schema, keys=(Key("", schema, help, example, flag=flag),), checkpoint=checkpoint)}
+    key = Key("", schema, help, example, flag=flag)
+    return {"spec": Spec(help, schema=schema, keys=(key,), checkpoint=checkpoint)}
 
 
 def declared(help: str, example: str, allowed: str, check: Callable[[Any], Any], *keys: Key,
@@ -144,7 +146,8 @@ def resolved(group: type) -> Mapping[str, Spec]:
         for f in fields(group):
             spec: Spec = f.metadata["spec"]
             # a plain setting's key: the field's name and default
-            keys = tuple(k if k.name else dataclasses.replace(k, name=f.name, default=f.default) for k in spec.keys)
+            keys = tuple(k if k.name else dataclasses.replace(k, name=f.name, default=f.default)
+                         for k in spec.keys)
             example = spec.example or f"{f.name}={keys[0].example!r}"
             out[f.name] = dataclasses.replace(spec, name=f.name, keys=keys, example=example)
         _RESOLVED[group] = MappingProxyType(out)
@@ -160,7 +163,8 @@ def check_fields(group: object) -> None:
             if kept is BAD:
                 raise spec.error(f"{name}={value!r} must be {spec.allowed}, e.g. {spec.example}")
         elif spec.schema is not None and mismatch(value, spec.schema) is not None:
-            raise spec.error(f"{name}={value!r} must be {describe(spec.schema, python=True)}, e.g. {spec.example}")
+            allowed = describe(spec.schema, python=True)
+            raise spec.error(f"{name}={value!r} must be {allowed}, e.g. {spec.example}")
         else:
             kept = _normalised(value, spec.schema or {})
         object.__setattr__(group, name, kept)  # frozen: set once, here

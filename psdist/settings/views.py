@@ -10,11 +10,11 @@ from types import MappingProxyType
 from typing import Any
 
 from psdist.errors import ConfigError
-from psdist.settings.groups import AUTO, GROUPS, JOB_KEYS, Algorithm, FaultPolicy, Scaling, Training
+from psdist.settings.groups import GROUPS, JOB_KEYS, Algorithm, FaultPolicy, Scaling, Training
 from psdist.settings.schema import Schema, did_you_mean
 from psdist.settings.spec import Key, Spec, resolved
 
-__all__ = ["Settings", "json_schema", "specs", "stored_values", "yaml_keys"]
+__all__ = ["Settings", "json_schema", "restored_settings", "specs", "stored_values", "yaml_keys"]
 
 _GROUP_TYPES: dict[str, type] = {"training": Training, "algorithm": Algorithm, "scaling": Scaling,
                                  "faults": FaultPolicy}
@@ -29,6 +29,12 @@ def _specs() -> Mapping[str, Spec]:
 def specs() -> Mapping[str, Spec]:
     """Every setting by its keyword name (``batch_size``), in group order, with its :class:`Spec`."""
     return _specs()
+
+
+def restored_settings() -> tuple[str, ...]:
+    """The settings a checkpoint restores and ``psdist train --resume`` compares (roles ``restore``
+    and ``server``): ``optimizer, batch_size, seed, rule, max_staleness, push_every``."""
+    return tuple(name for name, spec in specs().items() if spec.checkpoint in ("restore", "server"))
 
 
 @functools.cache
@@ -70,12 +76,13 @@ class Settings:
     def __post_init__(self) -> None:
         for name, kind in _GROUP_TYPES.items():
             if not isinstance(getattr(self, name), kind):
-                raise ConfigError(f"{name}={getattr(self, name)!r} must be psdist.settings.{kind.__name__}(...)")
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be "
+                                  f"psdist.settings.{kind.__name__}(...)")
         opt = self.training.optimizer
         staleness = self.algorithm.max_staleness
         # settings that only work together: the rule says which (EASGD's period and push_every)
-        self.algorithm.rule.check(self.algorithm.push_every, None if staleness == AUTO else staleness,  # type: ignore[arg-type]
-                                  opt if isinstance(opt, dict) else {"model": opt})
+        bound = staleness if isinstance(staleness, int) else None  # AUTO is sized at each fit
+        self.algorithm.rule.check(self.algorithm.push_every, bound, opt if isinstance(opt, dict) else {"model": opt})
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> Settings:
@@ -152,7 +159,8 @@ def stored_values(meta: Mapping[str, Any]) -> dict[str, Any]:
     checkpoint lacks is left out.
     """
     trainer = meta.get("trainer") or {}
-    out = {name: trainer[name] for name, spec in specs().items() if spec.checkpoint == "restore" and name in trainer}
+    out = {name: trainer[name] for name, spec in specs().items()
+           if spec.checkpoint == "restore" and name in trainer}
     optimizers = (meta.get("server") or {}).get("optimizers") or {}
     if optimizers:
         out["optimizer"] = {str(n): o["config"] for n, o in optimizers.items()}
