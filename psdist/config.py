@@ -61,16 +61,13 @@ from psdist.settings import (
     did_you_mean,
     import_object,
     mismatch,
+    restored_settings,
     specs,
     stored_values,
     yaml_keys,
 )
 
 __all__ = ["ResumeSettings", "SettingChange", "TrainConfig", "import_object", "load_config", "resume_settings"]
-
-#: how checkpoints hold the settings ``--resume`` compares (psdist.settings.CheckpointRole)
-RESTORED = ("restore", "server")
-
 
 def _keys() -> dict[str, tuple[str, Key]]:
     """Every YAML key -> (its section, its declaration)."""
@@ -79,7 +76,8 @@ def _keys() -> dict[str, tuple[str, Key]]:
 
 def _yaml(value: Any) -> str:
     """A value as a YAML flow (``{name: sgd, lr: 0.05}``, ``auto``, ``null``) for messages."""
-    return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10_000).removesuffix("...\n").strip()
+    text = yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10_000)
+    return text.removesuffix("...\n").strip()
 
 
 def _shown(value: Any) -> str:
@@ -99,9 +97,11 @@ def _unknown(path: str, key: str, section: str | None, where: str) -> ConfigErro
             f"{where}unknown config key {key!r}{did_you_mean(key, [*table, *GROUPS])}; the keys are "
             f"{', '.join(table)} (at the top level or in the sections {', '.join(f'{g}:' for g in GROUPS)})")
     if key in table:
-        return ConfigError(f"{where}{path}: {key} belongs in {table[key][0]}: (or at the top level), not in {section}:")
+        return ConfigError(f"{where}{path}: {key} belongs in {table[key][0]}: (or at the top level), "
+                           f"not in {section}:")
     names = [k.name for k in yaml_keys()[section]]
-    return ConfigError(f"{where}{path}: unknown key{did_you_mean(key, names)}; {section}: takes {', '.join(names)}")
+    return ConfigError(f"{where}{path}: unknown key{did_you_mean(key, names)}; "
+                       f"{section}: takes {', '.join(names)}")
 
 
 def _flatten(raw: Any, where: str) -> tuple[dict[str, Any], dict[str, str]]:
@@ -226,7 +226,8 @@ class TrainConfig:
                 raise ConfigError(f"{where}the config needs a {name!r} entry ({decl.help}), e.g. "
                                   f"{name}: {_yaml(decl.example)}; see `psdist train --help`")
         # a default is copied: model_args: {} of one config is not another's
-        values = {name: flat[name] if name in flat else copy.deepcopy(decl.default) for name, (_, decl) in table.items()}
+        values = {name: flat[name] if name in flat else copy.deepcopy(decl.default)
+                  for name, (_, decl) in table.items()}
         values["data"] = _data(values["data"], base_dir)
         return cls(values, frozenset(flat))
 
@@ -269,11 +270,11 @@ class TrainConfig:
 
     def make_optimizer(self) -> Optimizer | dict[str, Optimizer]:
         """One optimizer (``{name: sgd, ...}``) or one per model (``{generator: {name: adam}, ...}``)."""
-        return self.setting("optimizer")  # type: ignore[no-any-return]
+        return self.setting("optimizer")
 
     def make_metrics(self) -> dict[str, Any]:
         """``metrics: {auc: psdist.metrics:auc}`` -> functions."""
-        return self.setting("metrics")  # type: ignore[no-any-return]
+        return self.setting("metrics")
 
     def make_step(self) -> Any | None:
         """``step: psdist.hep.gan:CaloGANStep`` with ``step_args`` -> a step object (or None)."""
@@ -285,11 +286,11 @@ class TrainConfig:
 
     def make_early_stopping(self) -> EarlyStopping | None:
         """The :class:`~psdist.run.stopping.EarlyStopping` of ``early_stopping`` (or None)."""
-        return self.setting("early_stopping")  # type: ignore[no-any-return]
+        return self.setting("early_stopping")
 
     def make_checkpoints(self) -> Checkpoints:
         """The :class:`~psdist.run.recovery.Checkpoints` of ``checkpoint`` and ``checkpoint_every_*``."""
-        return self.setting("checkpoints")  # type: ignore[no-any-return]
+        return self.setting("checkpoints")
 
 
 def load_config(path: str, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
@@ -444,7 +445,7 @@ def resume_settings(cfg: TrainConfig, meta: dict[str, Any], override: bool = Fal
         ways out), or when ``override`` would change an optimizer's type, whose state cannot
         carry over.
     """
-    names = [n for n in cfg.given_settings() if specs()[n].checkpoint in RESTORED]
+    names = [n for n in cfg.given_settings() if n in restored_settings()]
     if not names:
         return ResumeSettings([])
     flat = cfg.settings().to_kwargs()  # checked and normalised as the run would use them
