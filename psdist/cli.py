@@ -5,6 +5,7 @@
     psdist train cfg.yaml --save run.ckpt            # checkpoint every epoch and 60 s
     psdist train cfg.yaml --resume run.ckpt          # finish a run after a crash (or --epochs N more)
     psdist train cfg.yaml --resume run.ckpt --override   # ... with the YAML's changed optimizer/rule/batch size
+    psdist schema > psdist.schema.json               # the config's JSON Schema, for editors
     psdist generate jet-images data/jets.zarr        # make an offline HEP dataset
     psdist convert root out.zarr sig.root:1 bkg.root:0 --jagged part_pt part_eta --max-particles 30
 """
@@ -17,9 +18,12 @@ import math
 import sys
 from typing import Any
 
+import yaml
+
 from psdist.data.convert_cli import add_convert_parser
 from psdist.errors import ConfigError, PsdistError
 from psdist.run.epoch import FAULT_FIELDS
+from psdist.settings import json_schema, mismatch, restored_settings, yaml_keys
 
 __all__ = ["main"]
 
@@ -41,11 +45,17 @@ Minimal config:
   workers: 2
 Make a dataset first, e.g.: psdist generate jet-images data/jets.zarr
 
-With --resume, the training settings a checkpoint stores (optimizer, rule, batch_size,
-push_every, max_staleness, seed) are taken from it for every key the YAML leaves out. A key the
-YAML sets to another value is refused, listing each difference, unless --override applies the
-YAML's values (precedence: command line > YAML > checkpoint; the optimizer state is kept).
+Every key of the config: psdist schema (a JSON Schema, also docs/psdist-config.schema.json).
+
+With --resume, the training settings a checkpoint stores
+  {restored}
+are taken from it for every key the YAML leaves out. A key the YAML sets to another value is
+refused, listing each difference, unless --override applies the YAML's values (precedence:
+command line > YAML > checkpoint; the optimizer state is kept).
 """
+
+#: the settings a checkpoint restores (psdist.settings: the others come from the YAML)
+RESTORED = restored_settings()
 
 
 #: Per-epoch counters of faults and bad data (psdist.run.epoch) shown when not all zero.
@@ -72,36 +82,41 @@ def summary_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _overrides(a: argparse.Namespace) -> dict[str, Any]:
+    """The config keys the command line sets (flags left out are absent, so ``null`` can be given)."""
+    return {key.name: getattr(a, key.name) for keys in yaml_keys().values() for key in keys
+            if key.flag and hasattr(a, key.name)}
+
+
 def _train(a: argparse.Namespace) -> int:
     from psdist.config import load_config
 
-    cfg = load_config(a.config, {"epochs": a.epochs, "workers": a.workers,
-                                 "threads_per_worker": a.threads, "checkpoint": a.save,
-                                 "checkpoint_every_versions": a.checkpoint_every_versions,
-                                 "checkpoint_every_seconds": a.checkpoint_every_seconds})
-    settings = None
+    cfg = load_config(a.config, _overrides(a))
+    resume = None
     if a.override and not a.resume:
         raise ConfigError("--override applies the YAML's settings over a checkpoint's: give it with "
                           "--resume CKPT (a run without --resume always trains with the YAML's)")
-    if a.resume:  # refused before any cluster starts or batch job is submitted
+    settings = cfg.settings()  # every setting checked before any cluster starts or job is submitted
+    if a.resume:
         from psdist.config import resume_settings
         from psdist.run.checkpoint import read_checkpoint
 
-        settings = resume_settings(cfg, read_checkpoint(a.resume)[0], override=a.override,
-                                   source=a.config, checkpoint=a.resume)
+        resume = resume_settings(cfg, read_checkpoint(a.resume)[0], override=a.override,
+                                 source=a.config, checkpoint=a.resume)
     client = cluster = None
     if a.cluster and a.scheduler:
         raise ConfigError("give --cluster (start jobs on a batch system) or --scheduler (use a running one), not both")
     if a.cluster:
         from psdist.cluster.batch import batch_cluster
 
-        cluster, client = batch_cluster(a.cluster, jobs=a.jobs if a.jobs is not None else cfg.workers)
+        jobs = a.jobs if a.jobs is not None else settings.scaling.workers
+        cluster, client = batch_cluster(a.cluster, jobs=jobs)
     elif a.scheduler:
         from distributed import Client
 
         client = Client(a.scheduler)
     try:
-        return _run(a, cfg, client, settings)
+        return _run(a, cfg, settings.replace(client=client), resume)
     finally:
         if client is not None:
             client.close()
@@ -109,30 +124,32 @@ def _train(a: argparse.Namespace) -> int:
             cluster.close()
 
 
-def _run(a: argparse.Namespace, cfg: Any, client: Any, settings: Any) -> int:
-    from psdist.progress import progress_bar
-    from psdist.trainer import Trainer
+def _trainer(a: argparse.Namespace, cfg: Any, settings: Any, resume: Any) -> Any:
+    from psdist.trainer import Trainer  # loads torch and Dask: only to train
 
-    kwargs = cfg.trainer_kwargs()
-    if a.resume:
-        # settings the checkpoint does not store come from the YAML; the stored ones from the
-        # checkpoint, or with --override from the YAML (settings.kwargs)
-        trainer = Trainer.load(a.resume, cfg.model_fn(), cfg.loss_fn(), cfg.dataset(), client=client,
-                               workers=cfg.workers, threads_per_worker=cfg.threads_per_worker,
-                               timeout=cfg.timeout, malloc_fix=cfg.malloc_fix,
-                               early_stopping=kwargs["early_stopping"], metrics=kwargs["metrics"],
-                               step=kwargs["step"], checkpoints=kwargs["checkpoints"],
-                               chunk_timeout=kwargs["chunk_timeout"], **settings.kwargs)
-        for model, lr in settings.lrs.items():
-            # the server restores the rate stored in the optimizer state, not the new optimizer's
-            trainer.set_lr(lr, model=model)
-        where = f"epoch {trainer.epoch}" + (" (mid-epoch)" if trainer.resumes_mid_epoch else "")
-        print(f"resuming {a.resume} at {where}, version {trainer.version}", file=sys.stderr)
-        print(settings.describe(a.resume), file=sys.stderr)
-    else:
-        trainer = Trainer(cfg.model_fn(), cfg.loss_fn(), cfg.dataset(), client=client, **kwargs)
+    flat = settings.to_kwargs()
+    if not a.resume:
+        return Trainer(data=cfg.dataset(), **flat)
+    # settings a checkpoint restores come from it, or with --override from the YAML
+    # (resume.kwargs); the others (workers, timeouts, metrics, ...) from the YAML
+    kwargs = {k: v for k, v in flat.items() if k not in {*RESTORED, "model_fn", "loss_fn"}}
+    trainer = Trainer.load(a.resume, flat["model_fn"], flat["loss_fn"], cfg.dataset(), **kwargs,
+                           **resume.kwargs)
+    for model, lr in resume.lrs.items():
+        # the server restores the rate stored in the optimizer state, not the new optimizer's
+        trainer.set_lr(lr, model=model)
+    where = f"epoch {trainer.epoch}" + (" (mid-epoch)" if trainer.resumes_mid_epoch else "")
+    print(f"resuming {a.resume} at {where}, version {trainer.version}", file=sys.stderr)
+    print(resume.describe(a.resume), file=sys.stderr)
+    return trainer
+
+
+def _run(a: argparse.Namespace, cfg: Any, settings: Any, resume: Any) -> int:
+    from psdist.progress import progress_bar
+
+    trainer = _trainer(a, cfg, settings, resume)
     # after a crash, `--resume` alone finishes the planned run; `--epochs N` trains N more
-    epochs = cfg.epochs - trainer.epoch if a.resume and a.epochs is None else cfg.epochs
+    epochs = cfg.epochs - trainer.epoch if a.resume and not hasattr(a, "epochs") else cfg.epochs
     if epochs < 1:
         print(f"{a.resume} has trained all {trainer.epoch} epochs of the config; give --epochs N for N more",
               file=sys.stderr)
@@ -141,9 +158,10 @@ def _run(a: argparse.Namespace, cfg: Any, client: Any, settings: Any) -> int:
     print(summary_table(history.records))
     if trainer.stopped_reason:
         print(f"stopped early: {trainer.stopped_reason}")
-    if cfg.checkpoint:
-        trainer.save(cfg.checkpoint)
-        print(f"checkpoint written to {cfg.checkpoint}")
+    path = settings.faults.checkpoints.path
+    if path:
+        trainer.save(path)
+        print(f"checkpoint written to {path}")
     if a.trace:
         trainer.trace(a.trace)
         print(f"timeline written to {a.trace} (open in chrome://tracing or ui.perfetto.dev)")
@@ -178,31 +196,56 @@ def _generate(a: argparse.Namespace) -> int:
     return 0
 
 
+def _flag_value(key: Any) -> Any:
+    """A flag's text read as the YAML would read it (``auto``, ``null``, ``4``), else kept as text."""
+    def parse(text: str) -> Any:
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            return text
+        # a file name such as 2024 stays a name where only text fits; errors name the flag
+        return text if mismatch(value, key.schema) and not mismatch(text, key.schema) else value
+    return parse
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of config keys (psdist.settings): their help is the key's."""
+    from psdist.settings import yaml_keys
+
+    group = parser.add_argument_group("settings", "each sets the config key it names (command line > YAML), "
+                                      "written as in YAML\n(null, auto); every key: psdist schema")
+    for key in (k for keys in yaml_keys().values() for k in keys if k.flag):
+        flag, _, metavar = key.flag.partition(" ")
+        default = yaml.safe_dump(key.default, default_flow_style=True).removesuffix("...\n").strip()
+        help = f"{key.name}: {key.help} (default {default})".replace("%", "%%")
+        group.add_argument(flag, dest=key.name, metavar=metavar or None, type=_flag_value(key),
+                           default=argparse.SUPPRESS, help=help)
+
+
+def _schema(a: argparse.Namespace) -> int:
+    import json
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="psdist", description="Asynchronous data-parallel PyTorch training on Dask.")
     p.add_argument("-v", "--verbose", action="store_true", help="log what psdist does")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train from a YAML config", description=TRAIN_HELP,
+    t = sub.add_parser("train", help="train from a YAML config",
+                       description=TRAIN_HELP.replace("{restored}", ", ".join(RESTORED)),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("config", help="YAML config file")
-    t.add_argument("--epochs", type=int,
-                   help="override the config's epochs (with --resume: train this many more)")
-    t.add_argument("--workers", type=int, help="data workers of the embedded cluster")
-    t.add_argument("--threads", type=int, help="threads per worker (torch threads)")
+    _add_setting_flags(t)
     t.add_argument("--scheduler", help="address of a running Dask scheduler (default: start a LocalCluster)")
     t.add_argument("--cluster", metavar="JOBQUEUE",
                    help="start the workers as batch jobs: a jobqueue/ config name or file (slurm-gpu, site.yaml)")
     t.add_argument("--jobs", type=int, help="data jobs with --cluster (default: the config's workers)")
-    t.add_argument("--save", metavar="CKPT",
-                   help="checkpoint file: written at each epoch end, every --checkpoint-every-* and at the end")
-    t.add_argument("--checkpoint-every-versions", type=int, metavar="N",
-                   help="also checkpoint every N server updates within an epoch")
-    t.add_argument("--checkpoint-every-seconds", type=float, metavar="T",
-                   help="also checkpoint every T seconds within an epoch (default 60)")
     t.add_argument("--resume", metavar="CKPT",
                    help="continue from a checkpoint; a YAML setting stored there with another value "
-                   "(optimizer, rule, batch_size, push_every, max_staleness, seed) is refused")
+                   f"({', '.join(RESTORED)}) is refused")
     t.add_argument("--override", action="store_true",
                    help="with --resume: train with the YAML's settings where they differ from the "
                    "checkpoint's (command line > YAML > checkpoint; the optimizer state is kept)")
@@ -210,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--trace", metavar="FILE", help="write a Chrome-trace timeline of every worker (.json)")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_train)
+
+    sch = sub.add_parser("schema", help="print the JSON Schema of the YAML config (for editors)",
+                         description="Print the JSON Schema of `psdist train`'s YAML config, made from "
+                         "psdist.settings (docs/psdist-config.schema.json holds a copy).")
+    sch.set_defaults(func=_schema)
 
     g = sub.add_parser(
         "generate", help="make an offline HEP dataset",
@@ -230,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        return a.func(a)
+        return int(a.func(a))
     except PsdistError as e:
         # a psdist error already says what is wrong and how to fix it: no traceback
         print(f"psdist: error: {e}", file=sys.stderr)

@@ -51,7 +51,9 @@ def test_train_save_resume(blob_data, tmp_path):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("model: psdist.hep.models:mlp\ndata: x.zarr\nepochz: 3\n", "unknown config keys ['epochz']"),
+        ("model: psdist.hep.models:mlp\ndata: x.zarr\nepochz: 3\n", "unknown config key 'epochz' (did you mean 'epochs'?)"),
+        ("model: psdist.hep.models:mlp\ndata: x.zarr\nalgorithm: {push_every: 0}\n",
+         "algorithm.push_every: 0 must be an integer >= 1; e.g. push_every: 1"),
         ("model: psdist.hep.models:nope\ndata: x.zarr\n", "has no attribute 'nope'"),
         ("model: psdist.hep.models:mlp\ndata: missing.zarr\n", "does not exist"),
         ("model: psdist.hep.models:mlp\ndata: x.zarr\noptimizer: {name: sgd, lr: -1}\n", "lr=-1"),
@@ -63,3 +65,11 @@ def test_bad_config_says_what_is_wrong(tmp_path, text, message):
     out = run("train", str(cfg))
     assert out.returncode == 2
     assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_bad_flag_is_named(tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("model: psdist.hep.models:mlp\ndata: x.zarr\n")
+    out = run("train", str(cfg), "--workers", "0")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"psdist: error: {cfg}: --workers: 0 must be an integer >= 1; e.g. --workers 2" in out.stderr

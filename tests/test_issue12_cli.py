@@ -87,9 +87,10 @@ def test_item08_resume_override_applies_the_yaml(trained, tmp_path, capsys):
     assert main(["train", str(cfg), "--resume", str(ckpt), "--override", "--epochs", "1",
                  "--save", str(out), "--history", str(tmp_path / "h.json"), "-q"]) == 0
     err = capsys.readouterr().err
+    # the differences in the order of psdist.settings: optimizer, batch_size, seed, rule, ...
     assert ("--override: the YAML's training settings replace the checkpoint's (precedence: command "
-            "line > YAML > checkpoint): batch_size: checkpoint=64 yaml=32; optimizer.lr: "
-            "checkpoint=0.05 yaml=0.1\n") in err
+            "line > YAML > checkpoint): optimizer.lr: checkpoint=0.05 yaml=0.1; batch_size: "
+            "checkpoint=64 yaml=32\n") in err
     history = json.loads((tmp_path / "h.json").read_text())
     # 512 training rows: 8 pushes of 64 in the checkpointed epoch, 16 of 32 in the resumed one
     assert [r["epoch"] for r in history] == [1, 2]
