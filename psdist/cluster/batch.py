@@ -287,8 +287,7 @@ class DataAdaptive(Adaptive):
         return sum(1 for w in workers.values() if PS_RESOURCE in w.get("resources", {}))
 
     async def target(self) -> int:
-        # unannotated in distributed (Any); mypy's untyped_calls_exclude misses calls through super()
-        planned: int = await super().target()  # type: ignore[no-untyped-call]
+        planned: int = await super().target()  # unannotated in distributed: typed here
         return max(0, planned - self._extra())
 
     async def workers_to_close(self, target: int) -> list[str]:
