@@ -13,6 +13,8 @@ import inspect
 import json
 import pickle
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +71,13 @@ def test_groups_hold_the_defaults():
             s.scaling.dedicated_ps, s.scaling.security, s.scaling.malloc_fix) == (2, 1, None, None, None, None, True)
     assert (s.faults.timeout, s.faults.chunk_timeout, s.faults.checkpoints) == (300.0, None, psdist.Checkpoints())
     assert list(GROUPS) == ["training", "algorithm", "scaling", "faults"]
+
+
+def test_reading_settings_and_configs_loads_neither_torch_nor_dask():
+    code = ("import sys, psdist.settings, psdist.config; psdist.settings.json_schema(); "
+            "print(sorted({'torch', 'distributed', 'zarr'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
 
 
 def test_auto_is_the_sessions_auto():
