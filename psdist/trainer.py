@@ -7,7 +7,6 @@ server's state at the end (for ``model()`` and ``save()``).
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
@@ -24,12 +23,10 @@ import torch
 
 from psdist.checks import dry_run
 from psdist.cluster.driver import EpochDriver, Progress
-from psdist.cluster.security import as_security
-from psdist.cluster.session import AUTO, Session, SessionSpec, open_session
+from psdist.cluster.session import Session, SessionSpec, open_session
 from psdist.cluster.tasks import ChunkRunner
 from psdist.core.layout import Layout
-from psdist.core.optim import SGD, Optimizer, optimizer_from_config
-from psdist.core.rules import Downpour, Rule, rule_from_config
+from psdist.core.optim import Optimizer
 from psdist.data.dataset import DatasetInfo, ZarrDataset
 from psdist.errors import ConfigError, DataError, ModelError
 from psdist.replica.binding import flatten, unflatten_into
@@ -39,9 +36,9 @@ from psdist.run.checkpoint import read_checkpoint, write_checkpoint
 from psdist.run.events import TOPIC, event
 from psdist.run.history import History
 from psdist.run.metrics import default_metrics
-from psdist.run.recovery import Checkpoints, RecoveryPoint
+from psdist.run.recovery import RecoveryPoint
 from psdist.run.state import RunState
-from psdist.run.stopping import EarlyStopping
+from psdist.settings import Settings
 
 if TYPE_CHECKING:
     from psdist.handle import TrainingHandle
@@ -55,13 +52,6 @@ def _int_at_least(name: str, value: Any, low: int, example: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ConfigError(f"{name}={value!r} must be an integer >= {low}, e.g. {example}")
     return value
-
-
-def _own_optimizers(given: Optimizer | dict[str, Optimizer]) -> Optimizer | dict[str, Optimizer]:
-    """Private copies of the user's optimizer(s): one per model, none shared with the caller."""
-    if isinstance(given, dict):
-        return {name: copy.deepcopy(opt) for name, opt in given.items()}
-    return copy.deepcopy(given)
 
 
 def _adopt_optimizers(
@@ -162,76 +152,18 @@ class Trainer:
         loss_fn: Callable[..., torch.Tensor] | None = None,
         data: ZarrDataset | str | None = None,
         optimizer: Optimizer | dict[str, Optimizer] | None = None,
-        *,
-        rule: Rule | None = None,
-        max_staleness: int | str | None = AUTO,
-        push_every: int = 1,
-        batch_size: int = 128,
-        workers: int = 2,
-        threads_per_worker: int = 1,
-        client: Any | None = None,
-        ps_worker: str | None = None,
-        dedicated_ps: bool | None = None,
-        metrics: dict[str, Callable[[np.ndarray, np.ndarray], float]] | None = None,
-        early_stopping: EarlyStopping | None = None,
-        step: Any | None = None,
-        seed: int = 0,
-        malloc_fix: bool = True,
-        timeout: float = 300.0,
-        checkpoints: Checkpoints | None = None,
-        chunk_timeout: float | None = None,
-        security: Any = None,
+        **settings: Any,
     ) -> None:
-        if not callable(model_fn):
-            raise ModelError(f"model_fn={model_fn!r} must be a function returning an nn.Module")
-        if step is None and not callable(loss_fn):
-            raise ConfigError("give loss_fn (e.g. torch.nn.functional.cross_entropy) or a custom step")
+        # every setting checked (and the optimizers copied, one per model) by psdist.settings
+        self.settings = Settings.from_kwargs(model_fn=model_fn, loss_fn=loss_fn, optimizer=optimizer, **settings)
         if data is None:
             raise DataError("give data=psdist.ZarrDataset('path.zarr') (or a path)")
-        self.model_fn = model_fn
-        self.loss_fn = loss_fn
-        self.step = step if step is not None else SupervisedStep(loss_fn)  # type: ignore[arg-type]
+        training = self.settings.training
+        self.step = training.step if training.step is not None else SupervisedStep(loss_fn)  # type: ignore[arg-type]
         self.data = data if isinstance(data, ZarrDataset) else ZarrDataset(data)
-        # our own copy, one per model: set_lr never changes the user's object, and one object
-        # given for two models (a GAN) does not make them share state
-        self.optimizer = _own_optimizers(optimizer if optimizer is not None else SGD(lr=0.01))
-        self.workers = _int_at_least("workers", workers, 1, "workers=2")
-        # rules whose defaults depend on the number of workers (EASGD's alpha) are sized at
-        # each fit, from the training slots of the cluster it runs on (psdist.cluster.session)
-        self.rule = rule if rule is not None else Downpour()
-        if max_staleness not in (None, AUTO):
-            _int_at_least("max_staleness", max_staleness, 0,
-                          "max_staleness=4, 'auto' (2 x workers + 2, the default) or None for no bound")
-        self.max_staleness = max_staleness
-        if dedicated_ps not in (None, True, False):
-            raise ConfigError(f"dedicated_ps={dedicated_ps!r} must be True, False or None (chosen by the cluster)")
-        self.dedicated_ps = dedicated_ps
-        self.push_every = _int_at_least("push_every", push_every, 1, "push_every=1")
-        self.batch_size = _int_at_least("batch_size", batch_size, 1, "batch_size=128")
-        self.threads_per_worker = _int_at_least("threads_per_worker", threads_per_worker, 1, "1")
-        opts = self.optimizer if isinstance(self.optimizer, dict) else {"model": self.optimizer}
-        self.rule.check(push_every, None if max_staleness == AUTO else max_staleness, opts)  # type: ignore[arg-type]
-        if not (isinstance(timeout, (int, float)) and timeout > 0):
-            raise ConfigError(f"timeout={timeout!r} must be a positive number of seconds")
-        self.client = client
-        self.ps_worker = ps_worker
-        self.user_metrics = dict(metrics or {})
-        self.early_stopping = early_stopping
-        self.seed = int(seed)
-        self.malloc_fix = bool(malloc_fix)
-        self.timeout = float(timeout)
-        if checkpoints is not None and not isinstance(checkpoints, Checkpoints):
-            raise ConfigError(f"checkpoints={checkpoints!r} must be psdist.Checkpoints(...), e.g. "
-                              "Checkpoints('run.ckpt', every_versions=500)")
-        self.checkpoints = checkpoints if checkpoints is not None else Checkpoints()
-        if chunk_timeout is not None and not (isinstance(chunk_timeout, (int, float)) and chunk_timeout > 0):
-            raise ConfigError(f"chunk_timeout={chunk_timeout!r} must be a positive number of seconds (or None)")
-        self.chunk_timeout = None if chunk_timeout is None else float(chunk_timeout)
-        # PEM files are checked now, before any cluster; True makes its certificate at fit
-        self.security = security if security is True else as_security(security)
         # history, epoch, progress, the server's state, recovery points: shared by the thread
         # that trains and the user's (save, model, set_lr while fit(block=False) runs)
-        self.run = RunState(self.checkpoints)
+        self.run = RunState(self.settings.faults.checkpoints)
         self.dashboard_link: str | None = None
         self._ps_address: str | None = None  # where the last fit's parameter server was
         self.dashboard_url: str | None = None  # the psdist page of the current/last training
@@ -251,23 +183,23 @@ class Trainer:
 
     # ------------------------------------------------------------------ checks
     def _optimizers(self, layout: Layout) -> dict[str, Optimizer]:
-        if isinstance(self.optimizer, Optimizer):
+        if isinstance(self.settings.training.optimizer, Optimizer):
             if len(layout.groups) > 1:
                 raise ConfigError(
                     f"the models {list(layout.names)} need one optimizer each: "
                     "optimizer={'name': psdist.optim.Adam(...), ...}"
                 )
-            return {layout.names[0]: self.optimizer}
-        if set(self.optimizer) != set(layout.names):
-            raise ConfigError(f"optimizers given for {sorted(self.optimizer)}, models are {list(layout.names)}")
-        return dict(self.optimizer)
+            return {layout.names[0]: self.settings.training.optimizer}
+        if set(self.settings.training.optimizer) != set(layout.names):
+            raise ConfigError(f"optimizers given for {sorted(self.settings.training.optimizer)}, models are {list(layout.names)}")
+        return dict(self.settings.training.optimizer)
 
     def _build(self) -> tuple[dict[str, torch.nn.Module], Layout]:
         # seeded initial weights, without touching the caller's global RNG
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
+            torch.manual_seed(self.settings.training.seed)
             try:
-                built = self.model_fn()
+                built = self.settings.training.model_fn()
             except Exception as e:
                 raise ModelError(f"model_fn raised {type(e).__name__}: {e}") from e
         models = as_model_dict(built)
@@ -286,11 +218,11 @@ class Trainer:
         if self.run.server_state is not None:
             layout.check_same(Layout.from_dict(self.run.server_state[0]["layout"]))
         spec = SessionSpec(
-            self.model_fn, self.step, self.rule, self.data, layout, weights, optimizers,
-            self.max_staleness, self.workers, self.threads_per_worker, self.malloc_fix,
-            self.timeout, self.ps_worker, self.run.server_state, self.security, self.dedicated_ps,
+            self.settings.training.model_fn, self.step, self.settings.algorithm.rule, self.data, layout, weights, optimizers,
+            self.settings.algorithm.max_staleness, self.settings.scaling.workers, self.settings.scaling.threads_per_worker, self.settings.scaling.malloc_fix,
+            self.settings.faults.timeout, self.settings.scaling.ps_worker, self.run.server_state, self.settings.scaling.security, self.settings.scaling.dedicated_ps,
         )
-        metrics = {**default_metrics(info.y_dtype), **self.user_metrics}
+        metrics = {**default_metrics(info.y_dtype), **self.settings.training.metrics}
         return info, spec, metrics
 
     def _check_same_split(self, info: DatasetInfo) -> None:
@@ -367,7 +299,7 @@ class Trainer:
 
     def _fit(self, epochs: int, progress: Progress | None, prepared: Any, stop: threading.Event) -> History:
         info, spec, metrics = prepared
-        with open_session(spec, self.client) as sess:
+        with open_session(spec, self.settings.scaling.client) as sess:
             self.dashboard_link, self.run_id = sess.dashboard_link, sess.run_id
             self.dashboard_url = self._dashboard(sess)
             publish = partial(self._publish, sess)
@@ -375,10 +307,10 @@ class Trainer:
             logger.info("psdist: training %d epochs; parameter server on %s; live page %s", epochs,
                         sess.placement, self.dashboard_url or self.dashboard_link)
             assert sess.rule is not None
-            runner = ChunkRunner(sess, self.seed, self.batch_size, sess.rule.comm_period(self.push_every),
-                                 self.timeout, self.chunk_timeout, stop)
-            write = self._write_point if self.checkpoints.path is not None else None
-            driver = EpochDriver(runner, self.run, info, metrics, self.seed, self.checkpoints.max_restarts,
+            runner = ChunkRunner(sess, self.settings.training.seed, self.settings.training.batch_size, sess.rule.comm_period(self.settings.algorithm.push_every),
+                                 self.settings.faults.timeout, self.settings.faults.chunk_timeout, stop)
+            write = self._write_point if self.settings.faults.checkpoints.path is not None else None
+            driver = EpochDriver(runner, self.run, info, metrics, self.settings.training.seed, self.settings.faults.checkpoints.max_restarts,
                                  publish, write, progress, str(self.data.path))
             with self.run.lock:
                 self._sess = sess
@@ -402,7 +334,7 @@ class Trainer:
         for _ in range(epochs):
             record = driver.epoch()
             self.run.epoch_done(record)  # the record, the epoch count and the progress together
-            driver.sess.call("publish", timeout=self.timeout)  # a fresh snapshot for the page
+            driver.sess.call("publish", timeout=self.settings.faults.timeout)  # a fresh snapshot for the page
             driver.publish("epoch", record=record)
             if record.get("partial"):
                 logger.info("psdist: stopped after %d of the epoch's chunks", record["chunks"])
@@ -410,9 +342,9 @@ class Trainer:
             driver.take_point(write=True)
             if progress is not None:
                 progress({"event": "epoch", "record": record})
-            if self.early_stopping is not None and self.early_stopping.update(record):
-                logger.info("psdist: early stop: %s", self.early_stopping.reason)
-                return self._stopped(self.early_stopping.reason or "early stopping")
+            if self.settings.training.early_stopping is not None and self.settings.training.early_stopping.update(record):
+                logger.info("psdist: early stop: %s", self.settings.training.early_stopping.reason)
+                return self._stopped(self.settings.training.early_stopping.reason or "early stopping")
         return "completed"
 
     def _stopped(self, reason: str) -> str:
@@ -423,8 +355,8 @@ class Trainer:
         """Fetch the server's final state (or fall back to the last point) and leave the session."""
         with self.run.lock:
             try:
-                self.run.fetched(sess.call("state_dict", timeout=self.timeout),
-                                 sess.call("metrics", timeout=self.timeout))
+                self.run.fetched(sess.call("state_dict", timeout=self.settings.faults.timeout),
+                                 sess.call("metrics", timeout=self.settings.faults.timeout))
                 self._publish(sess, "end", reason=reason)
             except Exception as second:
                 if exc is None:
@@ -445,19 +377,19 @@ class Trainer:
     @property
     def name(self) -> str:
         """A label for logs and the dashboard: the model factory's name."""
-        fn = getattr(self.model_fn, "func", self.model_fn)  # functools.partial
+        fn = getattr(self.settings.training.model_fn, "func", self.settings.training.model_fn)  # functools.partial
         return str(getattr(fn, "__name__", type(fn).__name__))
 
     def _config(self, sess: Session) -> dict[str, Any]:
         """The run's settings as the dashboard shows them: sized for this session's cluster."""
-        opts = self.optimizer if isinstance(self.optimizer, dict) else {"model": self.optimizer}
+        opts = self.settings.training.optimizer if isinstance(self.settings.training.optimizer, dict) else {"model": self.settings.training.optimizer}
         assert sess.rule is not None
         return {
             "rule": sess.rule.to_config(), "optimizers": {k: o.to_config() for k, o in opts.items()},
-            "batch_size": self.batch_size, "push_every": self.push_every, "workers": self.workers,
+            "batch_size": self.settings.training.batch_size, "push_every": self.settings.algorithm.push_every, "workers": self.settings.scaling.workers,
             # the store's name, not its path: the page shows nothing a Dask dashboard would not
             "max_staleness": sess.max_staleness, "data": os.path.basename(str(self.data.path).rstrip("/")),
-            "seed": self.seed, "parameter_server": sess.placement, "training_workers": sess.slots,
+            "seed": self.settings.training.seed, "parameter_server": sess.placement, "training_workers": sess.slots,
         }
 
     def _publish(self, sess: Session, kind: str, **fields: Any) -> None:
@@ -480,7 +412,7 @@ class Trainer:
         """
         if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise ConfigError(f"lr={lr!r} must be a positive number, e.g. trainer.set_lr(0.01)")
-        opts = self.optimizer if isinstance(self.optimizer, dict) else {"model": self.optimizer}
+        opts = self.settings.training.optimizer if isinstance(self.settings.training.optimizer, dict) else {"model": self.settings.training.optimizer}
         if model is not None and model not in opts:
             raise ConfigError(f"no model {model!r}; models are {sorted(opts)}")
         with self.run.lock:
@@ -496,7 +428,7 @@ class Trainer:
             sess = self._sess
             if sess is None:
                 return float(lr)
-            now = sess.call("set_lr", float(lr), model, timeout=self.timeout)
+            now = sess.call("set_lr", float(lr), model, timeout=self.settings.faults.timeout)
         self._publish(sess, "lr", lr=float(lr), model=model)
         logger.info("psdist: learning rate set to %g%s", lr, f" for {model}" if model else "")
         return float(now)
@@ -567,7 +499,7 @@ class Trainer:
         models, layout = self._build()
         with self.run.lock:
             sess = self._sess
-            state = sess.call("state_dict", timeout=self.timeout) if sess is not None else self.run.server_state
+            state = sess.call("state_dict", timeout=self.settings.faults.timeout) if sess is not None else self.run.server_state
         if state is not None:
             w = state[1]["weights"]
             for g in layout.groups:
@@ -593,7 +525,7 @@ class Trainer:
         with self.run.lock:
             sess = self._sess
             if sess is not None:
-                point = self.run.snapshot(lambda: sess.call("state_dict", timeout=self.timeout))
+                point = self.run.snapshot(lambda: sess.call("state_dict", timeout=self.settings.faults.timeout))
             elif self.run.server_state is not None:
                 point = self.run.at_rest()
             else:
@@ -601,15 +533,14 @@ class Trainer:
             self._write(path, point)
 
     def _write_point(self, point: RecoveryPoint) -> None:
-        assert self.checkpoints.path is not None
-        self._write(self.checkpoints.path, point)
-        logger.info("psdist: checkpoint %s at version %d", self.checkpoints.path, point.version)
+        assert self.settings.faults.checkpoints.path is not None
+        self._write(self.settings.faults.checkpoints.path, point)
+        logger.info("psdist: checkpoint %s at version %d", self.settings.faults.checkpoints.path, point.version)
 
     def _write(self, path: str, point: RecoveryPoint) -> None:
         held_out = [c.index for c in self.data.describe().val if c.x == self.data.x]
-        settings = {"batch_size": self.batch_size, "push_every": self.push_every,
-                    "max_staleness": self.max_staleness, "seed": self.seed, "rule": self.rule.to_config()}
-        stopping = self.early_stopping.state() if self.early_stopping else None
+        settings = self.settings.to_checkpoint()
+        stopping = self.settings.training.early_stopping.state() if self.settings.training.early_stopping else None
         meta, arrays = self.run.checkpoint(point, settings, held_out, stopping)
         write_checkpoint(path, meta, arrays)
 
@@ -623,22 +554,18 @@ class Trainer:
         must have the checkpoint's architecture (checked at ``fit``/``model``).
         """
         meta, arrays = read_checkpoint(path)
-        stored = dict(meta["trainer"])
-        stored["rule"] = rule_from_config(stored["rule"])
         server = meta["server"]
-        optims = {n: optimizer_from_config(o["config"]) for n, o in server["optimizers"].items()}
-        stored["optimizer"] = optims["model"] if list(optims) == ["model"] else optims
-        stored.update(kwargs)
-        t = cls(model_fn, loss_fn, data, **stored)
+        settings = Settings.from_checkpoint(meta, model_fn=model_fn, loss_fn=loss_fn, **kwargs)
+        t = cls(data=data, **settings.to_kwargs())
         _models, layout = t._build()
         layout.check_same(Layout.from_dict(server["layout"]))
         if "optimizer" in kwargs:  # given again: its settings win over the stored ones
-            arrays = _adopt_optimizers(t.optimizer, server, arrays)
+            arrays = _adopt_optimizers(t.settings.training.optimizer, server, arrays)
         t.run.restore(meta, arrays)
         if t.run.held_out is None and any(c.x == t.data.x for c in t.data.describe().val):
             logger.warning("psdist: %s was written before held-out chunks were recorded; the training then held "
                            "out the last chunks, the resumed run holds out chunks spread over the store", path)
-        if t.early_stopping is not None and meta.get("early_stopping"):
-            t.early_stopping.load_state(meta["early_stopping"])
+        if t.settings.training.early_stopping is not None and meta.get("early_stopping"):
+            t.settings.training.early_stopping.load_state(meta["early_stopping"])
         return t
 

@@ -80,7 +80,7 @@ class KillAt:
     """
 
     def __init__(self, trainer: psdist.Trainer, n: int, target=None) -> None:
-        self.trainer, self.client, self.n = trainer, trainer.client, n
+        self.trainer, self.client, self.n = trainer, trainer.settings.scaling.client, n
         self.pids = self.client.run(os.getpid)
         self.target = target or self.busy_data_worker
         self.chunks: list[dict] = []

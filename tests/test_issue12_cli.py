@@ -153,7 +153,7 @@ def test_item12_yaml_without_max_staleness_gets_the_trainer_default(trained, tmp
     data, _ = trained
     cfg = load_config(str(write_yaml(tmp_path / "cfg.yaml", data, max_staleness=None)))
     trainer = psdist.Trainer(cfg.model_fn(), cfg.loss_fn(), cfg.dataset(), **cfg.trainer_kwargs())
-    assert trainer.max_staleness == "auto"
+    assert trainer.settings.algorithm.max_staleness == "auto"
     cfg = load_config(str(write_yaml(tmp_path / "off.yaml", data, max_staleness="null")))
     trainer = psdist.Trainer(cfg.model_fn(), cfg.loss_fn(), cfg.dataset(), **cfg.trainer_kwargs())
-    assert trainer.max_staleness is None  # written out, null still means no bound
+    assert trainer.settings.algorithm.max_staleness is None  # written out, null still means no bound

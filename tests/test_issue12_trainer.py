@@ -131,7 +131,7 @@ def test_item12_staleness_is_bounded_by_default(client, blob_data):
 
     assert auto_staleness(1) == 4 and auto_staleness(3) == 8 and auto_staleness(64) == 130
     t = trainer(blob_data, client)
-    assert t.max_staleness == "auto"
+    assert t.settings.algorithm.max_staleness == "auto"
     t.fit(epochs=1)
     assert t.history.last["max_staleness"] == 8  # 3 training slots
     assert t.history.last["pushes_rejected"] == 0  # a healthy run loses nothing to the bound
