@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import numpy as np
 
 from psdist.cluster.actor import ParameterServer
 from psdist.cluster.embedded import embedded_cluster, pick_ps_worker, training_slots
+from psdist.cluster.waiting import wait_sliced
 from psdist.cluster.worker import MallocFix, RunPlugin
 from psdist.core.layout import Layout
 from psdist.core.optim import Optimizer
@@ -32,10 +32,6 @@ from psdist.errors import ServerError
 __all__ = ["AUTO", "ParameterServerLost", "Session", "SessionSpec", "auto_staleness", "open_session"]
 
 logger = logging.getLogger(__name__)
-
-#: How often a blocked call looks whether the parameter server's worker is still there (s).
-LIVENESS_SLICE = 1.0
-
 
 #: ``max_staleness="auto"`` (the default): a bound sized from the training slots at the start.
 AUTO = "auto"
@@ -116,29 +112,25 @@ class Session:
         """Whether the parameter server's worker is still one of the scheduler's workers."""
         return self.ps_address in self.client.scheduler_info(n_workers=-1)["workers"]
 
+    def check_ps(self, during: str | None = None) -> None:
+        """Raise :class:`ParameterServerLost` if the PS worker left (``during``: the call then)."""
+        if not self.ps_alive():
+            when = f" during {during}" if during else ""
+            raise ParameterServerLost(f"the parameter server's worker {self.ps_address} left the cluster{when}")
+
     def call(self, method: str, *args: Any, timeout: float) -> Any:
         """Call a parameter-server method and wait for it, at most ``timeout`` seconds.
 
-        The wait is cut in slices; between slices the scheduler is asked whether the PS worker
-        is still there, so a dead parameter server raises :class:`ParameterServerLost` within
-        about a second instead of hanging until the timeout (a Dask actor call to a dead
-        worker waits for the actor's task to be recomputed, which never happens here).
+        The wait is cut in slices (:func:`~psdist.cluster.waiting.wait_sliced`); between slices
+        the scheduler is asked whether the PS worker is still there, so a dead parameter server
+        raises :class:`ParameterServerLost` within about a second instead of hanging until the
+        timeout (a Dask actor call to a dead worker waits for the actor's task to be
+        recomputed, which never happens here). Past ``timeout``: :class:`ServerError`.
         """
         fut = getattr(self.ps, method)(*args)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return fut.result(timeout=min(LIVENESS_SLICE, max(0.01, deadline - time.monotonic())))
-            except TimeoutError:
-                if not self.ps_alive():
-                    raise ParameterServerLost(
-                        f"the parameter server's worker {self.ps_address} left the cluster during {method}()"
-                    ) from None
-                if time.monotonic() >= deadline:
-                    raise ServerError(
-                        f"the parameter server did not answer {method}() within {timeout} s; "
-                        "raise Trainer(timeout=...) if it is overloaded"
-                    ) from None
+        what = f"{method}()"
+        return wait_sliced(lambda s: fut.result(timeout=s), what=what, timeout=timeout,
+                           alive=lambda: self.check_ps(what))
 
     def restart_ps(self, state: tuple[dict[str, Any], dict[str, np.ndarray]], wait_s: float = 30.0) -> int:
         """Start a new parameter server holding ``state``; every worker is pointed at it.

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
-from psdist.cluster.session import ParameterServerLost, Session
+from psdist.cluster.session import Session
+from psdist.cluster.waiting import wait_sliced
 from psdist.cluster.worker import SLOT, evaluate_task, train_task
 from psdist.data.dataset import Chunk, task_seed
 from psdist.errors import ServerError
@@ -27,9 +28,6 @@ from psdist.run.epoch import EpochProgress
 __all__ = ["ChunkRunner"]
 
 logger = logging.getLogger(__name__)
-
-#: Seconds between looks at the cluster while tasks run.
-SLICE = 1.0
 
 
 @dataclass
@@ -141,14 +139,15 @@ class ChunkRunner:
         """Futures of ``running`` (future → submit time) that finished, in submission order."""
         from distributed import wait
 
-        while True:
-            try:
-                done, _ = wait(list(running), timeout=SLICE, return_when="FIRST_COMPLETED")
-            except TimeoutError:
-                done = set()
-            if done:
-                return sorted(done, key=lambda f: running[f])
-            self._watch(running, prog)
+        def finished(slice_s: float) -> list[Any]:
+            done, _ = wait(list(running), timeout=slice_s, return_when="FIRST_COMPLETED")
+            if not done:
+                raise TimeoutError
+            return sorted(done, key=lambda f: running[f])
+
+        # no deadline: a hung task is restarted by the watch, a lost server raises
+        return wait_sliced(finished, what="chunk tasks", alive=self.sess.check_ps,
+                           on_idle=lambda: self._watch(running, prog))
 
     def _result(self, fut: Any, running: dict[Any, float], prog: EpochProgress) -> Any:
         """``fut.result()``, watching the cluster meanwhile.
@@ -156,15 +155,10 @@ class ChunkRunner:
         A finished task's result can still be lost with its worker before it is fetched; Dask
         then recomputes it, and that rerun may wait on a barrier that only the watch releases.
         """
-        while True:
-            try:
-                return fut.result(timeout=SLICE)
-            except TimeoutError:
-                self._watch(running, prog)
+        return wait_sliced(lambda s: fut.result(timeout=s), what=f"task {fut.key}",
+                           alive=self.sess.check_ps, on_idle=lambda: self._watch(running, prog))
 
     def _watch(self, running: dict[Any, float], prog: EpochProgress) -> None:
-        if not self.sess.ps_alive():
-            raise ParameterServerLost(f"the parameter server's worker {self.sess.ps_address} left the cluster")
         self.forget_lost()
         self._restart_hung(running, prog)
 

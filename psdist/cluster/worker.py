@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from distributed import WorkerPlugin, get_worker
 
+from psdist.cluster.waiting import wait_sliced
 from psdist.core.protocol import Pull, Push, PushReply
 from psdist.core.rules import Rule
 from psdist.data.dataset import Chunk, ZarrDataset
@@ -34,8 +35,6 @@ logger = logging.getLogger(__name__)
 SLOT = "psdist-slot"
 #: Worker resource of a worker dedicated to parameter servers (psdist.cluster.batch): never a data worker.
 PS_RESOURCE = "psdist-ps"
-#: Seconds between the checks of a waiting parameter-server call (see ActorServer).
-SLICE = 1.0
 
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -206,7 +205,8 @@ class RunPlugin(WorkerPlugin):
 class ActorServer:
     """:class:`~psdist.core.protocol.ServerHandle` over the actor, with a timeout on every call.
 
-    A call waits in slices of :data:`SLICE` seconds; between slices it gives up when the run's
+    A call waits in slices of :data:`~psdist.cluster.waiting.SLICE` seconds
+    (:func:`~psdist.cluster.waiting.wait_sliced`); between slices it gives up when the run's
     plugin was torn down (training over, or the parameter server replaced after its worker
     died): an actor call to a dead worker would otherwise wait until the timeout.
     """
@@ -217,22 +217,14 @@ class ActorServer:
         self.closed = closed if closed is not None else _closed_event(ps)
 
     def _call(self, what: str, fut: Any, timeout: float | None = None) -> Any:
-        limit = timeout or self.timeout
-        deadline = time.monotonic() + limit
-        while True:
-            left = deadline - time.monotonic()
-            try:
-                return fut.result(timeout=timedelta(seconds=min(SLICE, max(0.01, left))))
-            except TimeoutError:
-                if self.closed is not None and self.closed.is_set():
-                    raise ServerError(
-                        f"{what} was abandoned: this training's parameter server was replaced or the training ended"
-                    ) from None
-                if time.monotonic() >= deadline:
-                    raise ServerError(
-                        f"the parameter server did not answer {what} within {limit} s; "
-                        "raise Trainer(timeout=...) if it is overloaded"
-                    ) from None
+        def not_abandoned() -> None:
+            if self.closed is not None and self.closed.is_set():
+                raise ServerError(
+                    f"{what} was abandoned: this training's parameter server was replaced or the training ended"
+                )
+
+        return wait_sliced(lambda s: fut.result(timeout=timedelta(seconds=s)), what=what,
+                           timeout=timeout or self.timeout, alive=not_abandoned)
 
     def pull(self, worker: str, have_version: int = -1) -> Pull:
         return self._call("a pull", self.ps.pull(worker, have_version))
