@@ -14,7 +14,7 @@ from psdist.dashboard import PATH, DashboardPlugin, Runs, install, page_url
 from psdist.dashboard.page import FOLLOW, RunPage, document
 from psdist.dashboard.plugin import _join
 from psdist.dashboard.series import Series, as_float, as_int
-from psdist.run.events import TOPIC, event
+from psdist.run.events import TOPIC, RecoveryEvent, ServerSnapshot, StartEvent, event
 
 
 class Clock:
@@ -110,14 +110,28 @@ def test_feed_folds_into_rates_losses_histogram_lr_and_worker_rows():
     assert {row["state"] for row in r.worker_rows()} == {"done"}
 
 
-def test_runs_ignore_junk_keep_runs_apart_and_bound_their_number():
+def test_runs_drop_junk_keep_runs_apart_and_bound_their_number(caplog):
     runs = Runs(max_runs=2)
-    for junk in (None, 3, {"kind": "server"}, {"run": 5, "kind": "x"}, {"run": "r"}):
-        assert runs.consume(junk) is None
-    assert len(runs) == 0
-    runs.consume(event("server", "a", version="junk", workers={"w": "junk"}, staleness_hist="junk", rejected=[1]))
-    runs.consume(event("whatever", "a"))
-    assert runs.get("a").version == 0  # kept, and survived the junk fields
+    junk = [None, 3, {"kind": "server"}, {"run": 5, "kind": "x"}, {"run": "r"},
+            {"kind": "server", "run": "a", "version": "junk"}, {"kind": "server", "run": "a", "version": 1, "rejected": [1]},
+            {"kind": "server", "run": "a", "version": 2, "workers": {"w": "junk"}}, {"kind": "chunk", "run": "a"}]
+    with caplog.at_level("DEBUG", logger="psdist.dashboard.state"):
+        assert [runs.consume(m) for m in junk] == [None] * len(junk)
+    assert len(runs) == 0  # nothing half-read: no run from a message that makes no record
+    assert runs.dropped == {"NoneType": 1, "int": 1, "server": 4, "x": 1, "None": 1, "chunk": 1}
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned == [  # the reason once per kind, the rest at debug level
+        "psdist dashboard: dropping a feed message: a feed message is a mapping with 'kind' and 'run', not None",
+        "psdist dashboard: dropping a feed message: a feed message is a mapping with 'kind' and 'run', not 3",
+        "psdist dashboard: dropping a feed message: 'server' message without a run id (run=None)",
+        "psdist dashboard: dropping a feed message: 'x' message without a run id (run=5)",
+        "psdist dashboard: dropping a feed message: message of run 'r' without a kind (kind=None)",
+        "psdist dashboard: dropping a feed message: 'chunk' message of run 'a' lacks the required field(s) "
+        "['epoch', 'chunk', 'worker', 'samples']",
+    ]
+    assert runs.consume({"kind": "whatever", "run": "a"}) is None and "whatever" not in runs.dropped  # a newer kind
+    runs.consume({**event("server", "a", version=3), "from_a_newer_ps": [1, 2]})  # extra fields are fine
+    assert runs.get("a").version == 3
     runs.consume(event("start", "b", name="second"))
     assert runs.latest().run == "b"
     runs.consume(event("end", "a", reason="completed"))
@@ -125,6 +139,22 @@ def test_runs_ignore_junk_keep_runs_apart_and_bound_their_number():
     assert runs.ids() == ["b", "c"]  # the ended run went first
     runs.consume(event("end", "c", reason="completed"))
     assert runs.latest().run == "b"  # the newest *running* one
+
+
+def test_typed_records_fold_as_their_messages_do_and_a_recovery_moves_the_ps():
+    records = [
+        StartEvent(run="r", time=1000.0, name="demo", ps="tcp://ps:1", epochs=2),
+        ServerSnapshot(run="r", time=1001.0, version=10, applied=10, samples_applied=320, loss_sum=320.0),
+        RecoveryEvent(run="r", time=1002.0, error="ParameterServerLost('gone')", version=8, ps="tcp://w:2"),
+        ServerSnapshot(run="r", time=1003.0, version=12, applied=12, samples_applied=384, loss_sum=352.0),
+    ]
+    typed, sent = Runs(clock=Clock()), Runs(clock=Clock())
+    for record in records:
+        typed.consume(record)
+        sent.consume(record.to_message())
+    for r in (typed.get("r"), sent.get("r")):
+        assert (r.ps, r.recoveries, r.version, r.seq, r.epochs_planned) == ("tcp://w:2", 1, 12, 4, 2)
+        assert r.loss.data()["loss"] == [0.5] and r.server == records[-1]
 
 
 def test_tuples_from_msgpack_count_as_lists():

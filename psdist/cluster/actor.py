@@ -23,7 +23,7 @@ from psdist.core.protocol import Pull, Push, PushReply
 from psdist.core.rules import Rule
 from psdist.core.server import ServerState
 from psdist.errors import ServerError
-from psdist.run.events import TOPIC, Throttle, event
+from psdist.run.events import TOPIC, ServerSnapshot, Throttle
 
 __all__ = ["ParameterServer"]
 
@@ -67,7 +67,8 @@ class ParameterServer:
         if self.run_id is not None:
             if self._worker is None:
                 self._worker = get_worker()
-            self._worker.log_event(TOPIC, event("server", self.run_id, **self.state.metrics()))
+            snapshot = ServerSnapshot(run=self.run_id, **self.state.metrics())
+            self._worker.log_event(TOPIC, snapshot.to_message())
         return self.state.version
 
     def join(self, worker: str) -> None:

@@ -1,8 +1,9 @@
 """What the dashboard knows of each training: the feed of :mod:`psdist.run.events` folded into series.
 
 Pure Python (no Bokeh, no Dask): the scheduler plugin feeds every message of topic
-:data:`psdist.run.events.TOPIC` to :meth:`Runs.consume`, the page's components read the
-:class:`RunState` of the run they show. Every history is bounded
+:data:`psdist.run.events.TOPIC` to :meth:`Runs.consume`, which reads it into its typed record
+(:func:`psdist.run.events.from_message`) and folds that into the :class:`RunState` of its run;
+the page's components read the state of the run they show. Every history is bounded
 (:class:`~psdist.dashboard.series.Series`).
 
 Times on the plots are seconds since the run's first message. Rates (pushes/s, samples/s) are
@@ -16,11 +17,25 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from psdist.core.protocol import NONFINITE
 from psdist.dashboard.series import Series, as_float, as_int
+from psdist.run.events import (
+    BadEvent,
+    ChunkEvent,
+    EndEvent,
+    EpochEvent,
+    Event,
+    LrEvent,
+    RecoveryEvent,
+    ServerSnapshot,
+    StartEvent,
+    UnknownEvent,
+    from_message,
+)
 
 __all__ = ["RunState", "Runs"]
 
@@ -74,7 +89,8 @@ class RunState:
         self.nonfinite_batches = 0  # minibatches skipped on the workers for NaN/Inf inputs or loss
         self.bad_chunks = 0  # chunks that could not be read and were skipped
         self.bad: list[str] = []  # the last few bad-chunk messages, newest last
-        self.server: dict[str, Any] = {}
+        self.server: ServerSnapshot | None = None  # the last snapshot as received
+        self.recoveries = 0  # parameter-server restarts
         self._server_time: float | None = None  # PS clock of the last snapshot
         self._server_seen = 0.0  # local clock when it arrived
         self._prev: dict[str, Any] | None = None
@@ -95,35 +111,39 @@ class RunState:
             self.t0 = t
         return t - self.t0
 
-    def consume(self, msg: Mapping[str, Any]) -> None:
-        """Fold one feed message (any ``kind``) into the state; unknown kinds are ignored."""
-        t = as_float(msg.get("time"))
-        t = self.clock() if math.isnan(t) else t
+    def consume(self, event: Event) -> None:
+        """Fold one typed feed record (:mod:`psdist.run.events`) into the state."""
+        t = event.time if math.isfinite(event.time) else self.clock()
         self.elapsed(t)
         self.last_seen = self.clock()
-        kind = msg.get("kind")
-        handler = getattr(self, f"_on_{kind}", None)
-        if handler is None:
-            logger.debug("psdist dashboard: ignoring message kind %r of run %s", kind, self.run)
-            return
-        handler(msg, t)
+        match event:
+            case StartEvent():
+                self._on_start(event)
+            case ServerSnapshot():
+                self._on_server(event, t)
+            case ChunkEvent():
+                self._on_chunk(event, t)
+            case EpochEvent():
+                self._on_epoch(event, t)
+            case LrEvent():
+                self._set_lr(event.lr, t)
+            case RecoveryEvent():
+                self.ps = event.ps or self.ps  # the restarted server's address
+                self.recoveries += 1
+            case EndEvent():
+                self.status, self.end_reason = "ended", event.reason
+                self.active = set()
+            case _:  # a record kind newer than this page
+                logger.debug("psdist dashboard: ignoring %s of run %s", type(event).__name__, self.run)
+                return
         self.seq += 1
 
-    def _on_start(self, msg: Mapping[str, Any], t: float) -> None:
-        self.name = str(msg.get("name") or "")
-        self.ps = msg.get("ps") or self.ps
-        config = msg.get("config")
-        self.config = dict(config) if isinstance(config, Mapping) else {}
-        self.epochs_planned = as_int(msg.get("epochs"), 0) or None
+    def _on_start(self, e: StartEvent) -> None:
+        self.name = e.name
+        self.ps = e.ps or self.ps
+        self.config = dict(e.config)
+        self.epochs_planned = e.epochs or None
         self.status, self.end_reason = "running", None
-
-    def _on_end(self, msg: Mapping[str, Any], t: float) -> None:
-        self.status = "ended"
-        self.end_reason = str(msg.get("reason") or "")
-        self.active = set()
-
-    def _on_lr(self, msg: Mapping[str, Any], t: float) -> None:
-        self._set_lr(as_float(msg.get("lr")), t)
 
     def _set_lr(self, lr: float, t: float) -> None:
         if math.isnan(lr):
@@ -132,33 +152,25 @@ class RunState:
             self.lr_series.append(version=self.version, t=self.elapsed(t), lr=lr)
         self.lr = lr
 
-    def _on_chunk(self, msg: Mapping[str, Any], t: float) -> None:
-        worker = str(msg.get("worker") or "?")
-        row = self._row(worker)
-        samples = as_float(msg.get("samples"))
-        busy = sum(as_float(msg.get(k)) for k in ("compute_s", "comm_s", "wait_s", "read_s") if msg.get(k) is not None)
+    def _on_chunk(self, e: ChunkEvent, t: float) -> None:
+        row = self._row(e.worker)
+        busy = sum(s for s in (e.compute_s, e.comm_s, e.wait_s, e.read_s) if math.isfinite(s))
         row["chunks"] += 1
-        self.epoch = as_int(msg.get("epoch"), self.epoch)
-        if msg.get("total") is not None:
-            self.chunks = (as_int(msg.get("done")), as_int(msg.get("total")))
-        if busy > 0 and not math.isnan(samples):
-            row["chunk_samples_per_s"] = samples / busy
-        nonfinite, bad = as_int(msg.get("nonfinite_batches")), as_int(msg.get("bad_chunks"))
-        self.nonfinite_batches += nonfinite
-        self.bad_chunks += bad
-        row["nonfinite_batches"] += nonfinite
-        row["bad_chunks"] += bad
-        why = msg.get("bad")
-        if bad and isinstance(why, (list, tuple)):
-            self.bad = (self.bad + [str(w) for w in why])[-BAD_KEPT:]
-        loss = as_float(msg.get("loss"))
-        self.chunk_loss.append(version=self.version, t=self.elapsed(t), loss=loss, epoch=as_float(msg.get("epoch")))
+        self.epoch = e.epoch
+        if e.total is not None:
+            self.chunks = (e.done or 0, e.total)
+        if busy > 0:
+            row["chunk_samples_per_s"] = e.samples / busy
+        self.nonfinite_batches += e.nonfinite_batches
+        self.bad_chunks += e.bad_chunks
+        row["nonfinite_batches"] += e.nonfinite_batches
+        row["bad_chunks"] += e.bad_chunks
+        if e.bad_chunks and e.bad:
+            self.bad = (self.bad + e.bad)[-BAD_KEPT:]
+        self.chunk_loss.append(version=self.version, t=self.elapsed(t), loss=e.loss, epoch=float(e.epoch))
 
-    def _on_epoch(self, msg: Mapping[str, Any], t: float) -> None:
-        record = msg.get("record")
-        if not isinstance(record, Mapping):
-            return
-        record = dict(record)
+    def _on_epoch(self, e: EpochEvent, t: float) -> None:
+        record = dict(e.record)
         self.records.append(record)
         if len(self.records) > self.maxlen:
             del self.records[0]
@@ -171,53 +183,48 @@ class RunState:
             val_loss=as_float(record.get("val_loss")),
         )
 
-    def _on_server(self, msg: Mapping[str, Any], t: float) -> None:
-        self.server = dict(msg)
-        self.ps = self.ps or msg.get("worker")  # the scheduler adds the PS address to worker events
-        st = as_float(msg.get("time"))
-        st = t if math.isnan(st) else st
-        version = as_int(msg.get("version"), self.version)
-        applied = as_int(msg.get("applied"), self.applied)
-        rejected = msg.get("rejected")
-        rejected = {str(k): as_int(v) for k, v in rejected.items()} if isinstance(rejected, Mapping) else {}
-        loss_sum = as_float(msg.get("loss_sum"))
-        samples = as_int(msg.get("samples_applied"), self.samples_applied)
-        workers = msg.get("workers")
-        workers = {str(w): s for w, s in workers.items() if isinstance(s, Mapping)} if isinstance(workers, Mapping) else {}
+    def _on_server(self, e: ServerSnapshot, t: float) -> None:
+        """Rates from the difference to the previous snapshot; counters unless it is older."""
+        self.server = e
+        self.ps = self.ps or e.worker
+        workers = e.workers
         now = {
-            "time": st, "applied": applied, "rejected": sum(rejected.values()), "loss_sum": loss_sum,
-            "samples": samples, "workers": {w: as_int(s.get("samples")) for w, s in workers.items()},
+            "time": t, "applied": e.applied, "rejected": sum(e.rejected.values()), "loss_sum": e.loss_sum,
+            "samples": e.samples_applied, "workers": {w: as_int(s.get("samples")) for w, s in workers.items()},
         }
-        prev, x = self._prev, self.elapsed(st)
-        if prev is not None and st > prev["time"]:
-            dt = st - prev["time"]
-            self.pushes.append(
-                t=x, applied=max(0, applied - prev["applied"]) / dt,
-                rejected=max(0, now["rejected"] - prev["rejected"]) / dt,
-            )
-            ds = samples - prev["samples"]
-            if ds > 0:
-                self.loss.append(version=version, t=x, loss=(loss_sum - prev["loss_sum"]) / ds)
-            for w, n in now["workers"].items():
-                series = self.worker_rates.setdefault(w, Series(("t", "samples_per_s"), self.maxlen))
-                rate = max(0, n - prev["workers"].get(w, 0)) / dt
-                series.append(t=x, samples_per_s=rate)
-                self._row(w)["samples_per_s"] = rate
-        if prev is None or st >= prev["time"]:
-            self._prev = now
-            self.version, self.applied, self.rejected, self.samples_applied = version, applied, rejected, samples
-            hist = msg.get("staleness_hist")
-            self.staleness_hist = [as_int(c) for c in hist] if isinstance(hist, (list, tuple)) else []
-            self.staleness_mean = as_float(msg.get("staleness_mean"))
-            self.staleness_max = as_int(msg.get("staleness_max"))
-            self.waits = as_int(msg.get("waits"))
-            self.nonfinite = as_int(msg.get("nonfinite"), rejected.get(NONFINITE, 0))
-            active = msg.get("active")
-            self.active = {str(a) for a in active} if isinstance(active, (list, tuple)) else set()
-            self._server_time, self._server_seen = st, self.clock()
-            self._set_lr(as_float(msg.get("lr")), st)
-            for w, s in workers.items():
-                self._server_row(w, s)
+        prev = self._prev
+        if prev is not None and t > prev["time"]:
+            self._rates(prev, now, e.version)
+        if prev is not None and t < prev["time"]:  # out of order: older than what is shown
+            return
+        self._prev = now
+        self.version, self.applied, self.samples_applied = e.version, e.applied, e.samples_applied
+        self.rejected = dict(e.rejected)
+        self.staleness_hist = list(e.staleness_hist)
+        self.staleness_mean, self.staleness_max, self.waits = e.staleness_mean, e.staleness_max, e.waits
+        # an older server sends no "nonfinite": the count is in rejected then
+        self.nonfinite = e.nonfinite if e.nonfinite is not None else e.rejected.get(NONFINITE, 0)
+        self.active = set(e.active)
+        self._server_time, self._server_seen = t, self.clock()
+        self._set_lr(e.lr, t)
+        for w, s in workers.items():
+            self._server_row(w, s)
+
+    def _rates(self, prev: dict[str, Any], now: dict[str, Any], version: int) -> None:
+        """Pushes/s, the loss of the pushes between two snapshots, samples/s per worker."""
+        dt, x = now["time"] - prev["time"], self.elapsed(now["time"])
+        self.pushes.append(
+            t=x, applied=max(0, now["applied"] - prev["applied"]) / dt,
+            rejected=max(0, now["rejected"] - prev["rejected"]) / dt,
+        )
+        ds = now["samples"] - prev["samples"]
+        if ds > 0:
+            self.loss.append(version=version, t=x, loss=(now["loss_sum"] - prev["loss_sum"]) / ds)
+        for w, n in now["workers"].items():
+            series = self.worker_rates.setdefault(w, Series(("t", "samples_per_s"), self.maxlen))
+            rate = max(0, n - prev["workers"].get(w, 0)) / dt
+            series.append(t=x, samples_per_s=rate)
+            self._row(w)["samples_per_s"] = rate
 
     def _row(self, worker: str) -> dict[str, Any]:
         row = self.workers.get(worker)
@@ -232,7 +239,8 @@ class RunState:
 
     def _server_row(self, worker: str, s: Mapping[str, Any]) -> None:
         row = self._row(worker)
-        info = s.get("info") if isinstance(s.get("info"), Mapping) else {}
+        raw = s.get("info")
+        info: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
         for key in ("name", "host", "device"):
             if info.get(key) is not None:
                 row[key] = str(info[key])
@@ -273,7 +281,7 @@ class RunState:
 
     def push_age(self, row: Mapping[str, Any], now: float | None = None) -> float:
         """Seconds since the worker's last push, on the PS clock carried to the local one."""
-        last = row.get("last_push", math.nan)
+        last = as_float(row.get("last_push"))
         if self._server_time is None or math.isnan(last):
             return math.nan
         now = self.clock() if now is None else now
@@ -307,23 +315,44 @@ class Runs:
         self.clock = clock
         self.runs: dict[str, RunState] = {}
         self.seq = 0  # bumped when a run appears or goes
+        self.dropped: Counter[str] = Counter()  # messages that made no record, by kind
 
-    def consume(self, msg: Any) -> RunState | None:
-        """Fold one feed message into its run (created on first sight); junk is ignored."""
-        if not isinstance(msg, Mapping) or not isinstance(msg.get("run"), str) or "kind" not in msg:
-            logger.debug("psdist dashboard: ignoring malformed message %r", msg)
-            return None
-        run = msg["run"]
-        state = self.runs.get(run)
+    def consume(self, msg: object) -> RunState | None:
+        """Fold one feed message (or typed record) into its run, created on first sight.
+
+        A message that makes no record (:func:`psdist.run.events.from_message`) is dropped and
+        counted in :attr:`dropped` by kind, with a warning giving the reason the first time per
+        kind; one of an unknown kind (a newer producer's) is skipped quietly. Nothing a message
+        holds may break the scheduler's event handling.
+        """
+        if isinstance(msg, Event):
+            event = msg
+        else:
+            try:
+                event = from_message(msg)
+            except UnknownEvent as e:
+                logger.debug("psdist dashboard: %s", e)
+                return None
+            except BadEvent as e:
+                self._drop(msg, e)
+                return None
+        state = self.runs.get(event.run)
         if state is None:
-            state = self.runs[run] = RunState(run, self.maxlen, self.clock)
+            state = self.runs[event.run] = RunState(event.run, self.maxlen, self.clock)
             self.seq += 1
             self._trim()
         try:
-            state.consume(msg)
-        except Exception:  # a bad message must never break the scheduler's event handling
-            logger.warning("psdist dashboard: could not read a %r message", msg.get("kind"), exc_info=True)
+            state.consume(event)
+        except Exception:  # a bug here must not break the scheduler either
+            logger.warning("psdist dashboard: could not fold a %r message", event.KIND, exc_info=True)
         return state
+
+    def _drop(self, msg: object, error: BadEvent) -> None:
+        kind = str(msg.get("kind")) if isinstance(msg, Mapping) else type(msg).__name__
+        self.dropped[kind] += 1
+        # a producer that sends bad messages sends many: say why once per kind
+        log = logger.warning if self.dropped[kind] == 1 else logger.debug
+        log("psdist dashboard: dropping a feed message: %s", error)
 
     def _trim(self) -> None:
         while len(self.runs) > self.max_runs:
