@@ -118,6 +118,10 @@ def test_reading_ignores_new_fields_and_refuses_missing_or_wrong_ones(caplog):
     got = from_message({"kind": "end", "run": "r", "reason": "completed"})
     assert got.reason == "completed" and math.isnan(got.time)
     assert from_message({"kind": "server", "run": "r", "version": 4.0}).version == 4
+    # None (NaN on the wire, or "not known") leaves a field at its default
+    chunk = from_message({"kind": "chunk", "run": "r", "epoch": 1, "chunk": 0, "worker": "w", "samples": 3,
+                          "compute_s": None, "pushes": None, "bad": None})
+    assert (chunk.compute_s, chunk.pushes, chunk.bad, math.isnan(chunk.loss)) == (0.0, 0, [], True)
 
 
 def test_the_builder_checks_at_the_producer(monkeypatch):

@@ -271,7 +271,9 @@ def from_message(message: object, *, strict: bool = False) -> Event:
         raise BadEvent(f"{where} lacks the required field(s) {missing}")
     values: dict[str, Any] = {"time": _NAN}  # a message without a time: the reader's clock decides
     for name, hint in hints.items():
-        if name in message:
+        # None is how NaN travels, and what a producer may send for "not known": the field
+        # keeps its default (NaN for loss and lr, 0 for timings and counters)
+        if message.get(name) is not None:
             try:
                 values[name] = _coerce(message[name], hint)
             except _Mismatch as e:
