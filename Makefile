@@ -22,6 +22,7 @@ lint:
 	bash scripts/setup.sh test
 	.venv/bin/ruff check psdist tests benchmarks examples
 	.venv/bin/lint-imports --no-cache   # the layer contracts of pyproject.toml
+	.venv/bin/mypy                      # types: strict in psdist/core ([tool.mypy] in pyproject.toml)
 
 bench:
 	bash scripts/setup.sh test

@@ -1,7 +1,11 @@
-"""Update rules (:mod:`psdist.core.rules`), the public name ``psdist.rules``."""
+"""Update rules (:mod:`psdist.core.rules`), the public name ``psdist.rules``.
+
+``RejectKind`` and ``Rejection`` are what a rule of your own returns from ``ServerRule.admit``.
+"""
 
 from __future__ import annotations
 
+from psdist.core.protocol import Rejection, RejectKind
 from psdist.core.rules import (
     DCASGD,
     EAMSGD,
@@ -26,6 +30,8 @@ __all__ = [
     "SSP",
     "Downpour",
     "DynSGD",
+    "RejectKind",
+    "Rejection",
     "Rule",
     "ServerRule",
     "StalenessAware",

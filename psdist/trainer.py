@@ -33,7 +33,7 @@ from psdist.replica.binding import flatten, unflatten_into
 from psdist.replica.replica import as_model_dict, layout_of
 from psdist.replica.steps import SupervisedStep
 from psdist.run.checkpoint import read_checkpoint, write_checkpoint
-from psdist.run.events import TOPIC, event
+from psdist.run.events import TOPIC, EndEvent, EpochEvent, Event, LrEvent, StartEvent
 from psdist.run.history import History
 from psdist.run.metrics import default_metrics
 from psdist.run.recovery import RecoveryPoint
@@ -303,7 +303,8 @@ class Trainer:
             self.dashboard_link, self.run_id = sess.dashboard_link, sess.run_id
             self.dashboard_url = self._dashboard(sess)
             publish = partial(self._publish, sess)
-            publish("start", name=self.name, ps=sess.ps_address, epochs=epochs, config=self._config(sess))
+            publish(StartEvent(run=sess.run_id, name=self.name, ps=sess.ps_address, epochs=epochs,
+                               config=self._config(sess)))
             logger.info("psdist: training %d epochs; parameter server on %s; live page %s", epochs,
                         sess.placement, self.dashboard_url or self.dashboard_link)
             assert sess.rule is not None
@@ -335,7 +336,7 @@ class Trainer:
             record = driver.epoch()
             self.run.epoch_done(record)  # the record, the epoch count and the progress together
             driver.sess.call("publish", timeout=self.settings.faults.timeout)  # a fresh snapshot for the page
-            driver.publish("epoch", record=record)
+            driver.publish(EpochEvent(run=driver.sess.run_id, record=record))
             if record.get("partial"):
                 logger.info("psdist: stopped after %d of the epoch's chunks", record["chunks"])
                 return self._stopped("stopped by the user")
@@ -357,7 +358,7 @@ class Trainer:
             try:
                 self.run.fetched(sess.call("state_dict", timeout=self.settings.faults.timeout),
                                  sess.call("metrics", timeout=self.settings.faults.timeout))
-                self._publish(sess, "end", reason=reason)
+                self._publish(sess, EndEvent(run=sess.run_id, reason=reason))
             except Exception as second:
                 if exc is None:
                     raise
@@ -392,8 +393,8 @@ class Trainer:
             "seed": self.settings.training.seed, "parameter_server": sess.placement, "training_workers": sess.slots,
         }
 
-    def _publish(self, sess: Session, kind: str, **fields: Any) -> None:
-        sess.client.log_event(TOPIC, event(kind, sess.run_id, **fields))
+    def _publish(self, sess: Session, record: Event) -> None:
+        sess.client.log_event(TOPIC, record.to_message())
 
     def _dashboard(self, sess: Session) -> str | None:
         """Install the psdist page in the cluster's dashboard; its URL for this run (or None)."""
@@ -429,7 +430,7 @@ class Trainer:
             if sess is None:
                 return float(lr)
             now = sess.call("set_lr", float(lr), model, timeout=self.settings.faults.timeout)
-        self._publish(sess, "lr", lr=float(lr), model=model)
+        self._publish(sess, LrEvent(run=sess.run_id, lr=float(lr), model=model))
         logger.info("psdist: learning rate set to %g%s", lr, f" for {model}" if model else "")
         return float(now)
 

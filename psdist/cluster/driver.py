@@ -23,6 +23,7 @@ from psdist.data.split import epoch_order
 from psdist.errors import DataError, ServerError
 from psdist.replica.loop import ChunkResult, concat_outputs
 from psdist.run.epoch import EpochProgress
+from psdist.run.events import ChunkEvent, Event, RecoveryEvent
 from psdist.run.guard import NonfiniteGuard
 from psdist.run.recovery import RecoveryPoint
 from psdist.run.state import RunState
@@ -54,7 +55,7 @@ class EpochDriver:
     max_restarts
         Parameter servers the fit may lose before it fails.
     publish
-        ``publish(kind, **fields)``: an event for the dashboard.
+        Sends a monitoring record (:mod:`psdist.run.events`) to the dashboard.
     write_point
         Writes a recovery point as a checkpoint file (``None``: points stay in memory).
     progress
@@ -69,7 +70,7 @@ class EpochDriver:
     metrics: dict[str, Callable[[np.ndarray, Any], float]]
     seed: int
     max_restarts: int
-    publish: Callable[..., None]
+    publish: Callable[[Event], None]
     write_point: Callable[[RecoveryPoint], None] | None = None
     progress: Progress | None = None
     data_name: str = ""
@@ -123,8 +124,8 @@ class EpochDriver:
         with run.lock:
             run.progress = after
         run.points.restored(point_version, time.monotonic())
-        self.publish("recovery", error=repr(exc), version=point_version,
-                     versions_lost=after.faults["versions_lost"], ps=sess.ps_address)
+        self.publish(RecoveryEvent(run=sess.run_id, error=repr(exc), version=point_version,
+                                   versions_lost=after.faults["versions_lost"], ps=sess.ps_address))
         logger.warning(
             "psdist: parameter server lost (%r); restarted on %s from version %d; this epoch so far: "
             "%d updates lost, %d finished chunks redone", exc, sess.ps_address, point_version,
@@ -164,11 +165,12 @@ class EpochDriver:
 
     def _report(self, r: ChunkResult, prog: EpochProgress, total: int) -> None:
         loss = r.loss_sum / max(r.samples, 1)
-        self.publish("chunk", epoch=prog.epoch, chunk=r.chunk, worker=r.worker, samples=r.samples,
-                     loss=loss, compute_s=r.compute_s, comm_s=r.comm_s, wait_s=r.wait_s, read_s=r.read_s,
-                     done=len(prog.done), total=total, pushes=r.pushes, batches=r.batches,
-                     nonfinite_batches=r.nonfinite_batches, nonfinite_inputs=r.nonfinite_inputs,
-                     pushes_nonfinite=r.pushes_nonfinite, bad_chunks=r.bad_chunks, bad=r.bad)
+        self.publish(ChunkEvent(run=self.sess.run_id, epoch=prog.epoch, chunk=r.chunk, worker=r.worker,
+                                samples=r.samples, loss=loss, compute_s=r.compute_s, comm_s=r.comm_s,
+                                wait_s=r.wait_s, read_s=r.read_s, done=len(prog.done), total=total,
+                                pushes=r.pushes, batches=r.batches, nonfinite_batches=r.nonfinite_batches,
+                                nonfinite_inputs=r.nonfinite_inputs, pushes_nonfinite=r.pushes_nonfinite,
+                                bad_chunks=r.bad_chunks, bad=list(r.bad)))
         if self.progress is not None:
             self.progress({"event": "chunk", "epoch": prog.epoch, "done": len(prog.done), "chunk": r.chunk,
                            "total": total, "loss": loss, "samples": r.samples, "worker": r.worker,

@@ -256,7 +256,9 @@ def _closed_event(ps: Any) -> threading.Event | None:
 
 
 def _plugin(name: str) -> RunPlugin:
-    return get_worker().plugins[name]
+    plugin = get_worker().plugins[name]
+    assert isinstance(plugin, RunPlugin), f"worker plugin {name!r} is a {type(plugin).__name__}"
+    return plugin
 
 
 def train_task(

@@ -157,5 +157,5 @@ def document(runs: Runs, doc: Document, run: str | None = None, interval_ms: int
     ref = weakref.ref(page)
     doc.add_periodic_callback(lambda: _tick(ref), interval_ms)
     # the document holds the page; the callback holds only a weak reference to it
-    doc.psdist_page = page  # type: ignore[attr-defined]
+    doc.psdist_page = page
     return page
