@@ -13,10 +13,17 @@ import pytest
 import psdist
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
-# Worker processes must import task functions defined in test modules (pickled by reference).
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (TESTS, os.environ.get("PYTHONPATH")) if p)
-if TESTS not in sys.path:
-    sys.path.insert(0, TESTS)
+# tests/ mirrors the packages (tests/core, tests/cluster, ...). Worker processes must import task
+# functions defined in test modules (pickled by reference, by module name): every test folder is
+# on their path, and on ours (a module imports its neighbours' helpers, e.g. test_handle's).
+_FOLDERS = [TESTS, *sorted(
+    os.path.join(TESTS, d) for d in os.listdir(TESTS)
+    if os.path.isdir(os.path.join(TESTS, d)) and d.isidentifier() and d not in ("golden", "__pycache__")
+)]
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (*_FOLDERS, os.environ.get("PYTHONPATH")) if p)
+for _folder in reversed(_FOLDERS):
+    if _folder not in sys.path:
+        sys.path.insert(0, _folder)
 
 
 def blobs(n: int, d: int = 20, k: int = 4, seed: int = 0, spread: float = 1.0) -> tuple[np.ndarray, np.ndarray]:

@@ -21,7 +21,7 @@ from psdist.cluster import embedded_cluster
 from psdist.dashboard.panels import WorkerTable
 from psdist.hep.models import mlp
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("PSDIST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("PSDIST_ARTIFACTS") or ROOT / "test-artifacts")
 

@@ -10,7 +10,7 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "examples" / "jet_tagging.ipynb"
+NOTEBOOK = Path(__file__).resolve().parents[2] / "examples" / "jet_tagging.ipynb"
 
 
 @pytest.mark.slow

@@ -43,7 +43,7 @@ from psdist.settings import (
     yaml_keys,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CE = torch.nn.functional.cross_entropy
 MLP = functools.partial(mlp, inputs=20, hidden=8, classes=4)
 BASE = "model: psdist.hep.models:mlp\ndata: d.zarr\n"

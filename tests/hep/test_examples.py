@@ -10,7 +10,7 @@ import pytest
 import psdist
 from psdist.hep import jetimages, showers
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "examples"))
 
 import calo_gan
 import calorimeter

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WORKLOADS = {"jet_cnn", "particle_flow", "calo_cnn", "wide_mlp"}
 RULES = {"downpour", "staleness-aware", "dynsgd", "dcasgd", "sync", "ssp", "easgd", "eamsgd", "gem"}
 

@@ -29,7 +29,7 @@ ROWS, CHUNK, BATCH = 4096, 256, 64  # 16 chunks of 4 pushes each
 PUSHES_PER_CHUNK = 4  # CHUNK / BATCH with push_every=1: the most one chunk attempt can push
 CE = torch.nn.functional.cross_entropy
 # each test's figures land here (docs/reliability.md quotes them)
-ARTIFACTS = os.environ.get("PSDIST_ARTIFACTS") or os.path.join(os.path.dirname(os.path.dirname(__file__)), "test-artifacts")
+ARTIFACTS = os.environ.get("PSDIST_ARTIFACTS") or os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "test-artifacts")
 KEEP = ("chunks", "samples", "workers_lost", "chunks_rerun", "chunks_hung", "pushes_orphaned", "ps_restarts",
         "versions_lost", "chunks_redone", "pushes_applied", "pushes_rejected", "val_accuracy", "resumed")
 

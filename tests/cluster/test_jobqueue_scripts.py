@@ -20,9 +20,9 @@ pytest.importorskip("dask_jobqueue")
 from psdist.cluster import batch
 from psdist.errors import ClusterError, ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted(p.stem for p in (ROOT / "jobqueue").glob("*.yaml"))
-GOLDEN = Path(__file__).resolve().parent / "golden" / "jobqueue"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "jobqueue"
 LOCAL = {"scheduler_options": {"host": "127.0.0.1", "dashboard_address": ":0"}}
 MALLOC = "export MALLOC_TRIM_THRESHOLD_=1073741824 MALLOC_MMAP_THRESHOLD_=33554432"
 # what asks a batch system for a GPU, per system
