@@ -15,6 +15,9 @@ from psdist.optim import SGD
 from psdist.replica.binding import flatten, spec_of
 from psdist.rules import Downpour
 
+# before any test starts the session's LocalCluster (see conftest.pytest_collection_modifyitems)
+pytestmark = pytest.mark.in_process_cluster
+
 
 def _server_args(max_staleness=2):
     model = mlp(inputs=3, hidden=4, classes=2, depth=1)
