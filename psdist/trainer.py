@@ -320,7 +320,7 @@ class Trainer:
             if progress is not None:
                 progress({"event": "start", "run": sess.run_id, "dashboard": self.dashboard_url or self.dashboard_link})
             try:
-                reason = self._epochs(driver, epochs, progress)
+                reason = self._epochs(driver, epochs, progress, stop)
             except BaseException as exc:
                 # keep what the server learned (Ctrl-C in a notebook, a failed task), without
                 # letting a second failure hide the first
@@ -329,8 +329,13 @@ class Trainer:
             self._end(sess, reason)
         return self.history
 
-    def _epochs(self, driver: EpochDriver, epochs: int, progress: Progress | None) -> str:
-        """Run the fit's epochs; why they ended."""
+    def _epochs(self, driver: EpochDriver, epochs: int, progress: Progress | None, stop: threading.Event) -> str:
+        """Run the fit's epochs; why they ended.
+
+        A stop ends the epoch early when chunks are still to be submitted (a partial epoch);
+        when the whole epoch was already in flight (a window as wide as the epoch), the fit ends
+        after it instead — the stop is never lost.
+        """
         driver.take_point(write=False)  # a lost server before any point restarts here
         for _ in range(epochs):
             record = driver.epoch()
@@ -343,6 +348,9 @@ class Trainer:
             driver.take_point(write=True)
             if progress is not None:
                 progress({"event": "epoch", "record": record})
+            if stop.is_set():
+                logger.info("psdist: stopped after epoch %d", record["epoch"])
+                return self._stopped("stopped by the user")
             if self.settings.training.early_stopping is not None and self.settings.training.early_stopping.update(record):
                 logger.info("psdist: early stop: %s", self.settings.training.early_stopping.reason)
                 return self._stopped(self.settings.training.early_stopping.reason or "early stopping")

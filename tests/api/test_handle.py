@@ -98,3 +98,23 @@ def test_chrome_trace_has_every_phase_per_worker(client, blob_data, tmp_path):
     assert all(e["dur"] >= 0 and e["ts"] >= 0 for e in spans)
     computes = [e for e in spans if e["name"] == "compute"]
     assert len(computes) == t.history.last["pushes_applied"] + t.history.last["pushes_rejected"]
+
+
+def test_stop_ends_the_fit_when_the_whole_epoch_is_in_flight(client, tmp_path):
+    """4 chunks, 3 training slots: the window (6) holds the whole epoch, so no chunk is left to
+    hold back; the stop must then end the fit after that epoch (it once trained on to the end)."""
+    from conftest import blobs
+
+    x, y = blobs(1024, seed=4)
+    xv, yv = blobs(256, seed=5)
+    data = psdist.write_zarr(tmp_path / "small.zarr", x, y, xv, yv, chunk_rows=256)
+    t = trainer(data, client)
+
+    def progress(ev):
+        if ev["event"] == "chunk" and ev["done"] == 1:
+            t.stop()
+
+    handle = t.fit(epochs=200, block=False, progress=progress)
+    history = handle.result(timeout=120)
+    assert t.stopped_reason == "stopped by the user"
+    assert len(history) == 1 and t.epoch == 1 and history.last["chunks"] == 4  # complete, then ended
