@@ -65,7 +65,7 @@ class StatusPanel(Component):
             facts.append(("last bad chunk", run.bad[-1]))
         if run.rejected:
             facts.append(("rejected by reason", ", ".join(f"{k}: {v}" for k, v in sorted(run.rejected.items()))))
-        shown = {"parameter_server": "parameter server", "training_workers": "workers training (slots)"}
+        shown = {"parameter_server": "parameter server", "training_workers": "training slots"}
         for key in ("parameter_server", "training_workers", "rule", "optimizers", "batch_size", "push_every",
                     "max_staleness", "data"):
             if key in run.config:

@@ -211,7 +211,7 @@ def test_components_show_the_run_from_the_feed():
     assert "demo (r1)" in text and "stale: 4" in text and "1 of 3, chunk 1 of 4" in text
     assert "SSP(bound=2)" in text and "model: sgd(lr=0.1)" in text
     assert "parameter server</th><td>tcp://w2:1 (a worker that also trains)" in text  # where the PS lives
-    assert "workers training (slots)</th><td>2" in text
+    assert "training slots</th><td>2" in text
     # the loss against time instead of version
     page.loss.axis.active = 1
     page.update()

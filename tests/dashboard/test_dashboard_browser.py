@@ -113,7 +113,8 @@ def test_page_in_a_browser_follows_a_live_training(tmp_path):
         assert second["pushes_t"] != first["pushes_t"] and second["pushes_t"][-1] > first["pushes_t"][-1]
         assert max(second["pushes_applied"]) > 0
         assert sum(second["staleness"]) > sum(first["staleness"]) > 0
-        assert second["devices"] == ["cpu"]  # the one data worker, registered with the server
+        # both workers of the 2-process cluster given as client= train (the PS shares one), each registered
+        assert second["devices"] == ["cpu", "cpu"]
         row = dict(zip([k for k, _, _ in WorkerTable.COLUMNS], second["table"][0], strict=False))
         assert row["device"] == "cpu" and row["state"] in ("training", "idle")  # drawn, not only in the data
         assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
