@@ -20,6 +20,18 @@ import particle_jets
 
 
 @pytest.fixture(scope="module")
+def client():
+    """Two workers that both train, the server sharing one: the 2 asynchronous workers these
+    examples' figures were measured with (the session's shared cluster trains on 3)."""
+    from psdist.cluster.embedded import embedded_cluster
+
+    cluster, client = embedded_cluster(workers=1, threads_per_worker=1, dashboard_address=None)
+    yield client
+    client.close()
+    cluster.close()
+
+
+@pytest.fixture(scope="module")
 def shower_data(tmp_path_factory):
     path = tmp_path_factory.mktemp("showers") / "s.zarr"
     showers.write_dataset(path, 1536, 384, chunk_rows=256)
@@ -28,7 +40,6 @@ def shower_data(tmp_path_factory):
 
 def test_jet_image_cnn(client, tmp_path):
     data = jetimages.write_dataset(tmp_path / "j.zarr", jets=6144, val_jets=2048)
-    # 4 epochs: with every worker of the shared 3-worker cluster training, 3 ended at AUC 0.79-0.80
     last = jet_images.run(data, epochs=4, client=client).history.last
     assert last["val_auc"] >= 0.80
 
@@ -58,15 +69,11 @@ def test_event_topology(client, tmp_path):
 
 
 def test_calorimeter_type_and_energy(client, shower_data):
-    # 6 epochs: every worker of the shared 3-worker cluster trains (3 async workers, more stale
-    # than the 2 this test once had); after 4 the resolution once ended at 0.335
-    last = calorimeter.run(shower_data, epochs=6, client=client)
-    # 3 classes (chance 1/3): pions are easy, e-/γ differ only by their start depth; async
+    last = calorimeter.run(shower_data, epochs=4, client=client)
+    # 3 classes (chance 1/3): pions are easy, e-/γ differ only by their start depth; 2 async
     # workers land between 0.60 and 0.80 from run to run (scheduling), hence the margin
     assert last["val_type_accuracy"] >= 0.55
-    # 0.12 single-process; 0.18-0.26 with 2 async workers; up to 0.335 seen with 3 (an untrained
-    # energy head is at ~1.0)
-    assert last["val_resolution"] <= 0.35
+    assert last["val_resolution"] <= 0.3  # 0.12 single-process; 0.18-0.26 with 2 async workers
 
 
 @pytest.mark.slow
