@@ -7,7 +7,7 @@ described by one small text file::
     model_args: {width: 32}              # keyword arguments for it (optional)
     loss: cross_entropy                  # torch.nn.functional name, or module:function
     data: {path: data/jets.zarr, val_fraction: 0.1}
-    optimizer: {name: sgd, lr: 0.05, momentum: 0.9}
+    optimizer: {name: adamw, lr: 0.001, weight_decay: 0.01}   # any torch.optim class, or module:function
     epochs: 5
     batch_size: 128
     workers: 2
@@ -47,7 +47,6 @@ from typing import Any
 
 import yaml
 
-from psdist.core.optim import Optimizer, optimizer_from_config
 from psdist.core.rules import Downpour, Rule
 from psdist.data.dataset import ZarrDataset
 from psdist.errors import ConfigError
@@ -268,8 +267,8 @@ class TrainConfig:
         """The :class:`~psdist.data.dataset.ZarrDataset` of ``data``."""
         return ZarrDataset(**self.values["data"])
 
-    def make_optimizer(self) -> Optimizer | dict[str, Optimizer]:
-        """One optimizer (``{name: sgd, ...}``) or one per model (``{generator: {name: adam}, ...}``)."""
+    def make_optimizer(self) -> Any:
+        """One optimizer recipe (``{name: adamw, ...}``) or one per model (``{generator: {name: adam}, ...}``)."""
         return self.setting("optimizer")
 
     def make_metrics(self) -> dict[str, Any]:
@@ -391,10 +390,22 @@ def _optimizer_changes(stored: dict[str, dict[str, Any]], want: dict[str, Any]) 
             out.append(SettingChange(f"optimizer.{name}", stored[name]["name"] if name in stored else None,
                                      wanted[name]["name"] if name in wanted else None))
             continue
-        # both sides normalised the same way: the YAML's optimizer with its defaults filled in
-        # (leaving out momentum means momentum 0) against the checkpoint's full config
-        have = optimizer_from_config(stored[name]).to_config()
-        out += _config_changes("optimizer" if single else f"optimizer.{name}", have, wanted[name])
+        # both sides normalised the same way, with the torch.optim class's defaults filled in
+        # (leaving out momentum means momentum 0)
+        out += _config_changes("optimizer" if single else f"optimizer.{name}", _normalised(stored[name]),
+                               _normalised(wanted[name]))
+    return out
+
+
+def _normalised(cfg: dict[str, Any]) -> dict[str, Any]:
+    """An optimizer's config with every hyperparameter of its class (defaults filled in)."""
+    from psdist.optim.resolve import optimizer_from_config
+
+    spec = optimizer_from_config(cfg)
+    full = spec.to_config()
+    out = {"name": full["name"], **{k: list(v) if isinstance(v, tuple) else v
+                                    for k, v in (spec.hyperparameters() or {}).items()}}
+    out.update({k: full.get(k) for k in ("scheduler", "schedule", "clip_norm")})
     return out
 
 
@@ -474,7 +485,7 @@ def resume_settings(cfg: TrainConfig, meta: dict[str, Any], override: bool = Fal
     lrs: dict[str | None, float] = {}
     if "optimizer" in kwargs:
         opts = kwargs["optimizer"] if isinstance(kwargs["optimizer"], dict) else {None: kwargs["optimizer"]}
-        lrs = {name: opt.lr for name, opt in opts.items()}
+        lrs = {name: opt.lr for name, opt in opts.items() if opt.lr is not None}
     return ResumeSettings(changes, kwargs, lrs)
 
 

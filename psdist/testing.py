@@ -1,8 +1,9 @@
 """A plain single-process PyTorch reference: the same model, data and optimizer, no psdist.
 
 The examples and benchmarks put psdist's figures next to this loop's, trained for the same
-epochs on the same Zarr data with the torch twin of the psdist server optimizer (its schedule
-included, stepped per minibatch as the server steps per push).
+epochs on the same Zarr data with the same ``torch.optim`` recipe the server runs (built over the
+model's trainable parameters, its scheduler stepped per minibatch as the server's per push, the
+same per-batch clipping).
 """
 
 from __future__ import annotations
@@ -13,13 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from psdist.core.optim import Optimizer
 from psdist.data.dataset import ZarrDataset
 from psdist.errors import ConfigError
+from psdist.optim.resolve import as_optimizer
 from psdist.replica.loop import as_labels, concat_outputs
 from psdist.replica.replica import Replica, as_model_dict
 from psdist.replica.steps import Step, SupervisedStep
-from psdist.replica.torch_optim import torch_optimizer
 from psdist.run.metrics import default_metrics
 
 __all__ = ["train_plain"]
@@ -28,7 +28,7 @@ __all__ = ["train_plain"]
 def train_plain(
     model_fn: Callable[[], Any],
     data: ZarrDataset,
-    optimizer: Optimizer | dict[str, Optimizer],
+    optimizer: Any,
     *,
     loss_fn: Callable[..., torch.Tensor] | None = None,
     step: Step | None = None,
@@ -39,6 +39,8 @@ def train_plain(
     threads: int | None = None,
 ) -> dict[str, float]:
     """Train in this process on all training rows (reshuffled each epoch); validation metrics.
+
+    ``optimizer`` is what ``psdist.Trainer`` takes (a recipe, or a dict of them per model).
 
     Returns ``{"val_loss": ..., "val_<metric>": ...}`` computed like :class:`psdist.Trainer`'s.
     """
@@ -58,11 +60,12 @@ def train_plain(
     opts = optimizer if isinstance(optimizer, dict) else {next(iter(models)): optimizer}
     torch_opts = {}
     for name, opt in opts.items():
-        if not any(p.requires_grad for p in models[name].parameters()):
+        named = [(n, p) for n, p in models[name].named_parameters() if p.requires_grad]
+        if not named:
             continue  # a wholly frozen model: nothing to step (torch refuses empty optimizers)
-        t = torch_optimizer(opt, models[name].parameters())
-        sched = torch.optim.lr_scheduler.LambdaLR(t, _lr_factor(opt))
-        torch_opts[name] = (t, sched)
+        recipe = as_optimizer(opt)
+        t, sched = recipe.build(named)
+        torch_opts[name] = (t, sched, recipe.clip_norm, [p for _, p in named])
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     rng = np.random.default_rng(seed)
     for _ in range(epochs):
@@ -70,9 +73,12 @@ def train_plain(
         for idx in np.array_split(rng.permutation(len(x)), max(1, len(x) // batch_size)):
             replica.zero_grad()
             step(replica, xt[idx], yt[idx])
-            for t, sched in torch_opts.values():
+            for t, sched, clip, params in torch_opts.values():
+                if clip is not None:
+                    torch.nn.utils.clip_grad_norm_(params, clip)
                 t.step()
-                sched.step()
+                if sched is not None:
+                    sched.step()
     replica.train(False)
     loss_sum, outs, targets = 0.0, [], []
     with torch.no_grad():
@@ -92,7 +98,3 @@ def train_plain(
             result[f"val_{name}"] = float(fn(target, outputs))
     return result
 
-
-def _lr_factor(opt: Optimizer) -> Callable[[int], float]:
-    """The torch ``LambdaLR`` multiplier of ``opt``'s schedule at a step count."""
-    return lambda v: opt.schedule.factor(v)

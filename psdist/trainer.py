@@ -26,9 +26,12 @@ from psdist.cluster.driver import EpochDriver, Progress
 from psdist.cluster.session import Session, SessionSpec, open_session
 from psdist.cluster.tasks import ChunkRunner
 from psdist.core.layout import Layout
-from psdist.core.optim import Optimizer
+from psdist.core.server import ServerState
 from psdist.data.dataset import DatasetInfo, ZarrDataset
 from psdist.errors import ConfigError, DataError, ModelError
+from psdist.export import export_safetensors, plain_state_dict
+from psdist.optim import TorchOptimizer
+from psdist.optim.adopt import adopt_optimizers
 from psdist.replica.binding import flatten, unflatten_into
 from psdist.replica.replica import as_model_dict, layout_of
 from psdist.replica.steps import SupervisedStep
@@ -54,29 +57,6 @@ def _int_at_least(name: str, value: Any, low: int, example: str) -> int:
     return value
 
 
-def _adopt_optimizers(
-    given: Optimizer | dict[str, Optimizer], server: dict[str, Any], arrays: dict[str, np.ndarray]
-) -> dict[str, np.ndarray]:
-    """A checkpoint's server state made to start with the optimizers given to ``Trainer.load``.
-
-    The same kind of optimizer keeps its state (momentum, Adam moments, steps) with the given
-    learning rate; another kind starts fresh (its state would not fit). Returns the arrays.
-    """
-    stored = server["optimizers"]
-    named = given if isinstance(given, dict) else {next(iter(stored)): given}
-    for name, opt in named.items():
-        if name not in stored:
-            continue
-        if stored[name]["config"]["name"] == opt.to_config()["name"]:
-            stored[name]["state"]["lr"] = float(opt.lr)
-        else:
-            logger.warning("psdist: %s's optimizer changes from %s to %s: its state starts fresh", name,
-                           stored[name]["config"]["name"], opt.to_config()["name"])
-            stored[name] = {"config": opt.to_config(), "state": {"steps": 0, "lr": float(opt.lr)}}
-            arrays = {k: v for k, v in arrays.items() if not k.startswith(f"optim/{name}/")}
-    return arrays
-
-
 class Trainer:
     """Train a PyTorch model data-parallel through a Dask-actor parameter server.
 
@@ -91,9 +71,12 @@ class Trainer:
     data
         A :class:`~psdist.data.dataset.ZarrDataset` or the path of one.
     optimizer
-        Server optimizer (:mod:`psdist.optim`), or a dict of them per model name;
-        default ``SGD(lr=0.01)``. The trainer keeps its own copy (one per model): ``set_lr``
-        and training never change the object you pass.
+        The server's ``torch.optim`` optimizer: a class (``torch.optim.AdamW``), a factory
+        (``functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.01)``, or a function of
+        the ``(name, parameter)`` pairs building parameter groups), or a
+        :class:`psdist.optim.TorchOptimizer` with a scheduler and ``clip_norm``; a dict of them
+        per model name (a GAN). Default ``psdist.optim.SGD(lr=0.01)``. The server builds it over
+        its weights; the object you pass is a recipe and never changes.
     rule
         Update rule (:mod:`psdist.rules`); default :class:`~psdist.rules.Downpour`. Settings
         that depend on the number of workers (EASGD's alpha) are sized at each ``fit`` from the
@@ -151,7 +134,7 @@ class Trainer:
         model_fn: Callable[[], Any],
         loss_fn: Callable[..., torch.Tensor] | None = None,
         data: ZarrDataset | str | None = None,
-        optimizer: Optimizer | dict[str, Optimizer] | None = None,
+        optimizer: Any = None,
         **settings: Any,
     ) -> None:
         # every setting checked (and the optimizers copied, one per model) by psdist.settings
@@ -182,17 +165,30 @@ class Trainer:
                 ) from e
 
     # ------------------------------------------------------------------ checks
-    def _optimizers(self, layout: Layout) -> dict[str, Optimizer]:
-        if isinstance(self.settings.training.optimizer, Optimizer):
+    def _optimizers(self, layout: Layout) -> dict[str, TorchOptimizer]:
+        given = self.settings.training.optimizer
+        if not isinstance(given, dict):
             if len(layout.groups) > 1:
                 raise ConfigError(
                     f"the models {list(layout.names)} need one optimizer each: "
-                    "optimizer={'name': psdist.optim.Adam(...), ...}"
+                    f"optimizer={{{', '.join(f'{n!r}: psdist.optim.Adam(lr=2e-4)' for n in layout.names)}}}"
                 )
-            return {layout.names[0]: self.settings.training.optimizer}
-        if set(self.settings.training.optimizer) != set(layout.names):
-            raise ConfigError(f"optimizers given for {sorted(self.settings.training.optimizer)}, models are {list(layout.names)}")
-        return dict(self.settings.training.optimizer)
+            return {layout.names[0]: given}
+        if set(given) != set(layout.names):
+            raise ConfigError(f"optimizers given for {sorted(given)}, models are {list(layout.names)}")
+        return dict(given)
+
+    def _check_optimizers(self, layout: Layout, weights: np.ndarray, optimizers: dict[str, TorchOptimizer]) -> None:
+        """Build each optimizer over the model's real parameter names, as the server will, and
+        load the checkpoint's optimizer state into it: a factory's error, a rule that refuses
+        the optimizer or state that does not fit raises here, before any cluster starts."""
+        probe = ServerState(layout, weights.copy(), optimizers)
+        if self.run.server_state is not None:
+            probe.load_state_dict(*self.run.server_state)
+        staleness = self.settings.algorithm.max_staleness
+        self.settings.algorithm.rule.check(self.settings.algorithm.push_every,
+                                           staleness if isinstance(staleness, int) else None,
+                                           {n: o.info for n, o in probe.optimizers.items()})
 
     def _build(self) -> tuple[dict[str, torch.nn.Module], Layout]:
         # seeded initial weights, without touching the caller's global RNG
@@ -217,6 +213,7 @@ class Trainer:
         optimizers = self._optimizers(layout)
         if self.run.server_state is not None:
             layout.check_same(Layout.from_dict(self.run.server_state[0]["layout"]))
+        self._check_optimizers(layout, weights, optimizers)
         spec = SessionSpec(
             self.settings.training.model_fn, self.step, self.settings.algorithm.rule, self.data, layout, weights, optimizers,
             self.settings.algorithm.max_staleness, self.settings.scaling.workers, self.settings.scaling.threads_per_worker, self.settings.scaling.malloc_fix,
@@ -427,13 +424,15 @@ class Trainer:
         with self.run.lock:
             state = self.run.server_state
             stored = state[0]["optimizers"] if state is not None else {}
-            for name, opt in opts.items():  # the trainer's own copies (see __init__)
-                if model in (None, name):
-                    opt.set_lr(lr)
-                    # one optimizer for a model named otherwise ({"net": module}): its group's name
-                    key = next(iter(stored)) if len(opts) == 1 and len(stored) == 1 else name
-                    if key in stored:
-                        stored[key]["state"]["lr"] = float(lr)
+            changed = {}
+            for name, opt in opts.items():  # recipes are immutable: the next fit's get the new base rate
+                changed[name] = opt.with_lr(lr) if model in (None, name) else opt
+                # one optimizer for a model named otherwise ({"net": module}): its group's name
+                key = next(iter(stored)) if len(opts) == 1 and len(stored) == 1 else name
+                if model in (None, name) and key in stored:
+                    stored[key]["state"]["set_lr"] = float(lr)  # applied after the state loads
+            given = self.settings.training.optimizer
+            self.settings = self.settings.replace(optimizer=changed if isinstance(given, dict) else changed["model"])
             sess = self._sess
             if sess is None:
                 return float(lr)
@@ -515,6 +514,20 @@ class Trainer:
                 unflatten_into(models[g.name], g.spec, w[g.whole])
         return models
 
+    def state_dict(self, model: str | None = None) -> dict[str, torch.Tensor]:
+        """The trained model's plain ``model.state_dict()`` (of ``model``, with several), no psdist inside.
+
+        Parameters and buffers in their own dtypes; while a fit runs, the server's weights now.
+        """
+        return plain_state_dict(self.models(), model)
+
+    def export(self, path: str, model: str | None = None) -> str:
+        """Write :meth:`state_dict` as a safetensors file; any PyTorch program loads it without psdist:
+        ``model.load_state_dict(safetensors.torch.load_file(path))``. Returns the path."""
+        return export_safetensors(self.state_dict(model), path, {
+            "format": "pt", "producer": "psdist", "model": model or "model", "server_version": self.version,
+            "epochs": self.epoch})
+
     def model(self) -> torch.nn.Module:
         """A plain ``nn.Module`` with the latest weights."""
         models = self.models()
@@ -569,7 +582,7 @@ class Trainer:
         _models, layout = t._build()
         layout.check_same(Layout.from_dict(server["layout"]))
         if "optimizer" in kwargs:  # given again: its settings win over the stored ones
-            arrays = _adopt_optimizers(t.settings.training.optimizer, server, arrays)
+            arrays = adopt_optimizers(t.settings.training.optimizer, server, arrays)
         t.run.restore(meta, arrays)
         if t.run.held_out is None and any(c.x == t.data.x for c in t.data.describe().val):
             logger.warning("psdist: %s was written before held-out chunks were recorded; the training then held "

@@ -15,10 +15,11 @@ import asyncio
 from typing import Any
 
 import numpy as np
+import torch
 from distributed import get_worker
 
 from psdist.core.layout import Layout
-from psdist.core.optim import Optimizer
+from psdist.core.optim.port import OptimizerSpec
 from psdist.core.protocol import Pull, Push, PushReply
 from psdist.core.rules import Rule
 from psdist.core.server import ServerState
@@ -39,12 +40,15 @@ class ParameterServer:
         self,
         layout: dict[str, Any],
         weights: np.ndarray,
-        optimizers: dict[str, Optimizer],
+        optimizers: dict[str, OptimizerSpec],
         rule: Rule,
         max_staleness: int | None,
         run_id: str | None = None,
         publish_every: float = 0.5,
     ) -> None:
+        # the server step is torch's fused kernels: give them the threads of this worker (torch
+        # would take every core of the machine, which the other workers of the host share)
+        torch.set_num_threads(max(1, get_worker().state.nthreads))
         self.state = ServerState(Layout.from_dict(layout), weights, optimizers, rule, max_staleness)
         self.run_id = run_id
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,7 @@ from psdist.cluster.embedded import embedded_cluster, pick_ps_worker, training_s
 from psdist.cluster.waiting import wait_sliced
 from psdist.cluster.worker import MallocFix, RunPlugin
 from psdist.core.layout import Layout
-from psdist.core.optim import Optimizer
+from psdist.core.optim.port import OptimizerSpec
 from psdist.core.rules import Rule
 from psdist.data.dataset import ZarrDataset
 from psdist.errors import ServerError
@@ -62,7 +62,7 @@ class SessionSpec:
     data: ZarrDataset
     layout: Layout
     weights: np.ndarray
-    optimizers: dict[str, Optimizer]
+    optimizers: Mapping[str, OptimizerSpec]
     max_staleness: int | str | None  # an int, None (no bound) or AUTO (resolved per session)
     workers: int
     threads_per_worker: int

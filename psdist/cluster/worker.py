@@ -12,6 +12,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -99,7 +100,7 @@ class RunPlugin(WorkerPlugin):
         data: ZarrDataset,
         ps_address: str,
         ps_exclusive: bool,
-        optimizers: dict[str, Any] | None = None,
+        optimizers: Mapping[str, Any] | None = None,
         ps_key: str | None = None,
     ) -> None:
         self.name = f"psdist-run-{run_id}"

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from psdist.core.layout import Layout
-    from psdist.core.optim import Optimizer
+    from psdist.core.optim.port import OptimizerSpec
     from psdist.core.protocol import Pull
 
 __all__ = ["LocalOptimizer", "ReplicaPort"]
@@ -24,10 +24,10 @@ class LocalOptimizer(Protocol):
     """An optimizer stepping a replica's own weights on the worker (elastic averaging)."""
 
     def set_lr(self, lr: float) -> None:
-        """Use ``lr`` from the next step on (the server's schedule and ``set_lr`` drive it)."""
+        """Make ``lr`` the base rate (the server's ``set_lr``); a no-op when it already is."""
 
     def step(self) -> None:
-        """One step from the gradients the replica holds."""
+        """One step from the gradients the replica holds (and of its schedule, if any)."""
 
 
 class ReplicaPort(Protocol):
@@ -58,7 +58,7 @@ class ReplicaPort(Protocol):
     def trainable_models(self) -> tuple[str, ...]:
         """The models with at least one parameter that trains (``requires_grad``)."""
 
-    def local_optimizer(self, model: str, optimizer: Optimizer, nesterov_momentum: float | None = None
+    def local_optimizer(self, model: str, optimizer: OptimizerSpec, nesterov_momentum: float | None = None
                         ) -> LocalOptimizer:
-        """A local optimizer of ``model``'s trainable parameters with ``optimizer``'s formula and
-        settings (with ``nesterov_momentum``: SGD with that Nesterov momentum instead)."""
+        """``optimizer`` built over ``model``'s trainable parameters, with its schedule (with
+        ``nesterov_momentum``: SGD with that Nesterov momentum and its rate instead)."""

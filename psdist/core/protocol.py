@@ -114,8 +114,9 @@ class Push:
 class Pull:
     """The server's answer to a pull: ``weights`` is ``None`` when the caller is current.
 
-    ``lr`` is the learning rate in force for the first model, ``lrs`` for each model (rules
-    with local optimizers follow the server's schedule and ``set_lr`` through them).
+    ``lr`` is the learning rate in force for the first model (scheduled), ``lrs`` each model's
+    base rate (rules with local optimizers follow the server's ``set_lr`` through them; their
+    schedules step with the local steps).
     """
 
     version: int

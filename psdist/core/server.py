@@ -8,20 +8,20 @@ it directly. Every method is short numpy work.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from psdist.core.layout import Group, Layout
-from psdist.core.optim import Optimizer
+from psdist.core.optim.port import BoundOptimizer, OptimizerSpec
 from psdist.core.protocol import Pull, Push, PushReply, Rejection, RejectKind
 from psdist.core.rules import Downpour, Rule
+from psdist.core.snapshots import SnapshotPool
 from psdist.errors import ConfigError, InvalidServerState, ServerError
 
 __all__ = ["InvalidServerState", "ServerState", "WorkerStats"]
@@ -51,10 +51,11 @@ class ServerState:
     weights
         Initial weights (float32, ``layout.size``); the server owns this array from now on.
     optimizers
-        One server optimizer per group name. The server trains private copies: the objects
-        given are never changed (not by training, not by :meth:`set_lr`), and one object given
-        for two groups (a GAN's generator and discriminator) still gives each group its own
-        state (momentum, Adam moments, step count).
+        One optimizer recipe per group name (:class:`~psdist.core.optim.port.OptimizerSpec`:
+        ``psdist.optim.TorchOptimizer`` or a flat numpy one). The server binds each to its
+        group's parameter section: the objects given are never changed (not by training, not
+        by :meth:`set_lr`), and one recipe given for two groups (a GAN's generator and
+        discriminator) still gives each group its own state (momentum, Adam moments, steps).
     rule
         The update rule (default :class:`~psdist.core.rules.Downpour`).
     max_staleness
@@ -67,7 +68,7 @@ class ServerState:
         self,
         layout: Layout,
         weights: np.ndarray,
-        optimizers: dict[str, Optimizer],
+        optimizers: Mapping[str, OptimizerSpec],
         rule: Rule | None = None,
         max_staleness: int | None = None,
         clock: Callable[[], float] = time.time,
@@ -89,8 +90,11 @@ class ServerState:
             )
         self.layout = layout
         self.weights = weights
-        # one deepcopy per group: a shared object must not share momentum or step counts
-        self.optimizers = {name: copy.deepcopy(opt) for name, opt in optimizers.items()}
+        self._configs = {name: spec.to_config() for name, spec in optimizers.items()}
+        # bound per group: a shared recipe must not share momentum or step counts
+        self.optimizers: dict[str, BoundOptimizer] = {
+            g.name: optimizers[g.name].bind(g, weights[g.params]) for g in layout.groups
+        }
         self.rule = rule if rule is not None else Downpour()
         self.server_rule = self.rule.server_side()
         self.max_staleness = max_staleness
@@ -104,6 +108,10 @@ class ServerState:
         self.staleness_hist: list[int] = []  # staleness_hist[tau] = pushes received at tau
         self.workers: dict[str, WorkerStats] = {}
         self._snapshot: tuple[int, np.ndarray] | None = None
+        self._snapshots = SnapshotPool()
+        # the norms the finite check measured, per group, of the update being admitted: an
+        # optimizer that clips reuses them instead of reading the update again
+        self._measured: tuple[np.ndarray, dict[str, float]] | None = None
         # membership for barrier rules: active worker -> clock (pushes since it joined the run)
         self.active: dict[str, int] = {}
         self._left_clock: dict[str, int] = {}
@@ -139,7 +147,7 @@ class ServerState:
         """Current version and weights; no weights when ``have_version`` is current."""
         self.server_rule.on_pull(self, worker)
         weights = None if have_version == self.version else self.snapshot()
-        lrs = {n: opt.lr_at(self.version) for n, opt in self.optimizers.items()}
+        lrs = {n: opt.base_lr() for n, opt in self.optimizers.items()}
         return Pull(self.version, weights, self.lr, lrs)
 
     def snapshot(self) -> np.ndarray:
@@ -149,9 +157,8 @@ class ServerState:
         changing ``weights`` in place: every pull therefore gets this immutable copy.
         """
         if self._snapshot is None or self._snapshot[0] != self.version:
-            copy = self.weights.copy()
-            copy.flags.writeable = False
-            self._snapshot = (self.version, copy)
+            self._snapshot = None  # released first: its buffer may be the one reused
+            self._snapshot = (self.version, self._snapshots.copy(self.weights))
         return self._snapshot[1]
 
     def push(self, push: Push, pull: bool = True) -> PushReply:
@@ -185,6 +192,7 @@ class ServerState:
             self.samples_rejected += push.samples
             stats.rejected += 1
             stats.nonfinite += rejection.kind is RejectKind.NONFINITE
+        self._measured = None  # the update is not kept past its push
         reply, wait = None, False
         if pull:
             reply = self.pull_if_ready(push.worker, push.base_version)
@@ -206,13 +214,29 @@ class ServerState:
                 raise ServerError(f"push names unknown model groups {sorted(unknown)}")
 
     def _admission(self, push: Push, tau: int) -> Rejection | None:
-        if not math.isfinite(push.loss) or not np.isfinite(push.update).all():
-            return Rejection(RejectKind.NONFINITE,
-                             "the update or loss holds NaN/Inf; lower the learning rate or check the data")
+        if not math.isfinite(push.loss) or not self._finite(push.update):
+            overflow = math.isfinite(push.loss) and bool(np.isfinite(push.update).all())
+            why = ("the update's norm overflows float32 (values beyond ~1e19)" if overflow
+                   else "the update or loss holds NaN/Inf")
+            return Rejection(RejectKind.NONFINITE, f"{why}; lower the learning rate or check the data")
         if self.max_staleness is not None and tau > self.max_staleness:
             return Rejection(RejectKind.STALE,
                              f"staleness {tau} > max_staleness {self.max_staleness}; pull and recompute")
         return None
+
+    def _finite(self, update: np.ndarray) -> bool:
+        """Whether every value is finite, in one pass: a dot product of each section with itself
+        is NaN/Inf exactly when a value is (or when the norm overflows, refused as well). The
+        parameter sections' norms are kept for gradient clipping (no second pass)."""
+        norms: dict[str, float] = {}
+        finite = True
+        for g in self.layout.groups:
+            params, buffers = update[g.params], update[g.buffers]
+            sq = float(np.dot(params, params))
+            finite = finite and math.isfinite(sq) and math.isfinite(float(np.dot(buffers, buffers)))
+            norms[g.name] = math.sqrt(sq) if math.isfinite(sq) else math.inf
+        self._measured = (update, norms)
+        return finite
 
     def _rule_admission(self, push: Push, tau: int) -> Rejection | None:
         rejection = self.server_rule.admit(self, push, tau)
@@ -296,11 +320,10 @@ class ServerState:
         Frozen parameters (``requires_grad=False``) are skipped by the optimizer: no weight
         decay, no momentum, their values stay bit-identical.
         """
+        measured = self._measured
+        norms = measured[1] if measured is not None and measured[0] is push.update else {}
         for g in self._groups(push):
-            self.optimizers[g.name].step(
-                self.weights[g.params], push.update[g.params], self.version, lr_scale,
-                frozen=g.frozen_in_params,
-            )
+            self.optimizers[g.name].step(push.update[g.params], lr_scale, norms.get(g.name))
             self.weights[g.buffers] += push.update[g.buffers]
         self.version += 1
 
@@ -318,7 +341,7 @@ class ServerState:
     @property
     def lr(self) -> float:
         """Learning rate in force for the first model group (the dashboard's figure)."""
-        return self.optimizers[self.layout.groups[0].name].lr_at(self.version)
+        return self.optimizers[self.layout.groups[0].name].lr()
 
     def set_lr(self, lr: float, group: str | None = None) -> None:
         """Change the base learning rate of one group (or all) of a running training."""
@@ -393,12 +416,8 @@ class ServerState:
         opts = [self.optimizers[g.name] for g in self.layout.groups]
         _ensure(len({id(o) for o in opts}) == len(opts), "one optimizer per group",
                 "two model groups share one optimizer object (and its state)")
-        for g, opt in zip(self.layout.groups, opts, strict=True):
-            _ensure(opt.steps >= 0 and math.isfinite(opt.lr) and opt.lr > 0, "optimizer scalars",
-                    f"group {g.name!r}: steps {opt.steps}, lr {opt.lr}")
-            for key, buf in opt.state.items():
-                _ensure(buf.shape == (g.spec.n_params,), "optimizer state shape",
-                        f"group {g.name!r} state {key!r} has shape {buf.shape}, params {g.spec.n_params}")
+        for opt in opts:
+            opt.validate()
         self.server_rule.validate(self)
 
     def _validate_counters(self) -> None:
@@ -457,13 +476,24 @@ class ServerState:
         arrays: dict[str, np.ndarray] = {"weights": self.weights.copy()}
         for name, opt in self.optimizers.items():
             s, a = opt.state_dict()
-            scalars["optimizers"][name] = {"config": opt.to_config(), "state": s}
-            arrays.update({f"optim/{name}/{k}": v.copy() for k, v in a.items()})
+            scalars["optimizers"][name] = {"config": self._configs[name], "state": s}
+            arrays.update({f"optim/{name}/{k}": v for k, v in a.items()})
         arrays.update({f"rule/{k}": v for k, v in self.server_rule.state_dict().items()})
         return scalars, arrays
 
     def load_state_dict(self, scalars: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        """Restore :meth:`state_dict` output (layouts must match; checked by the caller)."""
+        """Restore :meth:`state_dict` output (layouts must match; checked by the caller).
+
+        The optimizers load first: state that does not fit (another optimizer, other parameter
+        groups) raises before the weights or counters change.
+        """
+        for name, opt in self.optimizers.items():
+            prefix = f"optim/{name}/"
+            stored = scalars["optimizers"][name]
+            opt.load_state_dict(
+                {**stored["state"], "config": stored["config"]},  # the config says which optimizer wrote it
+                {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)},
+            )
         self.weights[:] = arrays["weights"]
         self.version = int(scalars["version"])
         self.applied = int(scalars["applied"])
@@ -472,12 +502,6 @@ class ServerState:
         self.samples_rejected = int(scalars["samples_rejected"])
         self.loss_sum = float(scalars["loss_sum"])
         self.staleness_hist = [int(c) for c in scalars["staleness_hist"]]
-        for name, opt in self.optimizers.items():
-            prefix = f"optim/{name}/"
-            opt.load_state_dict(
-                scalars["optimizers"][name]["state"],
-                {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)},
-            )
         self.server_rule.load_state_dict(
             {k[5:]: v for k, v in arrays.items() if k.startswith("rule/")}
         )

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from psdist.core.layout import Layout
-from psdist.core.optim import Optimizer
+from psdist.core.optim.port import OptimizerSpec
 from psdist.core.protocol import Pull
 from psdist.errors import ModelError
 from psdist.replica.binding import FlatBinding, spec_of
-from psdist.replica.torch_optim import TorchLocalOptimizer, local_optimizer
+from psdist.replica.local_optim import TorchLocalOptimizer, local_optimizer
 
 __all__ = ["Replica", "as_model_dict", "layout_of"]
 
@@ -137,10 +137,10 @@ class Replica:
         """The models with at least one parameter that trains (a wholly frozen one has no step)."""
         return tuple(n for n, m in self.models.items() if any(p.requires_grad for p in m.parameters()))
 
-    def local_optimizer(self, model: str, optimizer: Optimizer, nesterov_momentum: float | None = None
+    def local_optimizer(self, model: str, optimizer: OptimizerSpec, nesterov_momentum: float | None = None
                         ) -> TorchLocalOptimizer:
         """A torch optimizer of ``model``'s trainable parameters (see :class:`~psdist.core.ports.ReplicaPort`)."""
-        return local_optimizer(list(self.models[model].parameters()), optimizer, nesterov_momentum)
+        return local_optimizer(list(self.models[model].named_parameters()), optimizer, nesterov_momentum)
 
     def backward(self, loss: torch.Tensor, model: str) -> None:
         """Accumulate the gradient of ``loss`` into ``model``'s parameters only.

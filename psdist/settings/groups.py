@@ -6,17 +6,14 @@ YAML keys (and how the YAML's values become the Python value) and its place in a
 
 from __future__ import annotations
 
-import copy
 import functools
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
-from psdist.core import optim as core_optim
 from psdist.core import rules as core_rules
-from psdist.core.optim import SGD, Optimizer, optimizer_from_config
+from psdist.core.names import import_object
 from psdist.core.rules import Downpour, Rule, rule_from_config
 from psdist.data.dataset import ZarrDataset
 from psdist.errors import ConfigError, ModelError
@@ -33,24 +30,6 @@ AUTO = "auto"
 
 
 # ----------------------------------------------------------------------------- object settings
-def import_object(spec: str, what: str) -> Any:
-    """Resolve ``"package.module:name"``; errors say what was looked for."""
-    if not isinstance(spec, str) or ":" not in spec:
-        raise ConfigError(f"{what}={spec!r} must look like 'package.module:function'")
-    mod_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise ConfigError(f"{what}: cannot import module {mod_name!r} ({e}); is it on PYTHONPATH?") from e
-    try:
-        obj = module
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except AttributeError:
-        raise ConfigError(f"{what}: module {mod_name!r} has no attribute {attr!r}") from None
-    return obj
-
-
 def _build_model(v: Mapping[str, Any]) -> Any:
     fn = import_object(v["model"], "model")
     return functools.partial(fn, **v["model_args"]) if v["model_args"] else fn
@@ -70,7 +49,9 @@ def _build_loss(v: Mapping[str, Any]) -> Any:
 
 
 def _build_optimizer(v: Mapping[str, Any]) -> Any:
-    """One optimizer (``{name: sgd, ...}``) or one per model (``{generator: {name: adam}, ...}``)."""
+    """One optimizer (``{name: adamw, ...}``) or one per model (``{generator: {name: adam}, ...}``)."""
+    from psdist.optim.resolve import optimizer_from_config  # torch: only when a training is set up
+
     cfg = v["optimizer"]
     if "name" not in cfg and cfg and all(isinstance(o, dict) for o in cfg.values()):
         return {str(k): optimizer_from_config(o) for k, o in cfg.items()}
@@ -92,16 +73,22 @@ def _build_early_stopping(v: Mapping[str, Any]) -> EarlyStopping | None:
 
 
 def _optimizer(value: Any) -> Any:
-    # the settings keep their own copies, one per model: set_lr never changes the user's object,
-    # and one object given for two models (a GAN) does not make them share state
+    # recipes (psdist.optim.TorchOptimizer), never built optimizers: the server builds one per
+    # model, so one recipe given for two models (a GAN) does not make them share state
+    from psdist.optim import SGD, as_optimizer
+
+    def one(v: Any) -> Any:
+        spec = as_optimizer(v)  # a clear ConfigError for anything else
+        spec.check()  # bad values (momentum=-1) raise now, before any cluster
+        return spec
+
     if value is None:
         return SGD(lr=0.01)
-    if isinstance(value, Optimizer):
-        return copy.deepcopy(value)
-    if isinstance(value, Mapping) and value and all(isinstance(k, str) and isinstance(o, Optimizer)
-                                                    for k, o in value.items()):
-        return {k: copy.deepcopy(o) for k, o in value.items()}
-    return BAD
+    if isinstance(value, Mapping) and value and "name" not in value:
+        if not all(isinstance(k, str) for k in value):
+            return BAD
+        return {k: one(o) for k, o in value.items()}
+    return one(value)
 
 
 def _optimizer_json(value: Any) -> Any:
@@ -109,6 +96,8 @@ def _optimizer_json(value: Any) -> Any:
 
 
 def _optimizer_from_server(server: Mapping[str, Any]) -> Any:
+    from psdist.optim.resolve import optimizer_from_config
+
     optims = {n: optimizer_from_config(o["config"]) for n, o in server["optimizers"].items()}
     return optims["model"] if list(optims) == ["model"] else optims
 
@@ -215,16 +204,22 @@ class Training:
             "the loss: a torch.nn.functional name or 'package.module:function' (ignored with step)",
             "cross_entropy", "cross_entropy"),
         build=_build_loss))
-    optimizer: Optimizer | dict[str, Optimizer] = field(default=UNSET, metadata=declared(
-        "server optimizer (psdist.optim) or a dict of them per model name; default SGD(lr=0.01)",
-        "optimizer=psdist.optim.SGD(lr=0.05, momentum=0.9)",
-        "a psdist.optim optimizer or a dict of them per model name",
+    optimizer: Any = field(default=UNSET, metadata=declared(
+        "server optimizer: a torch.optim class, a factory such as functools.partial(torch.optim.AdamW, "
+        "lr=1e-3) or f(named_params) -> optimizer, psdist.optim.TorchOptimizer(..., scheduler=, clip_norm=), "
+        "or a dict of them per model name; default psdist.optim.SGD(lr=0.01)",
+        "optimizer=functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.01)",
+        "a torch.optim class or factory, a psdist.optim.TorchOptimizer, or a dict of them per model name",
         _optimizer,
-        Key("optimizer", {"type": "object", "properties": {"name": _name_schema(_names(core_optim, Optimizer))},
-                          "title": "a mapping {name: ..., lr: ..., options}, or one such mapping per model"},
-            "the server optimizer {name: ..., lr: ..., options}, or one per model "
+        Key("optimizer", {"type": "object", "properties": {"name": {
+                "type": "string", "title": "a torch.optim class (sgd, adam, adamw, rmsprop, adagrad, ...) or "
+                "an import path 'package.module:function'"}},
+            "title": "a mapping {name: ..., lr: ..., options, scheduler: {name: ..., options}, clip_norm: ...}, "
+                     "or one such mapping per model"},
+            "the server optimizer, a torch.optim name with its arguments {name: adamw, lr: ..., weight_decay: ...} "
+            "plus scheduler: {name: <torch.optim.lr_scheduler class>, ...} and clip_norm:, or one per model "
             "{generator: {name: adam, ...}, ...}",
-            {"name": "sgd", "lr": 0.05, "momentum": 0.9}, {"name": "sgd", "lr": 0.01}),
+            {"name": "adamw", "lr": 0.001, "weight_decay": 0.01}, {"name": "sgd", "lr": 0.01}),
         build=_build_optimizer, checkpoint="server", dump=_optimizer_json, load=_optimizer_from_server))
     step: Any = field(default=None, metadata=declared(
         "custom training step: __call__(replica, x, y) -> loss after backward, evaluate(replica, x, y); "

@@ -82,7 +82,10 @@ class Settings:
         staleness = self.algorithm.max_staleness
         # settings that only work together: the rule says which (EASGD's period and push_every)
         bound = staleness if isinstance(staleness, int) else None  # AUTO is sized at each fit
-        self.algorithm.rule.check(self.algorithm.push_every, bound, opt if isinstance(opt, dict) else {"model": opt})
+        # optimizers the rule can see into now (a class, a partial of one); factories at fit
+        infos = {n: i for n, o in (opt.items() if isinstance(opt, dict) else [("model", opt)])
+                 if (i := o.info()) is not None}
+        self.algorithm.rule.check(self.algorithm.push_every, bound, infos)
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> Settings:

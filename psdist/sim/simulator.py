@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from psdist.core.optim import Optimizer, optimizer_from_config
 from psdist.core.rules import Downpour, Rule, WorkerRule
 from psdist.core.server import ServerState
 from psdist.errors import ConfigError
+from psdist.optim import TorchOptimizer, as_optimizer
 from psdist.replica.binding import flatten
 from psdist.replica.loop import as_labels, batch_bounds
 from psdist.replica.replica import Replica, as_model_dict, layout_of
@@ -249,7 +249,7 @@ def simulate(
     data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     *,
     rule: Rule | None = None,
-    optimizer: Optimizer,
+    optimizer: Any,
     workers: int | Sequence[SimWorker] = 4,
     batch_size: int = 32,
     push_every: int = 1,
@@ -300,7 +300,7 @@ def simulate(
         raise ConfigError(f"epochs={epochs!r} must be > 0")
     x, y, x_val, y_val = (np.asarray(a) for a in data)
     rule = (rule if rule is not None else Downpour()).for_workers(len(specs))
-    rule.check(push_every, max_staleness, {"model": optimizer})
+    recipe: TorchOptimizer = as_optimizer(optimizer)
     # seeded, without touching the caller's global RNG (dropout draws inside stay reproducible)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -309,13 +309,14 @@ def simulate(
         if len(layout.groups) != 1:
             raise ConfigError("the simulator trains single-model steps; give model_fn returning one module")
         weights = np.concatenate([flatten(models[g.name], g.spec) for g in layout.groups])
-        state = ServerState(layout, weights, {layout.names[0]: optimizer_from_config(optimizer.to_config())}, rule, max_staleness)
+        state = ServerState(layout, weights, {layout.names[0]: recipe}, rule, max_staleness)
+        rule.check(push_every, max_staleness, {n: o.info for n, o in state.optimizers.items()})
         names = [f"sim-{i}" for i in range(len(specs))]
         replicas: list[Replica] = []
         rules: list[WorkerRule] = []
         for i in range(len(specs)):
             replicas.append(Replica(names[i], as_model_dict(model_fn())))
-            rules.append(rule.worker_side({layout.names[0]: optimizer}))
+            rules.append(rule.worker_side({layout.names[0]: recipe}))
         step = SupervisedStep(loss_fn)
         sim = _Sim(
             state=state, specs=specs, names=names, replicas=replicas, rules=rules,

@@ -104,8 +104,8 @@ def test_auto_is_the_sessions_auto():
      "of timeout and 20 x the slowest chunk so far), e.g. chunk_timeout=600.0"),
     ({"checkpoints": "run.ckpt"}, ConfigError, "checkpoints='run.ckpt' must be psdist.Checkpoints(...), e.g. "
      "checkpoints=psdist.Checkpoints('run.ckpt', every_versions=500)"),
-    ({"optimizer": "sgd"}, ConfigError, "optimizer='sgd' must be a psdist.optim optimizer or a dict of them per "
-     "model name, e.g. optimizer=psdist.optim.SGD(lr=0.05, momentum=0.9)"),
+    ({"optimizer": "sgd"}, ConfigError, "optimizer='sgd' is no optimizer; give a torch.optim class, a factory such as "
+     "functools.partial(torch.optim.AdamW, lr=1e-3), or psdist.optim.SGD(lr=0.05, momentum=0.9)"),
     ({"rule": "ssp"}, ConfigError, "rule='ssp' must be an update rule of psdist.rules, or None (Downpour), e.g. "
      "rule=psdist.rules.SSP(bound=2)"),
     ({"metrics": {"auc": 1}}, ConfigError, "metrics={'auc': 1} must be a dict {name: fn(targets, outputs) -> "
@@ -143,9 +143,12 @@ def test_values_are_normalised_and_optimizers_owned():
     assert (type(s.training.seed), type(s.faults.timeout), type(s.algorithm.max_staleness)) == (int, float, int)
     sgd = psdist.optim.SGD(lr=0.1)
     gan = made(optimizer={"generator": sgd, "discriminator": sgd}).training.optimizer
-    # one object given for two models: two private copies, neither the caller's
-    assert gan["generator"] is not gan["discriminator"] and sgd not in gan.values()
-    assert gan["generator"].lr == 0.1
+    # recipes, not optimizers: one given for two models is fine (the server builds one optimizer
+    # per model, tests/optim), and the settings never change it
+    assert gan["generator"] is sgd and gan["discriminator"] is sgd and sgd.lr == 0.1
+    # a class or a partial becomes a recipe of it
+    made_from = made(optimizer=functools.partial(torch.optim.AdamW, lr=1e-3)).training.optimizer
+    assert made_from.cls is torch.optim.AdamW and made_from.lr == 1e-3
 
 
 def test_flat_view_round_trips_and_pickles():
@@ -193,7 +196,8 @@ def test_from_checkpoint_reads_old_checkpoints_and_kwargs_win():
     s = Settings.from_checkpoint(OLD_META, model_fn=MLP, loss_fn=CE)
     assert (s.training.batch_size, s.training.seed, s.algorithm.max_staleness, s.algorithm.rule) == (
         64, 3, 4, psdist.rules.Downpour())
-    assert (s.training.optimizer.lr, s.training.optimizer.momentum) == (0.05, 0.9)
+    assert s.training.optimizer.cls is torch.optim.SGD  # the old numpy "sgd" config: torch's SGD
+    assert (s.training.optimizer.lr, s.training.optimizer.kwargs["momentum"]) == (0.05, 0.9)
     s = Settings.from_checkpoint(OLD_META, model_fn=MLP, loss_fn=CE, batch_size=32, workers=4)
     assert (s.training.batch_size, s.scaling.workers) == (32, 4)
 
@@ -249,9 +253,9 @@ def test_sections_and_flat_keys_are_the_same_config(tmp_path):
     (BASE + "timeout: 0\n", "timeout: 0 must be a positive number of seconds; e.g. timeout: 300.0"),
     (BASE + "dedicated_ps: yes please\n", 'dedicated_ps: "yes please" must be true, false or null (chosen by the '
      "cluster); e.g. dedicated_ps: true"),
-    (BASE + "optimizer: sgd\n", 'optimizer: "sgd" must be a mapping {name: ..., lr: ..., options}, or one such '
-     "mapping per model; e.g. optimizer: {name: sgd, lr: 0.05, momentum: 0.9}"),
-    (BASE + "optimizer: {name: sdg}\n", 'optimizer.name: "sdg" must be one of sgd, adam, rmsprop'),
+    (BASE + "optimizer: sgd\n", 'optimizer: "sgd" must be a mapping {name: ..., lr: ..., options, scheduler: {name: '
+     "..., options}, clip_norm: ...}, or one such mapping per model; e.g. optimizer: {name: adamw, lr: 0.001, "
+     "weight_decay: 0.01}"),
     (BASE + "rule: {bound: 2}\n", "rule: needs a 'name' key, e.g. rule: {name: ssp, bound: 2}"),
     (BASE + "early_stopping: {monitr: val_loss}\n", "early_stopping.monitr: unknown key (did you mean 'monitor'?); "
      "early_stopping takes monitor, patience, mode, min_delta, target"),
@@ -276,6 +280,18 @@ def test_bad_yaml_names_the_key_and_what_it_may_be(tmp_path, text, message):
     assert str(e.value).startswith(f"{path}: {message}")
 
 
+def test_optimizer_names_resolve_against_torch_optim(tmp_path):
+    """A YAML optimizer is any torch.optim class by its lower-case name (or module:function); a
+    wrong one fails when the settings are built (before any cluster), listing torch's names."""
+    cfg = load_config(write(tmp_path, BASE + "optimizer: {name: adamw, lr: 0.001, weight_decay: 0.01, "
+                            "scheduler: {name: cosineannealinglr, T_max: 100}, clip_norm: 1.0}\n"))
+    opt = cfg.settings().training.optimizer
+    assert (opt.cls, opt.kwargs, opt.clip_norm) == (torch.optim.AdamW, {"lr": 0.001, "weight_decay": 0.01}, 1.0)
+    assert opt.scheduler.func is torch.optim.lr_scheduler.CosineAnnealingLR and opt.scheduler.keywords == {"T_max": 100}
+    with pytest.raises(ConfigError, match="unknown optimizer 'sdg'; choose one of adadelta, adafactor, adagrad, adam"):
+        load_config(write(tmp_path, BASE + "optimizer: {name: sdg}\n", "bad.yaml")).settings()
+
+
 def test_flags_are_named_in_errors_and_win_over_the_yaml(tmp_path):
     path = write(tmp_path, BASE + "workers: 2\nmax_staleness: 4\n")
     with pytest.raises(ConfigError, match=re.escape(f"{path}: --workers: 0 must be an integer >= 1; e.g. --workers 2")):
@@ -291,7 +307,7 @@ def test_yaml_builds_the_trainer_keywords(tmp_path):
                             "checkpoint_every_versions: 50\nsecurity: false\n"))
     kwargs = cfg.trainer_kwargs()
     assert set(kwargs) == set(specs()) - {"model_fn", "loss_fn"}
-    assert {k: type(v).__name__ for k, v in kwargs["optimizer"].items()} == {"generator": "Adam", "critic": "SGD"}
+    assert {k: v.cls.__name__ for k, v in kwargs["optimizer"].items()} == {"generator": "Adam", "critic": "SGD"}
     assert (kwargs["step"].latent, cfg.loss_fn(), kwargs["early_stopping"].patience) == (8, None, 2)
     assert kwargs["metrics"] == {"auc": psdist.metrics.auc} and kwargs["security"] is None
     assert kwargs["checkpoints"] == psdist.Checkpoints(every_versions=50)

@@ -8,6 +8,7 @@ real-cluster training for item 4. Every state a test makes passes ``validate_sta
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -19,11 +20,12 @@ import yaml
 
 import psdist
 import psdist.core.inprocess
+import psdist.optim as po
 from psdist.core.layout import Entry, FlatSpec, Layout
+from psdist.core.optim import SGD, Adam, Cosine, Optimizer, RMSprop, StepDecay, Warmup, optimizer_from_config
 from psdist.core.protocol import Pull, Push, PushReply, RejectKind
 from psdist.core.server import InvalidServerState, ServerState
 from psdist.errors import ConfigError, ModelError, ServerError
-from psdist.optim import SGD, Adam, Cosine, Optimizer, RMSprop, StepDecay, Warmup, optimizer_from_config
 from psdist.replica import Replica, as_model_dict, layout_of
 from psdist.replica.binding import flatten, spec_of
 from psdist.replica.loop import train_rows
@@ -103,28 +105,29 @@ def interleave(
 
 DECAY = dict(weight_decay=0.1)
 ITEM04_CASES = [
-    (Downpour(), SGD(lr=0.1, momentum=0.9, **DECAY)),
-    (Downpour(), Adam(lr=0.01, **DECAY)),
-    (Downpour(), RMSprop(lr=0.01, **DECAY)),
-    (StalenessAware(), SGD(lr=0.1, momentum=0.9, nesterov=True, **DECAY)),
-    (DynSGD(), SGD(lr=0.1, momentum=0.9, **DECAY)),
-    (DCASGD(lam=0.5), SGD(lr=0.1, momentum=0.9, **DECAY)),
-    (Sync(), SGD(lr=0.1, momentum=0.9, **DECAY)),
-    (SSP(bound=1), SGD(lr=0.1, momentum=0.9, **DECAY)),
-    (EASGD(alpha=0.3, period=2), SGD(lr=0.1, momentum=0.9, **DECAY)),
-    (EAMSGD(alpha=0.3, period=2, momentum=0.9), SGD(lr=0.1, **DECAY)),
-    (GEM(), SGD(lr=0.1, **DECAY)),
-    (None, SGD(lr=0.1, momentum=0.9, **DECAY)),  # None: the single-process reference loop
+    (Downpour(), po.SGD(lr=0.1, momentum=0.9, **DECAY)),
+    (Downpour(), po.Adam(lr=0.01, **DECAY)),
+    (Downpour(), po.RMSprop(lr=0.01, **DECAY)),
+    (StalenessAware(), po.SGD(lr=0.1, momentum=0.9, nesterov=True, **DECAY)),
+    (DynSGD(), po.SGD(lr=0.1, momentum=0.9, **DECAY)),
+    (DCASGD(lam=0.5), po.SGD(lr=0.1, momentum=0.9, **DECAY)),
+    (Sync(), po.SGD(lr=0.1, momentum=0.9, **DECAY)),
+    (SSP(bound=1), po.SGD(lr=0.1, momentum=0.9, **DECAY)),
+    (EASGD(alpha=0.3, period=2), po.SGD(lr=0.1, momentum=0.9, **DECAY)),
+    (EAMSGD(alpha=0.3, period=2, momentum=0.9), po.SGD(lr=0.1, **DECAY)),
+    (GEM(), po.SGD(lr=0.1, **DECAY)),
+    (None, po.SGD(lr=0.1, momentum=0.9, **DECAY)),  # None: the single-process reference loop
 ]
 
 
 # ----------------------------------------------------------------------------- item 4
 @pytest.mark.parametrize(
     "rule, opt", ITEM04_CASES,
-    ids=lambda v: type(v).__name__ if isinstance(v, (Rule, Optimizer)) else "train_plain",
+    ids=lambda v: type(v).__name__ if isinstance(v, Rule) else v.cls.__name__ if isinstance(v, po.TorchOptimizer)
+    else "train_plain",
 )
 def test_item04_frozen_parameters_stay_bit_identical(
-    rule: Rule | None, opt: Optimizer, tmp_path: Any, one_torch_thread: None
+    rule: Rule | None, opt: po.TorchOptimizer, tmp_path: Any, one_torch_thread: None
 ) -> None:
     """requires_grad=False parameters never move: not by weight decay, momentum, DC-ASGD's
     compensation, elastic deltas, GEM, nor a push that carries values for them; buffers move."""
@@ -177,7 +180,7 @@ def test_item04_frozen_layer_through_trainer(client: Any, tmp_path: Any, one_tor
     xv, yv = rows(64, seed=1)
     data = psdist.write_zarr(tmp_path / "frozen.zarr", x, y, xv, yv, chunk_rows=64)
     trainer = psdist.Trainer(frozen_model, torch.nn.functional.cross_entropy, data,
-                             SGD(lr=0.1, momentum=0.9, weight_decay=0.1), batch_size=16,
+                             po.SGD(lr=0.1, momentum=0.9, weight_decay=0.1), batch_size=16,
                              client=client, seed=3)
     initial = params(trainer.model())
     trainer.fit(epochs=1)
@@ -212,7 +215,7 @@ def test_item09_shared_optimizer_object_gets_separate_state(make: Callable[[], O
     assert one.weights.tobytes() == two.weights.tobytes()
     assert [one.optimizers[n].steps for n in layout.names] == [4, 2]
     one.set_lr(0.5, group="discriminator")
-    assert one.optimizers["discriminator"].lr == 0.5 and one.optimizers["generator"].lr == shared.lr
+    assert one.optimizers["discriminator"].lr() == 0.5 and one.optimizers["generator"].lr() == shared.lr
     # the user's object: no steps, no state, the same hyperparameters
     assert shared.steps == 0 and shared.state == {} and repr(shared) == before
 
@@ -270,9 +273,9 @@ def test_item14_easgd_rejected_push_keeps_elastic_difference() -> None:
     model = torch.nn.Linear(2, 1, bias=False)
     layout = layout_of(as_model_dict(model))
     c0 = np.array([0.5, -0.25], np.float32)
-    state = ServerState(layout, c0.copy(), {"model": SGD(lr=0.1)}, rule, max_staleness=0)
+    state = ServerState(layout, c0.copy(), {"model": po.SGD(lr=0.1)}, rule, max_staleness=0)
     replica = Replica("a", as_model_dict(model))
-    wr = rule.worker_side({"model": SGD(lr=0.1)})
+    wr = rule.worker_side({"model": po.SGD(lr=0.1)})
     x, y = np.array([[1.0, 2.0]], np.float32), np.array([[1.0]], np.float32)
     step = SupervisedStep(torch.nn.functional.mse_loss)
     train_rows(replica, state, wr, step, x, y, batch_size=1, push_every=1, seed=0)
@@ -311,26 +314,27 @@ def _float64_model() -> None:
     spec_of(torch.nn.Linear(2, 1).double())
 
 
-def _checks(rule: Rule, push_every: int = 1, opt: Optimizer | None = None) -> Callable[..., Any]:
+def _checks(rule: Rule, push_every: int = 1, opt: po.TorchOptimizer | None = None) -> Callable[..., Any]:
     """A call of ``rule.check`` whose suggested rule is checked the same way."""
     def call(candidate: Any = None) -> None:
         target = candidate if isinstance(candidate, Rule) else rule
-        given = candidate if isinstance(candidate, Optimizer) else opt
-        target.check(push_every, None, None if given is None else {"model": given})
+        given = candidate if isinstance(candidate, po.TorchOptimizer) else opt
+        info = None if given is None else given.info()
+        target.check(push_every, None, None if info is None else {"model": info})
     return call
 
 
 ITEM11_CASES: list[tuple[Callable[..., Any], dict[str, Any]]] = [
     # rules: the code shown is a rule or an optimizer that then passes the same check
-    (_checks(GEM(), opt=SGD(lr=0.1, momentum=0.9)), {}),
-    (_checks(EAMSGD(), opt=Adam(lr=0.01)), {}),
-    (_checks(EASGD(alpha=0.2), push_every=4, opt=SGD(lr=0.1)), {}),
-    (_checks(EAMSGD(momentum=0.5), push_every=5, opt=SGD(lr=0.1)), {}),
+    (_checks(GEM(), opt=po.SGD(lr=0.1, momentum=0.9)), {}),
+    (_checks(EAMSGD(), opt=po.Adam(lr=0.01)), {}),
+    (_checks(EASGD(alpha=0.2), push_every=4, opt=po.SGD(lr=0.1)), {}),
+    (_checks(EAMSGD(momentum=0.5), push_every=5, opt=po.SGD(lr=0.1)), {}),
     (_checks(EASGD(period=0)), {}),
     (_checks(EASGD(alpha=-1.0)), {}),
     (_checks(EASGD(alpha=1.5)), {}),
     (_checks(EASGD(beta=0.0)), {}),
-    (_checks(EAMSGD(momentum=1.0), opt=SGD(lr=0.1)), {}),
+    (_checks(EAMSGD(momentum=1.0), opt=po.SGD(lr=0.1)), {}),
     (_checks(GEM(kappa=0.0)), {}),
     (_checks(GEM(pi_max=-1.0)), {}),
     (_checks(GEM(eps=0.0)), {}),
@@ -355,7 +359,7 @@ ITEM11_CASES: list[tuple[Callable[..., Any], dict[str, Any]]] = [
 def test_item11_rule_error_messages_suggest_valid_code() -> None:
     """Every fix an error message shows is valid code that fixes the error: ``psdist.*``
     expressions are evaluated (and used), ``e.g. name=value`` keywords passed instead."""
-    namespace = {"psdist": psdist}
+    namespace = {"psdist": psdist, "torch": torch, "functools": functools}
     for call, kwargs in ITEM11_CASES:
         with pytest.raises(ConfigError) as info:
             call(**kwargs)
@@ -433,7 +437,8 @@ BREAKERS: dict[str, Callable[[ServerState], None]] = {
     "clocks non-negative": lambda s: s._left_clock.__setitem__("z", -1),
     "one optimizer per group": lambda s: None,  # one group: see the GAN state below
     "DC-ASGD backups only for active workers": lambda s: s.server_rule.pulled.__setitem__("gone", s.weights.copy()),
-    "optimizer state shape": lambda s: s.optimizers["model"].state.__setitem__("momentum", np.zeros(2, np.float32)),
+    "optimizer state shape": lambda s: s.optimizers["model"].optimizer.state.__setitem__(  # type: ignore[attr-defined]
+        "momentum", np.zeros(2, np.float32)),
 }
 
 

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from psdist.errors import ConfigError
-from psdist.optim import (
+from psdist.core.optim import (
     SGD,
     Adam,
     Constant,
@@ -24,6 +23,7 @@ from psdist.optim import (
     optimizer_from_config,
     schedule_from_config,
 )
+from psdist.errors import ConfigError
 
 N = 37
 STEPS = 5

@@ -122,11 +122,11 @@ def test_easgd_diverged_local_weights_restart_from_the_centre(caplog):
 
 def test_elastic_rule_errors():
     with pytest.raises(psdist.ConfigError, match=r"rule=psdist\.rules\.EASGD\(period=4\) instead of push_every=4"):
-        EASGD().check(4, None, {"model": SGD(lr=0.1)})
+        EASGD().check(4, None, {"model": SGD(lr=0.1).info()})
     with pytest.raises(psdist.ConfigError, match=r"alpha=1\.5 must be < 1"):
         EASGD(alpha=1.5).check(1, None)
     with pytest.raises(psdist.ConfigError, match=r"EAMSGD runs local Nesterov SGD.*Adam"):
-        EAMSGD().check(1, None, {"model": Adam(lr=0.01)})
+        EAMSGD().check(1, None, {"model": Adam(lr=0.01).info()})
 
 
 # ----------------------------------------------------------------------------- GEM
@@ -161,4 +161,4 @@ def test_gem_scales_the_gradient_by_the_other_workers_move():
 
 def test_gem_refuses_a_server_optimizer_with_momentum():
     with pytest.raises(psdist.ConfigError, match="GEM applies its updates with plain SGD"):
-        GEM().check(1, None, {"model": SGD(lr=0.1, momentum=0.9)})
+        GEM().check(1, None, {"model": SGD(lr=0.1, momentum=0.9).info()})

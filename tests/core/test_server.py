@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from psdist.core.layout import Entry, FlatSpec, Layout
+from psdist.core.optim import SGD, Optimizer
 from psdist.core.protocol import NONFINITE, STALE, Push, Rejection, RejectKind
 from psdist.core.server import ServerState
 from psdist.errors import ConfigError, ServerError
-from psdist.optim import SGD, Optimizer
 from psdist.run.checkpoint import read_checkpoint, write_checkpoint
 
 N_PARAMS = 4
@@ -306,7 +306,7 @@ def test_buffer_part_added_with_momentum_optimizer() -> None:
     push(state, "a", grad(1, buffers=(1.0, 1.0)))
     np.testing.assert_array_equal(state.weights[N_PARAMS:], np.array([12.0, 22.0], dtype=np.float32))
     # the optimizer's state only covers the parameter section
-    assert state.optimizers["model"].state["momentum"].shape == (N_PARAMS,)
+    assert state.optimizers["model"].optimizer.state["momentum"].shape == (N_PARAMS,)
 
 
 def test_set_lr_changes_the_rate_used() -> None:
@@ -358,7 +358,7 @@ def test_state_dict_round_trip_restores_everything(tmp_path, via_file: bool) -> 
     assert fresh.staleness_hist == state.staleness_hist
     assert fresh.weights.tobytes() == state.weights.tobytes()
     np.testing.assert_array_equal(
-        fresh.optimizers["model"].state["momentum"], state.optimizers["model"].state["momentum"]
+        fresh.optimizers["model"].optimizer.state["momentum"], state.optimizers["model"].optimizer.state["momentum"]
     )
     assert fresh.optimizers["model"].steps == state.optimizers["model"].steps
     # a pull from the restored server sees the restored weights
@@ -435,4 +435,4 @@ def test_push_without_groups_uses_each_groups_optimizer() -> None:
     np.testing.assert_array_equal(state.weights[f.buffers], before[f.buffers] + 1.0)
     assert state.lr == pytest.approx(0.1)  # the first group's rate
     state.set_lr(0.2, group="g")
-    assert state.optimizers["g"].lr == 0.2 and state.optimizers["f"].lr == 0.1
+    assert state.optimizers["g"].lr() == 0.2 and state.optimizers["f"].lr() == 0.1

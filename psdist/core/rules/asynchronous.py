@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from psdist.core.protocol import Push
-from psdist.core.rules.base import Rule, ServerRule
+from psdist.core.rules.base import Rule, ServerRule, sgd_family
 from psdist.errors import ConfigError
 
 if TYPE_CHECKING:
-    from psdist.core.optim import Optimizer
+    from collections.abc import Mapping
+
+    from psdist.core.optim.port import OptimizerInfo
     from psdist.core.server import ServerState
 
 __all__ = ["DCASGD", "Downpour", "DynSGD", "StalenessAware"]
@@ -149,8 +151,11 @@ class DCASGD(Downpour):
         self,
         push_every: int,
         max_staleness: int | None,
-        optimizers: dict[str, Optimizer] | None = None,
+        optimizers: Mapping[str, OptimizerInfo] | None = None,
     ) -> None:
         super().check(push_every, max_staleness, optimizers)
         if not self.lam >= 0:
             raise ConfigError(f"DCASGD lam={self.lam!r} must be >= 0, e.g. psdist.rules.DCASGD(lam=0.04)")
+        # the compensation approximates the Hessian of SGD's step; an adaptive optimizer
+        # rescales the gradient after it, which the derivation does not cover
+        sgd_family("DCASGD", "compensates the delay of SGD steps (its derivation)", optimizers)

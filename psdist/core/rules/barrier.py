@@ -17,7 +17,9 @@ from psdist.core.rules.base import Rule, ServerRule
 from psdist.errors import ConfigError
 
 if TYPE_CHECKING:
-    from psdist.core.optim import Optimizer
+    from collections.abc import Mapping
+
+    from psdist.core.optim.port import OptimizerInfo
     from psdist.core.server import ServerState
 
 __all__ = ["SSP", "Sync"]
@@ -152,7 +154,7 @@ class SSP(Rule):
         self,
         push_every: int,
         max_staleness: int | None,
-        optimizers: dict[str, Optimizer] | None = None,
+        optimizers: Mapping[str, OptimizerInfo] | None = None,
     ) -> None:
         super().check(push_every, max_staleness, optimizers)
         if not (isinstance(self.bound, int) and self.bound >= 0):

@@ -11,7 +11,9 @@ from psdist.core.protocol import Pull, Push, PushReply, Rejection
 from psdist.errors import ConfigError
 
 if TYPE_CHECKING:
-    from psdist.core.optim import Optimizer
+    from collections.abc import Mapping
+
+    from psdist.core.optim.port import OptimizerInfo, OptimizerSpec
     from psdist.core.ports import ReplicaPort as Replica
     from psdist.core.protocol import ServerHandle
     from psdist.core.server import ServerState
@@ -109,7 +111,7 @@ class Rule:
     def server_side(self) -> ServerRule:
         return ServerRule()
 
-    def worker_side(self, optimizers: dict[str, Optimizer] | None = None) -> WorkerRule:
+    def worker_side(self, optimizers: Mapping[str, OptimizerSpec] | None = None) -> WorkerRule:
         """The worker half; ``optimizers`` are the training's optimizers (for local steps)."""
         return WorkerRule()
 
@@ -125,7 +127,7 @@ class Rule:
         self,
         push_every: int,
         max_staleness: int | None,
-        optimizers: dict[str, Optimizer] | None = None,
+        optimizers: Mapping[str, OptimizerInfo] | None = None,
     ) -> None:
         """Raise :class:`ConfigError` if the rule cannot work with these settings."""
         if not (isinstance(push_every, int) and push_every >= 1):
@@ -181,14 +183,23 @@ def positive(name: str, value: Any, example: str) -> None:
         raise ConfigError(f"{name}={value!r} must be a number > 0, e.g. {example}")
 
 
-def plain_sgd(rule: str, optimizers: dict[str, Optimizer] | None) -> None:
+def plain_sgd(rule: str, optimizers: Mapping[str, OptimizerInfo] | None) -> None:
     """Raise unless every optimizer is SGD without momentum (rules that bring their own)."""
-    from psdist.core.optim import SGD
-
     for name, opt in (optimizers or {}).items():
-        if not isinstance(opt, SGD) or opt.momentum != 0:
+        if not opt.is_sgd() or opt.any("momentum"):
             raise ConfigError(
                 f"{rule} applies its updates with plain SGD at the server, but model {name!r} has "
-                f"{opt!r}: use optimizer=psdist.optim.SGD(lr={opt.lr!r}) without momentum "
+                f"{opt.summary()}: use optimizer=psdist.optim.SGD(lr={opt.lr!r}) without momentum "
                 f"({rule} supplies its own momentum)"
+            )
+
+
+def sgd_family(rule: str, why: str, optimizers: Mapping[str, OptimizerInfo] | None) -> None:
+    """Raise unless every optimizer is SGD (momentum allowed): rules derived for SGD's update."""
+    for name, opt in (optimizers or {}).items():
+        if not opt.is_sgd():
+            raise ConfigError(
+                f"{rule} {why}, but model {name!r} has {opt.summary()}: use "
+                f"optimizer=psdist.optim.SGD(lr={opt.lr!r}, momentum=0.9), or rule=psdist.rules.Downpour() "
+                f"to keep {opt.name}"
             )

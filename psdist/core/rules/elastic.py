@@ -13,7 +13,9 @@ from psdist.core.rules.base import Rule, ServerRule, WorkerRule, positive, rule_
 from psdist.errors import ConfigError
 
 if TYPE_CHECKING:
-    from psdist.core.optim import Optimizer
+    from collections.abc import Mapping
+
+    from psdist.core.optim.port import OptimizerInfo, OptimizerSpec
     from psdist.core.ports import LocalOptimizer
     from psdist.core.ports import ReplicaPort as Replica
     from psdist.core.protocol import ServerHandle
@@ -41,7 +43,7 @@ class _ElasticWorker(WorkerRule):
 
     keeps_local = True
 
-    def __init__(self, alpha: float, optimizers: dict[str, Optimizer], momentum: float | None) -> None:
+    def __init__(self, alpha: float, optimizers: Mapping[str, OptimizerSpec], momentum: float | None) -> None:
         self.alpha = np.float32(alpha)
         self.optimizers = optimizers
         self.momentum = momentum
@@ -62,7 +64,7 @@ class _ElasticWorker(WorkerRule):
                        for n in replica.trainable_models()}
 
     def _follow_lr(self, pull: Pull) -> None:
-        # the server's schedule and set_lr() drive the local learning rates
+        # the server's set_lr() drives the local base rates; schedules step with the local steps
         for name, lr in (pull.lrs or {}).items():
             local = self._local.get(name)
             if local is not None:
@@ -110,10 +112,10 @@ class _ElasticWorker(WorkerRule):
 class EASGD(Rule):
     """Asynchronous Elastic Averaging SGD.
 
-    Each worker trains its own weights x with the training's optimizer, locally. Every
-    ``period`` minibatches it reads the centre x̃, computes E = α (x − x̃), sets x ← x − E and
-    sends E; the server adds it, x̃ ← x̃ + E (the server optimizer is not used; its learning-rate
-    schedule and ``set_lr`` drive the local optimizers). α defaults to β / p with β = 0.9 and p
+    Each worker trains its own weights x with the training's optimizer (and its schedule,
+    stepped per local step), locally. Every ``period`` minibatches it reads the centre x̃,
+    computes E = α (x − x̃), sets x ← x − E and sends E; the server adds it, x̃ ← x̃ + E (the
+    server optimizer is not used; ``set_lr`` reaches the local optimizers' base rates). α defaults to β / p with β = 0.9 and p
     workers, the paper's choice. Validation scores the centre x̃.
 
     References
@@ -129,7 +131,7 @@ class EASGD(Rule):
     def server_side(self) -> ServerRule:
         return _CentreServer()
 
-    def worker_side(self, optimizers: dict[str, Optimizer] | None = None) -> WorkerRule:
+    def worker_side(self, optimizers: Mapping[str, OptimizerSpec] | None = None) -> WorkerRule:
         if self.alpha is None:
             raise ConfigError(f"{type(self).__name__}: alpha unresolved; call rule.for_workers(n) first")
         if optimizers is None:
@@ -149,7 +151,7 @@ class EASGD(Rule):
         self,
         push_every: int,
         max_staleness: int | None,
-        optimizers: dict[str, Optimizer] | None = None,
+        optimizers: Mapping[str, OptimizerInfo] | None = None,
     ) -> None:
         super().check(push_every, max_staleness, optimizers)
         name = type(self).__name__
@@ -171,6 +173,13 @@ class EASGD(Rule):
                     f"psdist.rules.{name}(alpha=None) for 0.9 / workers"
                 )
         positive(f"{name} beta", self.beta, f"psdist.rules.{name}(beta=0.9)")
+        for model, opt in (optimizers or {}).items():
+            if opt.clip_norm is not None:  # the server adds elastic differences: nothing to clip there
+                raise ConfigError(
+                    f"{name} steps the optimizer on the workers and the server only adds elastic "
+                    f"differences, so model {model!r}'s clip_norm={opt.clip_norm!r} (a per-push clip at "
+                    "the server) would never apply: drop clip_norm, or use rule=psdist.rules.Downpour()"
+                )
 
     def to_config(self) -> dict[str, Any]:
         return {"name": type(self).__name__, "alpha": self.alpha, "beta": self.beta,
@@ -199,19 +208,17 @@ class EAMSGD(EASGD):
         self,
         push_every: int,
         max_staleness: int | None,
-        optimizers: dict[str, Optimizer] | None = None,
+        optimizers: Mapping[str, OptimizerInfo] | None = None,
     ) -> None:
         super().check(push_every, max_staleness, optimizers)
-        from psdist.core.optim import SGD
-
         if not 0 <= self.momentum < 1:
             raise ConfigError(
                 f"EAMSGD momentum={self.momentum!r} must be in [0, 1), e.g. psdist.rules.EAMSGD(momentum=0.99)"
             )
         for name, opt in (optimizers or {}).items():
-            if not isinstance(opt, SGD):
+            if not opt.is_sgd():
                 raise ConfigError(
-                    f"EAMSGD runs local Nesterov SGD, but model {name!r} has {type(opt).__name__}: "
+                    f"EAMSGD runs local Nesterov SGD, but model {name!r} has {opt.summary()}: "
                     f"use optimizer=psdist.optim.SGD(lr={opt.lr!r}), or rule=psdist.rules.EASGD() "
                     "to keep this optimizer locally"
                 )

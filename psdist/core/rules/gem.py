@@ -13,7 +13,9 @@ from psdist.core.rules.base import Rule, WorkerRule, plain_sgd, positive
 from psdist.errors import ConfigError
 
 if TYPE_CHECKING:
-    from psdist.core.optim import Optimizer
+    from collections.abc import Mapping
+
+    from psdist.core.optim.port import OptimizerInfo, OptimizerSpec
     from psdist.core.ports import ReplicaPort as Replica
     from psdist.core.protocol import ServerHandle
 
@@ -86,14 +88,14 @@ class GEM(Rule):
     pi_max: float = 5.0
     eps: float = 1e-8
 
-    def worker_side(self, optimizers: dict[str, Optimizer] | None = None) -> WorkerRule:
+    def worker_side(self, optimizers: Mapping[str, OptimizerSpec] | None = None) -> WorkerRule:
         return _GEMWorker(self.kappa, self.momentum, self.pi_max, self.eps)
 
     def check(
         self,
         push_every: int,
         max_staleness: int | None,
-        optimizers: dict[str, Optimizer] | None = None,
+        optimizers: Mapping[str, OptimizerInfo] | None = None,
     ) -> None:
         super().check(push_every, max_staleness, optimizers)
         positive("GEM kappa", self.kappa, "psdist.rules.GEM(kappa=2.0)")

@@ -1,141 +1,34 @@
-"""Server-side optimizers and learning-rate schedules, in plain numpy.
+"""The flat numpy optimizers: psdist's torch-free server optimizers (SGD, Adam, RMSprop).
 
-They run inside the parameter server on one flat float32 vector, in place, and follow
-``torch.optim``'s formulas exactly (a synchronous run equals a single-process one). Their state
-is a dict of arrays and numbers, so checkpoints need no pickle. An update rule may scale the
-learning rate of one step (``lr_scale``), which is how staleness-aware rules compose with them.
+They step one flat float32 vector in place with ``torch.optim``'s formulas. Training goes
+through ``psdist.optim`` (real ``torch.optim`` optimizers, fused, with parameter groups); these
+remain for what must run without torch (the core's own tests, the server-step benchmark's
+numpy path) and to read checkpoints they wrote. Their state is a dict of arrays and numbers,
+so checkpoints need no pickle; the schedule is a function of the optimizer's own step count.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from psdist.errors import ConfigError
+from psdist.core.optim.port import OptimizerInfo
+from psdist.core.optim.schedules import Constant, Schedule, positive_number, schedule_from_config
+from psdist.errors import ConfigError, InvalidServerState
 
-__all__ = [
-    "SGD",
-    "Adam",
-    "Constant",
-    "Cosine",
-    "Optimizer",
-    "RMSprop",
-    "Schedule",
-    "StepDecay",
-    "Warmup",
-    "optimizer_from_config",
-    "schedule_from_config",
-]
+if TYPE_CHECKING:
+    from psdist.core.layout import Group
 
-
-def _positive(name: str, value: float, fix: str) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ConfigError(f"{name}={value!r} must be a positive finite number; {fix}")
+__all__ = ["SGD", "Adam", "FlatBound", "Optimizer", "RMSprop", "optimizer_from_config"]
 
 
 def _fraction(name: str, value: float, example: str | None = None) -> None:
     if not (isinstance(value, (int, float)) and 0 <= value < 1):
         raise ConfigError(f"{name}={value!r} must lie in [0, 1), e.g. {example or f'{name}=0.9'}")
-
-
-# ----------------------------------------------------------------------------- schedules
-@dataclass(frozen=True)
-class Schedule:
-    """A multiplier of the base learning rate as a function of the server version."""
-
-    name: ClassVar[str] = "schedule"
-
-    def factor(self, version: int) -> float:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def to_config(self) -> dict[str, Any]:
-        return {"name": self.name, **asdict(self)}
-
-
-@dataclass(frozen=True)
-class Constant(Schedule):
-    """No decay."""
-
-    name: ClassVar[str] = "constant"
-
-    def factor(self, version: int) -> float:
-        return 1.0
-
-
-@dataclass(frozen=True)
-class StepDecay(Schedule):
-    """Multiply by ``gamma`` every ``step`` server versions."""
-
-    step: int = 1000
-    gamma: float = 0.5
-    name: ClassVar[str] = "step"
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.step, int) and self.step > 0):
-            raise ConfigError(f"StepDecay step={self.step!r} must be a positive integer, e.g. step=1000")
-        _positive("StepDecay gamma", self.gamma, "e.g. gamma=0.5")
-
-    def factor(self, version: int) -> float:
-        return self.gamma ** (version // self.step)
-
-
-@dataclass(frozen=True)
-class Cosine(Schedule):
-    """Cosine decay from 1 to ``floor`` over ``total`` versions, then ``floor``."""
-
-    total: int = 10000
-    floor: float = 0.0
-    name: ClassVar[str] = "cosine"
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.total, int) and self.total > 0):
-            raise ConfigError(f"Cosine total={self.total!r} must be a positive integer, e.g. total=10000")
-
-    def factor(self, version: int) -> float:
-        t = min(version, self.total) / self.total
-        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * t))
-
-
-@dataclass(frozen=True)
-class Warmup(Schedule):
-    """Linear warm-up over ``steps`` versions, then ``after`` (default: constant)."""
-
-    steps: int = 100
-    after: Schedule = field(default_factory=Constant)
-    name: ClassVar[str] = "warmup"
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.steps, int) and self.steps > 0):
-            raise ConfigError(f"Warmup steps={self.steps!r} must be a positive integer, e.g. steps=100")
-
-    def factor(self, version: int) -> float:
-        ramp = min(1.0, (version + 1) / self.steps)
-        return ramp * self.after.factor(max(0, version - self.steps))
-
-    def to_config(self) -> dict[str, Any]:
-        return {"name": self.name, "steps": self.steps, "after": self.after.to_config()}
-
-
-_SCHEDULES: dict[str, type[Schedule]] = {
-    c.name: c for c in (Constant, StepDecay, Cosine, Warmup)
-}
-
-
-def schedule_from_config(cfg: dict[str, Any] | None) -> Schedule:
-    """Build a schedule from :meth:`Schedule.to_config` output (or ``None`` for constant)."""
-    if cfg is None:
-        return Constant()
-    cfg = dict(cfg)
-    name = cfg.pop("name", None)
-    if name not in _SCHEDULES:
-        raise ConfigError(f"unknown schedule {name!r}; choose one of {sorted(_SCHEDULES)}")
-    if "after" in cfg:
-        cfg["after"] = schedule_from_config(cfg["after"])
-    return _SCHEDULES[name](**cfg)
 
 
 # ----------------------------------------------------------------------------- optimizers
@@ -160,7 +53,7 @@ class Optimizer:
     name: ClassVar[str] = "optimizer"
 
     def __init__(self, lr: float, weight_decay: float = 0.0, schedule: Schedule | None = None):
-        _positive("lr", lr, "e.g. lr=0.01")
+        positive_number("lr", lr, "e.g. lr=0.01")
         if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
             raise ConfigError(f"weight_decay={weight_decay!r} must be >= 0, e.g. weight_decay=1e-4")
         self.lr = float(lr)
@@ -174,7 +67,7 @@ class Optimizer:
         return self.lr * self.schedule.factor(version)
 
     def set_lr(self, lr: float) -> None:
-        _positive("lr", lr, "e.g. lr=0.01")
+        positive_number("lr", lr, "e.g. lr=0.01")
         self.lr = float(lr)
 
     def step(
@@ -250,6 +143,14 @@ class Optimizer:
             buf = self._work = np.empty_like(like, dtype=np.float32)
         return buf
 
+    def bind(self, group: Group, params: np.ndarray) -> FlatBound:
+        """A private copy of this optimizer stepping ``params`` (the group's parameter section)."""
+        return FlatBound(copy.deepcopy(self), group, params)
+
+    def info(self) -> OptimizerInfo:
+        hyper = {"lr": self.lr, "weight_decay": self.weight_decay, **self.hyper()}
+        return OptimizerInfo(type(self).__name__, (hyper,), f"psdist.core.optim.{self!r}")
+
     def hyper(self) -> dict[str, Any]:
         """Hyperparameters beyond lr/weight_decay (subclasses extend)."""
         return {}
@@ -296,7 +197,7 @@ class SGD(Optimizer):
         if nesterov and (momentum == 0 or dampening != 0):
             raise ConfigError(
                 "nesterov=True needs momentum > 0 and dampening=0, "
-                f"e.g. psdist.optim.SGD(lr={self.lr!r}, momentum=0.9, nesterov=True)"
+                f"e.g. psdist.core.optim.SGD(lr={self.lr!r}, momentum=0.9, nesterov=True)"
             )
         self.momentum = float(momentum)
         self.nesterov = bool(nesterov)
@@ -351,7 +252,7 @@ class Adam(Optimizer):
         b1, b2 = betas
         _fraction("betas[0]", b1, "betas=(0.9, 0.999)")
         _fraction("betas[1]", b2, "betas=(0.9, 0.999)")
-        _positive("eps", eps, "e.g. eps=1e-8")
+        positive_number("eps", eps, "e.g. eps=1e-8")
         self.betas = (float(b1), float(b2))
         self.eps = float(eps)
 
@@ -399,7 +300,7 @@ class RMSprop(Optimizer):
     ) -> None:
         super().__init__(lr, weight_decay, schedule)
         _fraction("alpha", alpha)
-        _positive("eps", eps, "e.g. eps=1e-8")
+        positive_number("eps", eps, "e.g. eps=1e-8")
         self.alpha = float(alpha)
         self.eps = float(eps)
 
@@ -438,3 +339,67 @@ def optimizer_from_config(cfg: dict[str, Any]) -> Optimizer:
         return _OPTIMIZERS[name](schedule=schedule_from_config(sched), **cfg)
     except TypeError as e:
         raise ConfigError(f"bad option for optimizer {name!r}: {e}") from None
+
+
+class FlatBound:
+    """A flat numpy optimizer bound to one model group's parameter section on the server.
+
+    Implements :class:`~psdist.core.optim.port.BoundOptimizer`. The schedule reads the
+    optimizer's own step count, so a model's rate decays with its own updates.
+    """
+
+    def __init__(self, optimizer: Optimizer, group: Group, params: np.ndarray) -> None:
+        self.optimizer = optimizer
+        self.group = group
+        self.params = params
+
+    @property
+    def info(self) -> OptimizerInfo:
+        return self.optimizer.info()
+
+    @property
+    def steps(self) -> int:
+        return self.optimizer.steps
+
+    def step(self, update: np.ndarray, lr_scale: float = 1.0, norm: float | None = None) -> None:
+        opt = self.optimizer
+        opt.step(self.params, update, opt.steps, lr_scale, frozen=self.group.frozen_in_params)
+
+    def lr(self) -> float:
+        return self.optimizer.lr_at(self.optimizer.steps)
+
+    def base_lr(self) -> float:
+        return self.optimizer.lr
+
+    def set_lr(self, lr: float) -> None:
+        self.optimizer.set_lr(lr)
+
+    def state_dict(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        scalars, arrays = self.optimizer.state_dict()
+        return {**scalars, "format": "flat"}, {k: v.copy() for k, v in arrays.items()}
+
+    def load_state_dict(self, scalars: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        if scalars.get("format", "flat") != "flat":
+            raise ConfigError(
+                f"this checkpoint holds {scalars.get('format')!r} optimizer state for model "
+                f"{self.group.name!r}; the flat numpy optimizers read only their own: load it with "
+                "a psdist.optim (torch) optimizer"
+            )
+        if scalars.get("fresh"):
+            return
+        lr = self.optimizer.lr
+        self.optimizer.load_state_dict(scalars, arrays)
+        if scalars.get("keep_given_hyper"):
+            self.optimizer.lr = lr
+        if "set_lr" in scalars:
+            self.optimizer.set_lr(float(scalars["set_lr"]))
+
+    def validate(self) -> None:
+        opt, n = self.optimizer, self.group.spec.n_params
+        if not (opt.steps >= 0 and math.isfinite(opt.lr) and opt.lr > 0):
+            raise InvalidServerState(f"invariant 'optimizer scalars' broken: group {self.group.name!r}: "
+                                     f"steps {opt.steps}, lr {opt.lr}")
+        for key, buf in opt.state.items():
+            if buf.shape != (n,):
+                raise InvalidServerState(f"invariant 'optimizer state shape' broken: group "
+                                         f"{self.group.name!r} state {key!r} has shape {buf.shape}, params {n}")
