@@ -5,7 +5,7 @@
     psdist generate showers data/showers.zarr --showers 6000 && psdist train examples/calo_gan.yaml
 
 A custom training step (psdist.hep.gan.CaloGANStep) trains both models each minibatch; the server
-holds and versions both, with one Adam each. Progress is measured physically: the distance between
+holds and versions both, with one torch.optim.Adam each. Progress is measured physically: the distance between
 generated and real shower shapes (longitudinal and lateral profiles, total energy) must shrink.
 """
 
@@ -22,6 +22,7 @@ from psdist.testing import train_plain
 
 
 def adam() -> dict:
+    # one optimizer per model name; psdist.optim.Adam(...) is TorchOptimizer(torch.optim.Adam, ...)
     return {name: psdist.optim.Adam(lr=1e-3, betas=(0.5, 0.999)) for name in ("generator", "discriminator")}
 
 

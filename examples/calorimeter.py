@@ -11,7 +11,10 @@ type accuracy and the energy resolution σ(ΔE/E) on the validation showers.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
+
+import torch
 
 import psdist
 from psdist.hep import showers
@@ -29,12 +32,12 @@ def dataset(path: str) -> psdist.ZarrDataset:
 
 def run(data: psdist.ZarrDataset, epochs: int = 4, workers: int = 2, client=None, lr: float = 1e-3,
         batch_size: int = 32, seed: int = 0, compare: bool = False) -> dict:
-    opt = psdist.optim.Adam(lr=lr)
+    opt = functools.partial(torch.optim.Adam, lr=lr)
     trainer = psdist.Trainer(calo_cnn, calo_loss, data, opt, batch_size=batch_size, workers=workers,
                              client=client, seed=seed, metrics=METRICS, max_staleness=8)
     out = dict(trainer.fit(epochs).last)
     if compare:
-        ref = train_plain(calo_cnn, data, psdist.optim.Adam(lr=lr), loss_fn=calo_loss, epochs=epochs,
+        ref = train_plain(calo_cnn, data, opt, loss_fn=calo_loss, epochs=epochs,
                           batch_size=batch_size, seed=seed, metrics=METRICS, threads=workers)
         out.update({f"plain_{k}": v for k, v in ref.items()})
     return out

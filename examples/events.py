@@ -26,11 +26,12 @@ def run(data: psdist.ZarrDataset, epochs: int = 5, workers: int = 2, client=None
         batch_size: int = 128, seed: int = 0, compare: bool = False) -> dict:
     inputs = data.describe().x_shape[0]
     model_fn = functools.partial(event_classifier, inputs=inputs, classes=4)
-    trainer = psdist.Trainer(model_fn, torch.nn.functional.cross_entropy, data, psdist.optim.Adam(lr=lr),
+    opt = functools.partial(torch.optim.Adam, lr=lr)
+    trainer = psdist.Trainer(model_fn, torch.nn.functional.cross_entropy, data, opt,
                              batch_size=batch_size, workers=workers, client=client, seed=seed, max_staleness=8)
     out = dict(trainer.fit(epochs).last)
     if compare:
-        ref = train_plain(model_fn, data, psdist.optim.Adam(lr=lr), loss_fn=torch.nn.functional.cross_entropy,
+        ref = train_plain(model_fn, data, opt, loss_fn=torch.nn.functional.cross_entropy,
                           epochs=epochs, batch_size=batch_size, seed=seed,
                           metrics={"accuracy": psdist.metrics.accuracy}, threads=workers)
         out.update({f"plain_{k}": v for k, v in ref.items()})

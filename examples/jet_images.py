@@ -11,6 +11,7 @@ rejection at 50 % signal efficiency on the validation jets.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 
 import numpy as np
@@ -33,7 +34,7 @@ def rejection_at(targets: np.ndarray, outputs: np.ndarray, efficiency: float = 0
 def run(data: psdist.ZarrDataset, epochs: int = 3, workers: int = 2, client=None, seed: int = 0,
         compare: bool = False) -> psdist.Trainer:
     """Train the jet CNN; with ``compare`` also a single-process reference (``trainer.reference``)."""
-    opt = psdist.optim.Adam(lr=1e-3)
+    opt = functools.partial(torch.optim.Adam, lr=1e-3)   # your torch.optim optimizer, run by the server
     metrics = {"auc": psdist.metrics.auc, "rej50": rejection_at}
     trainer = psdist.Trainer(jet_cnn, torch.nn.functional.cross_entropy, data=data, optimizer=opt,
                              max_staleness=4, batch_size=128, workers=workers, client=client, seed=seed,

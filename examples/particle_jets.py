@@ -30,12 +30,12 @@ def run(data: psdist.ZarrDataset, model: str = "pfn", epochs: int = 3, workers: 
         lr: float = 3e-3, batch_size: int = 64, seed: int = 0, compare: bool = False) -> dict:
     """Train one tagger; returns the last history record (and the plain reference's figures)."""
     model_fn = functools.partial(MODELS[model], features=4, classes=2)
-    opt = psdist.optim.Adam(lr=lr)
+    opt = functools.partial(torch.optim.Adam, lr=lr)
     trainer = psdist.Trainer(model_fn, torch.nn.functional.cross_entropy, data, opt, batch_size=batch_size,
                              workers=workers, client=client, seed=seed, metrics=METRICS, max_staleness=8)
     out = dict(trainer.fit(epochs).last)
     if compare:
-        ref = train_plain(model_fn, data, psdist.optim.Adam(lr=lr), loss_fn=torch.nn.functional.cross_entropy,
+        ref = train_plain(model_fn, data, opt, loss_fn=torch.nn.functional.cross_entropy,
                           epochs=epochs, batch_size=batch_size, seed=seed, metrics=METRICS, threads=workers)
         out.update({f"plain_{k}": v for k, v in ref.items()})
     return out

@@ -16,7 +16,7 @@ from psdist.core.optim.schedules import Schedule
 from psdist.errors import ConfigError
 from psdist.optim.spec import SchedulerFactory, TorchOptimizer
 
-__all__ = ["SGD", "Adagrad", "Adam", "AdamW", "RMSprop"]
+__all__ = ["SGD", "SUGAR", "Adagrad", "Adam", "AdamW", "RMSprop"]
 
 
 def _make(cls: type[torch.optim.Optimizer], lr: float | None, schedule: Schedule | None,
@@ -59,3 +59,7 @@ def Adagrad(lr: float | None = None, *, schedule: Schedule | None = None, schedu
             clip_norm: float | None = None, **kwargs: Any) -> TorchOptimizer:
     """``torch.optim.Adagrad`` on the server."""
     return _make(torch.optim.Adagrad, lr, schedule, scheduler, clip_norm, kwargs)
+
+
+#: the sugar functions (``optimizer=psdist.optim.SGD`` without a call is refused by name)
+SUGAR = (SGD, Adam, AdamW, RMSprop, Adagrad)

@@ -17,7 +17,8 @@ from psdist.core.names import import_object
 from psdist.core.optim.flat import Optimizer as FlatOptimizer
 from psdist.core.optim.schedules import schedule_from_config
 from psdist.errors import ConfigError
-from psdist.optim.naming import config_target, optimizers, scheduler_config, schedulers
+from psdist.optim.naming import code_of, config_target, optimizers, scheduler_config, schedulers
+from psdist.optim.presets import SUGAR
 from psdist.optim.spec import TorchOptimizer
 
 __all__ = ["as_optimizer", "config_target", "optimizer_from_config", "scheduler_config"]
@@ -88,8 +89,11 @@ def as_optimizer(value: Any) -> TorchOptimizer:
         raise ConfigError(
             f"optimizer= got a built {cls.__name__} (bound to some model's parameters); the parameter "
             f"server builds its own over its weights: pass the recipe, e.g. "
-            f"optimizer=functools.partial({cls.__module__}.{cls.__name__}, {args})"
+            f"optimizer=functools.partial({code_of(cls)}, {args})"
         )
+    if value in SUGAR:  # psdist.optim.SGD itself, not called
+        raise ConfigError(f"psdist.optim.{value.__name__} makes a recipe: call it, e.g. "
+                          f"optimizer=psdist.optim.{value.__name__}(lr=0.01)")
     if isinstance(value, FlatOptimizer):
         raise ConfigError(
             f"{value!r} is one of psdist's numpy optimizers (psdist.core.optim, for torch-free use of "
