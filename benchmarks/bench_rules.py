@@ -43,12 +43,13 @@ SIZES: dict[str, dict[str, Any]] = {
 BATCH = 32
 LR = 1e-3  # Adam, as in examples/events.yaml
 GEM_LR = 0.05  # GEM needs plain SGD at the server (it brings its own momentum)
+DCASGD_LR = 0.05  # DC-ASGD is derived for SGD steps: SGD with momentum 0.9 (it refuses Adam)
 TARGET = 0.85  # validation accuracy ("updates to target"); 1 worker ends near 0.90
 SEED = 0
 
 
 def rules() -> dict[str, tuple[Any, Any]]:
-    """name -> (rule, optimizer): every rule with Adam(lr=1e-3) but GEM (plain SGD)."""
+    """name -> (rule, optimizer): every rule with Adam(lr=1e-3) but GEM (plain SGD) and DC-ASGD (SGD-momentum)."""
     from psdist.optim import SGD, Adam
     from psdist.rules import DCASGD, EASGD, GEM, SSP, Downpour, StalenessAware, Sync
 
@@ -56,7 +57,7 @@ def rules() -> dict[str, tuple[Any, Any]]:
     return {
         "async (Downpour)": (Downpour(), adam),
         "staleness-aware": (StalenessAware(), adam),
-        "DC-ASGD": (DCASGD(), adam),
+        "DC-ASGD": (DCASGD(), SGD(lr=DCASGD_LR, momentum=0.9)),
         "EASGD": (EASGD(period=10), adam),  # Adam runs locally on each worker
         "GEM": (GEM(), SGD(lr=GEM_LR)),
         "SSP(s=2)": (SSP(bound=2), adam),
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         f"rules-{_dt.date.today().isoformat()}-{socket.gethostname()}" + ("-tiny" if args.size == "tiny" else ""))
     stem.parent.mkdir(parents=True, exist_ok=True)
     meta = {
-        "size": args.size, "batch_size": BATCH, "optimizer": f"Adam(lr={LR}); GEM: SGD(lr={GEM_LR})",
+        "size": args.size, "batch_size": BATCH, "optimizer": f"Adam(lr={LR}); GEM: SGD(lr={GEM_LR}); DC-ASGD: SGD(lr={DCASGD_LR}, momentum=0.9)",
         "target": TARGET, "val_rows": int(_load(path)[2].shape[0]),
         "epochs": size["epochs"], "per_class": size["per_class"], "train_rows": int(_load(path)[0].shape[0]),
         "host": socket.gethostname(), "python": platform.python_version(), "cpus": os.cpu_count(),
