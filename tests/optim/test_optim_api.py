@@ -16,8 +16,8 @@ import psdist.core.optim as flat
 import psdist.optim as po
 from psdist.core.layout import Entry, FlatSpec, Layout
 from psdist.core.server import ServerState
-from psdist.hep.models import mlp
 from psdist.errors import ConfigError
+from psdist.hep.models import mlp
 from psdist.rules import DCASGD, EAMSGD, EASGD, GEM, Downpour, StalenessAware
 
 
