@@ -102,6 +102,11 @@ class Trainer:
         (``client=``) every worker trains and the server shares one, unless the cluster has a
         worker started for it (the batch configs' ``psdist-ps`` job). ``True`` keeps training
         tasks off its worker.
+    data_plane
+        How pushes and pulls travel (:mod:`psdist.plane`): ``"auto"`` (default) shared memory
+        when the parameter server is on the worker's host, TCP otherwise (TLS on a TLS cluster),
+        the Dask actor if neither connects (logged); ``"shm"`` or ``"tcp"`` force one (an error
+        if it cannot connect); ``"actor"`` keeps the actor path.
     metrics
         Extra validation metrics ``{name: fn(targets, outputs) -> float}``.
     early_stopping
@@ -218,6 +223,7 @@ class Trainer:
             self.settings.training.model_fn, self.step, self.settings.algorithm.rule, self.data, layout, weights, optimizers,
             self.settings.algorithm.max_staleness, self.settings.scaling.workers, self.settings.scaling.threads_per_worker, self.settings.scaling.malloc_fix,
             self.settings.faults.timeout, self.settings.scaling.ps_worker, self.run.server_state, self.settings.scaling.security, self.settings.scaling.dedicated_ps,
+            self.settings.scaling.data_plane,
         )
         metrics = {**default_metrics(info.y_dtype), **self.settings.training.metrics}
         return info, spec, metrics

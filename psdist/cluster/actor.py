@@ -1,7 +1,9 @@
 """The parameter server as a Dask actor: a thin shell around :class:`~psdist.core.server.ServerState`.
 
 Plain methods run one at a time in the actor's worker thread (Dask runs every plain actor
-method of a worker in one thread), so the state needs no lock. They are short numpy work.
+method of a worker in one thread). Pushes and pulls may also arrive on the data plane
+(:mod:`psdist.plane`, started when a worker first asks for its endpoint), whose threads serve one
+worker each: every access to the state therefore holds the actor's lock. They are short numpy work.
 
 The one exception is :meth:`ParameterServer.wait` (barrier rules): a coroutine, so Dask runs it
 on the worker's event loop and a waiting worker never occupies the actor thread. It touches the
@@ -12,7 +14,10 @@ every state change (push, join, leave) sets from the actor thread.
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import torch
@@ -24,6 +29,7 @@ from psdist.core.protocol import Pull, Push, PushReply
 from psdist.core.rules import Rule
 from psdist.core.server import ServerState
 from psdist.errors import ServerError
+from psdist.plane.server import PlaneServer
 from psdist.run.events import TOPIC, ServerSnapshot, Throttle
 
 __all__ = ["ParameterServer"]
@@ -55,36 +61,69 @@ class ParameterServer:
         self._changed: asyncio.Event | None = None
         self._throttle = Throttle(publish_every)
         self._worker: Any = None
+        self._lock = threading.RLock()  # the actor thread and the data plane's threads
+        self._plane: PlaneServer | None = None
 
-    def pull(self, worker: str, have_version: int = -1) -> Pull:
-        return self.state.pull(worker, have_version)
+    def pull(self, worker: str, have_version: int = -1, into: np.ndarray | None = None) -> Pull:
+        with self._lock:
+            return self.state.pull(worker, have_version, into)
 
-    def push(self, push: Push, pull: bool = True) -> PushReply:
-        reply = self.state.push(push, pull)
+    def push(self, push: Push, pull: bool = True, into: np.ndarray | None = None) -> PushReply:
+        with self._lock:
+            reply = self.state.push(push, pull, into)
+            due = self._throttle.due()
         self._notify()
-        if self._throttle.due():
+        if due:
             self.publish()
         return reply
 
+    def plane_endpoint(self) -> dict[str, Any]:
+        """Where this server's data plane listens (started on the first call), with the run's token.
+
+        Its TCP port binds the worker's own address; with TLS on the cluster it speaks TLS with
+        the worker's certificates (mutual authentication) and offers no shared memory.
+        """
+        with self._lock:
+            if self._plane is None:
+                worker = self._worker = get_worker()  # the plane's threads publish through it
+                host = urlsplit(worker.address).hostname or "127.0.0.1"
+                ssl = None
+                if worker.address.startswith("tls://"):
+                    ssl = worker.security.get_listen_args("worker")["ssl_context"]
+                self._plane = PlaneServer.start(self, self.state.layout.size, host, ssl)
+            return self._plane.endpoint()
+
+    def close_plane(self) -> None:
+        """Stop the data plane (its connections close; workers fall back or reconnect)."""
+        with self._lock:
+            if self._plane is not None:
+                self._plane.close()
+                self._plane = None
+
     def publish(self) -> int:
         """Log a snapshot of the counters for the dashboard (throttled on pushes); the version."""
+        with self._lock:
+            metrics = self.state.metrics()
         if self.run_id is not None:
             if self._worker is None:
                 self._worker = get_worker()
-            snapshot = ServerSnapshot(run=self.run_id, **self.state.metrics())
-            self._worker.log_event(TOPIC, snapshot.to_message())
-        return self.state.version
+            self._worker.log_event(TOPIC, ServerSnapshot(run=self.run_id, **metrics).to_message())
+        return int(metrics["version"])
+
+    def _locked(self, fn: Callable[..., Any], *args: Any) -> Any:
+        with self._lock:
+            return fn(*args)
 
     def join(self, worker: str) -> None:
-        self.state.join(worker)
+        self._locked(self.state.join, worker)
         self._notify()
 
     def leave(self, worker: str) -> None:
-        self.state.leave(worker)
+        self._locked(self.state.leave, worker)
         self._notify()
 
     def _notify(self) -> None:
-        # actor thread -> event loop: wake the waiters, who re-check on the actor thread
+        # actor or data-plane thread -> event loop: wake the waiters, who re-check on the actor thread
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._wake)
 
@@ -103,7 +142,8 @@ class ParameterServer:
             if self._changed is None:
                 self._changed = asyncio.Event()
             changed = self._changed  # taken before the check, so no wake-up is missed
-            pull = await loop.run_in_executor(actor_thread, self.state.pull_if_ready, worker, have_version)
+            pull = await loop.run_in_executor(actor_thread, self._locked, self.state.pull_if_ready, worker,
+                                              have_version)
             if pull is not None:
                 return pull
             left = deadline - loop.time()
@@ -113,7 +153,7 @@ class ParameterServer:
                         f"{worker} waited {timeout} s for workers {sorted(self.state.active)} under "
                         f"{type(self.state.rule).__name__}; none of them moved"
                     )
-                await loop.run_in_executor(actor_thread, self.state.evict_silent, timeout)
+                await loop.run_in_executor(actor_thread, self._locked, self.state.evict_silent, timeout)
                 evicted, deadline = True, loop.time() + 1.0
                 continue
             try:
@@ -122,19 +162,23 @@ class ParameterServer:
                 pass
 
     def register(self, worker: str, info: dict[str, Any]) -> None:
-        self.state.register(worker, **info)
+        with self._lock:
+            self.state.register(worker, **info)
 
     def set_lr(self, lr: float, group: str | None = None) -> float:
-        self.state.set_lr(lr, group)
+        with self._lock:
+            self.state.set_lr(lr, group)
+            now = self.state.lr
         self.publish()
-        return self.state.lr
+        return now
 
     def metrics(self) -> dict[str, Any]:
-        return self.state.metrics()
+        return self._locked(self.state.metrics)
 
     def state_dict(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        return self.state.state_dict()
+        return self._locked(self.state.state_dict)
 
     def load_state_dict(self, scalars: dict[str, Any], arrays: dict[str, np.ndarray]) -> int:
-        self.state.load_state_dict(scalars, arrays)
-        return self.state.version
+        with self._lock:
+            self.state.load_state_dict(scalars, arrays)
+            return self.state.version

@@ -72,6 +72,7 @@ class SessionSpec:
     resume: tuple[dict[str, Any], dict[str, np.ndarray]] | None = None
     security: Any = None  # for the embedded cluster: see psdist.cluster.embedded.embedded_cluster
     dedicated_ps: bool | None = None  # None: the embedded cluster's PS worker is dedicated, a user's shared
+    data_plane: str = "auto"  # psdist.plane backend for pushes and pulls (see the setting)
 
     def sized(self, slots: int) -> tuple[Rule, int | None]:
         """The rule and staleness bound for ``slots`` training slots (EASGD's alpha, ``"auto"``)."""
@@ -183,11 +184,19 @@ def _start_ps(
     return ps, future
 
 
+def _close_plane(sess: Session) -> None:
+    """Stop the parameter server's data plane at the end of a training (its port and threads)."""
+    try:
+        sess.call("close_plane", timeout=10.0)
+    except (ServerError, OSError) as e:  # a lost PS took its data plane with it
+        logger.warning("psdist: the data plane of %s was not closed: %s", sess.ps_address, e)
+
+
 def _register(client: Any, spec: SessionSpec, sess: Session, ps_key: str) -> str:
     assert sess.rule is not None
     plugin = RunPlugin(
         sess.run_id, spec.model_fn, spec.step, sess.rule, spec.data, sess.ps_address, sess.exclusive,
-        spec.optimizers, ps_key=ps_key,
+        spec.optimizers, ps_key=ps_key, data_plane=spec.data_plane,
     )
     client.register_plugin(plugin, name=plugin.name)
     return plugin.name
@@ -221,6 +230,7 @@ def open_session(spec: SessionSpec, client: Any | None = None) -> Iterator[Sessi
         # keeps the parameter server and its weights on the cluster after the training; a
         # restarted server's future is the one cancelled
         stack.callback(lambda: client.cancel([sess.future]))
+        stack.callback(_close_plane, sess)  # before the cancel: the data plane's port and threads go now
         name = _register(client, spec, sess, sess.future.key)
         stack.callback(client.unregister_worker_plugin, name)
         logger.info("psdist: parameter server on %s", sess.placement)

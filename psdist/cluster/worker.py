@@ -25,6 +25,7 @@ from psdist.core.protocol import Pull, Push, PushReply
 from psdist.core.rules import Rule
 from psdist.data.dataset import Chunk, ZarrDataset
 from psdist.errors import BadChunkError, ServerError
+from psdist.plane.client import PlaneClient
 from psdist.replica.loop import ChunkResult, EvalResult, evaluate_rows, train_rows
 from psdist.replica.replica import Replica, as_model_dict
 
@@ -102,6 +103,7 @@ class RunPlugin(WorkerPlugin):
         ps_exclusive: bool,
         optimizers: Mapping[str, Any] | None = None,
         ps_key: str | None = None,
+        data_plane: str = "auto",
     ) -> None:
         self.name = f"psdist-run-{run_id}"
         self.run_id = run_id
@@ -113,7 +115,10 @@ class RunPlugin(WorkerPlugin):
         self.ps_exclusive = ps_exclusive
         self.optimizers = optimizers
         self.ps_key = ps_key
+        self.data_plane = data_plane
         self._ps: Any = None
+        self._plane: PlaneClient | None = None
+        self._plane_tried = False  # connected, or auto fell back to the actor (then _plane is None)
         self._replica: Replica | None = None
         self._worker_rule: Any = None
         self._group: Any = None
@@ -123,13 +128,14 @@ class RunPlugin(WorkerPlugin):
     def __getstate__(self) -> dict[str, Any]:
         # only the recipe travels; the replica, lock and open store are per process
         state = dict(self.__dict__)
-        for k in ("_replica", "_worker_rule", "_group", "_lock", "_worker", "_ps", "closed"):
+        for k in ("_replica", "_worker_rule", "_group", "_lock", "_worker", "_ps", "closed", "_plane", "_plane_tried"):
             state.pop(k, None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._replica, self._worker_rule, self._group, self._ps = None, None, None, None
+        self._replica, self._worker_rule, self._group, self._ps, self._plane = None, None, None, None, None
+        self._plane_tried = False
         self._lock = threading.Lock()
         self.closed = threading.Event()
 
@@ -145,6 +151,9 @@ class RunPlugin(WorkerPlugin):
         self.closed.set()
         self._replica = None
         self._group = None
+        if self._plane is not None:
+            self._plane.close()
+        self._plane, self._plane_tried = None, False
 
     def server(self) -> Any:
         """This worker's handle on the parameter server, made once from its address and key.
@@ -160,6 +169,34 @@ class RunPlugin(WorkerPlugin):
 
             self._ps = Actor(ParameterServer, self.ps_address, self.ps_key, worker=self._worker)
         return self._ps
+
+    def handle(self, ps: Any, timeout: float) -> ActorServer:
+        """The server handle of this worker's tasks: pushes and pulls over the data plane
+        (:mod:`psdist.plane`, connected on first use), the rest through the actor."""
+        actor = ActorServer(ps, timeout, self.closed)
+        if self.data_plane == "actor":
+            return actor
+        if not self._plane_tried:
+            self._plane, self._plane_tried = self._connect(ps, timeout), True
+        return actor if self._plane is None else PlaneServerHandle(ps, timeout, self.closed, self._plane)
+
+    def _connect(self, ps: Any, timeout: float) -> PlaneClient | None:
+        worker = self._worker
+        try:
+            endpoint = ps.plane_endpoint().result(timeout=timeout)
+            ssl = None
+            if endpoint.get("tls"):
+                ssl = worker.security.get_connection_args("worker").get("ssl_context")
+            client = PlaneClient.connect(endpoint, worker.address, self.data_plane, timeout, ssl)
+        except (OSError, ServerError, ValueError) as e:
+            if self.data_plane != "auto":
+                raise ServerError(f"data_plane={self.data_plane!r}: {worker.address} could not connect to the "
+                                  f"parameter server's data plane ({e}); use data_plane='auto' or 'actor'") from e
+            logger.warning("psdist: %s: no data plane (%s); pushes and pulls go through the actor",
+                           worker.address, e)
+            return None
+        logger.info("psdist: %s: data plane over %s", worker.address, client.backend)
+        return client
 
     @property
     def lock(self) -> threading.Lock:
@@ -244,6 +281,20 @@ class ActorServer:
         return self._call("a wait", self.ps.wait(worker, have_version, self.timeout), 2 * self.timeout + 10)
 
 
+class PlaneServerHandle(ActorServer):
+    """Pushes and pulls over the data plane (one persistent connection), the rest as :class:`ActorServer`."""
+
+    def __init__(self, ps: Any, timeout: float, closed: threading.Event | None, plane: PlaneClient) -> None:
+        super().__init__(ps, timeout, closed)
+        self.plane = plane
+
+    def pull(self, worker: str, have_version: int = -1) -> Pull:
+        return self.plane.pull(worker, have_version)
+
+    def push(self, push: Push, pull: bool = True) -> PushReply:
+        return self.plane.push(push, pull)
+
+
 def _closed_event(ps: Any) -> threading.Event | None:
     """The teardown event of the run plugin that made ``ps`` (None outside a worker)."""
     try:
@@ -293,7 +344,7 @@ def train_task(
         t1 = time.time()
         torch.manual_seed(seed)  # dropout and friends: reproducible per chunk and epoch
         result = train_rows(
-            replica, ActorServer(ps, timeout), rule, run.step, x, y,
+            replica, run.handle(ps, timeout), rule, run.step, x, y,
             batch_size=batch_size, push_every=push_every, seed=seed,
             chunk=chunk.index, epoch=epoch,
         )
@@ -319,6 +370,6 @@ def evaluate_task(plugin: str, chunk: Chunk, batch_size: int, timeout: float) ->
                 raise
             return EvalResult.skipped(chunk.index, replica.worker, e)
         return evaluate_rows(
-            replica, ActorServer(ps, timeout), run.step.evaluate, x, y,
+            replica, run.handle(ps, timeout), run.step.evaluate, x, y,
             batch_size=batch_size, chunk=chunk.index, keep_local=rule.keeps_local,
         )

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
+
 from psdist.core.protocol import Pull, Push, PushReply
 from psdist.core.server import ServerState
 from psdist.errors import ServerError
@@ -34,13 +36,13 @@ class LocalServer:
         self.timeout = timeout
         self._cond = threading.Condition()
 
-    def pull(self, worker: str, have_version: int = -1) -> Pull:
+    def pull(self, worker: str, have_version: int = -1, into: np.ndarray | None = None) -> Pull:
         with self._cond:
-            return self.state.pull(worker, have_version)
+            return self.state.pull(worker, have_version, into)
 
-    def push(self, push: Push, pull: bool = True) -> PushReply:
+    def push(self, push: Push, pull: bool = True, into: np.ndarray | None = None) -> PushReply:
         with self._cond:
-            reply = self.state.push(push, pull)
+            reply = self.state.push(push, pull, into)
             self._cond.notify_all()
             return reply
 

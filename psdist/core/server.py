@@ -143,10 +143,20 @@ class ServerState:
         return h.digest()
 
     # ------------------------------------------------------------------ pull / push
-    def pull(self, worker: str, have_version: int = -1) -> Pull:
-        """Current version and weights; no weights when ``have_version`` is current."""
+    def pull(self, worker: str, have_version: int = -1, into: np.ndarray | None = None) -> Pull:
+        """Current version and weights; no weights when ``have_version`` is current.
+
+        ``into``: copy the weights into that array (a worker's shared-memory slot) and answer it,
+        instead of the per-version snapshot.
+        """
         self.server_rule.on_pull(self, worker)
-        weights = None if have_version == self.version else self.snapshot()
+        if have_version == self.version:
+            weights = None
+        elif into is not None:
+            np.copyto(into, self.weights)
+            weights = into
+        else:
+            weights = self.snapshot()
         lrs = {n: opt.base_lr() for n, opt in self.optimizers.items()}
         return Pull(self.version, weights, self.lr, lrs)
 
@@ -161,8 +171,9 @@ class ServerState:
             self._snapshot = (self.version, self._snapshots.copy(self.weights))
         return self._snapshot[1]
 
-    def push(self, push: Push, pull: bool = True) -> PushReply:
-        """Admit or reject one update; with ``pull``, answer with the weights after it."""
+    def push(self, push: Push, pull: bool = True, into: np.ndarray | None = None) -> PushReply:
+        """Admit or reject one update; with ``pull``, answer with the weights after it (copied
+        ``into`` that array if given, see :meth:`pull`)."""
         self._check_shape(push)
         tau = self.version - push.base_version
         if tau < 0:
@@ -195,7 +206,7 @@ class ServerState:
         self._measured = None  # the update is not kept past its push
         reply, wait = None, False
         if pull:
-            reply = self.pull_if_ready(push.worker, push.base_version)
+            reply = self.pull_if_ready(push.worker, push.base_version, into)
             wait = reply is None
             self.waits += wait
         return PushReply(rejection is None, self.version, tau, rejection, reply, wait)
@@ -282,13 +293,13 @@ class ServerState:
         """Whether the rule lets ``worker`` compute its next update now."""
         return worker not in self.active or self.server_rule.may_proceed(self, worker)
 
-    def pull_if_ready(self, worker: str, have_version: int = -1) -> Pull | None:
+    def pull_if_ready(self, worker: str, have_version: int = -1, into: np.ndarray | None = None) -> Pull | None:
         """A pull if ``worker`` may go on, else ``None`` (the shell makes it wait)."""
         self._seen[worker] = self.clock()
         if not self.may_proceed(worker):
             return None
         self.clock_gap_max = max(self.clock_gap_max, self.clock_gap(worker))
-        return self.pull(worker, have_version)
+        return self.pull(worker, have_version, into)
 
     def wait(self, worker: str, have_version: int = -1) -> Pull:
         """:meth:`pull_if_ready` for single-threaded callers, which cannot block."""

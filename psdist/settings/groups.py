@@ -316,6 +316,11 @@ class Scaling:
     malloc_fix: bool = field(default=True, metadata=plain(
         "undo Dask's MALLOC_TRIM_THRESHOLD_ on workers (about 2x faster PyTorch CPU training)",
         {"type": "boolean"}, True, checkpoint="record"))
+    data_plane: str = field(default="auto", metadata=plain(
+        "how pushes and pulls travel: auto (shared memory on the parameter server's host, TCP "
+        "elsewhere, the actor if neither connects, logged), shm, tcp (forced: an error if it "
+        "cannot connect) or actor (through the Dask actor, as before the data plane)",
+        {"enum": ["auto", "shm", "tcp", "actor"]}, "tcp", checkpoint="record"))
 
     def __post_init__(self) -> None:
         check_fields(self)
