@@ -119,6 +119,35 @@ def ps_micro(doc: dict[str, Any]) -> str:
                      f"{lat('rpc_echo')} | {_f(r.get('psdist_over_rpc'), '.2f')} | "
                      f"{_f(r.get('psdist_server_push_ms'), '.2f')} | {_f(r.get('psdist_pickle_ms'), '.2f')} | "
                      f"{_f(r.get('psdist_transport_ms'), '.2f')} |")
+    backends = _ps_backends(rows)
+    return "\n".join(lines) + ("\n\n" + backends if backends else "")
+
+
+def _ps_backends(rows: dict[str, Any]) -> str:
+    """psdist's pull and push+pull per backend (actor, and the data plane's shm, tcp, tcp+tls)."""
+    ok = {n: r for n, r in rows.items() if r.get("status") == "ok" and isinstance(r.get("plane"), dict)}
+    if not ok:  # a result from before the data plane
+        return ""
+    lines = ["**psdist per backend: latency (ms) and payload GB/s**, beside memcpy ×2 and the torch RPC echo "
+             "(push+pull / echo: the issue's target is ≤ 0.5 at 1e6 on one host)", "",
+             "| float32 params | backend | pull | push+pull | push only | push+pull / RPC echo | memcpy ×2 "
+             "| torch RPC echo |", "|---" * 8 + "|"]
+    for n, r in ok.items():
+        def lat(e: dict[str, Any], k: str) -> str:
+            return f"{_f(e.get(f'{k}_ms'), '.3f')} ({_f(e.get(f'{k}_gb_s'), '.2f')})"
+
+        actor = {"status": "ok", **{k: r.get(f"psdist_{k}") for k in
+                                    ("pull_ms", "pull_gb_s", "push_pull_ms", "push_pull_gb_s", "push_only_ms",
+                                     "push_only_gb_s")},
+                 "push_pull_over_rpc_echo": r.get("psdist_over_rpc")}
+        for i, (name, e) in enumerate((("actor", actor), *r["plane"].items())):
+            size = f"{int(n):.0e}" if i == 0 else ""  # the size and its references on its first line
+            refs = f"{lat(r, 'memcpy_round_trip')} | {lat(r, 'rpc_echo')}" if i == 0 else " |"
+            if e.get("status") != "ok":
+                lines.append(f"| {size} | {name} | {e.get('status')}: {e.get('reason')} | | | | {refs} |")
+                continue
+            lines.append(f"| {size} | {name} | {lat(e, 'pull')} | {lat(e, 'push_pull')} | {lat(e, 'push_only')} | "
+                         f"{_f(e.get('push_pull_over_rpc_echo'), '.2f')} | {refs} |")
     return "\n".join(lines)
 
 

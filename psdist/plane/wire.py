@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import json
 import socket
+import ssl
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -125,6 +126,10 @@ def send_frame(sock: socket.socket, frame: Frame, payload: memoryview | None = N
     parts: list[bytes | memoryview] = [encode(frame)]
     if payload is not None and len(payload):
         parts.append(payload)
+    if isinstance(sock, ssl.SSLSocket):  # TLS has no sendmsg: the record layer copies anyway
+        for part in parts:
+            sock.sendall(part)
+        return
     total = sum(len(p) for p in parts)
     sent = sock.sendmsg(parts)
     if sent < total:  # a partial send: finish the rest piece by piece

@@ -134,8 +134,8 @@ def test_unknown_keyword_names_the_closest_and_all_settings():
     assert str(e.value) == (
         "unknown setting 'batchsize' (did you mean 'batch_size'?); the settings are model_fn, loss_fn, optimizer, "
         "step, metrics, early_stopping, batch_size, seed, rule, max_staleness, push_every, workers, "
-        "threads_per_worker, client, ps_worker, dedicated_ps, security, malloc_fix, timeout, chunk_timeout, "
-        "checkpoints")
+        "threads_per_worker, client, ps_worker, dedicated_ps, security, malloc_fix, data_plane, timeout, "
+        "chunk_timeout, checkpoints")
 
 
 def test_values_are_normalised_and_optimizers_owned():
@@ -186,6 +186,7 @@ def test_to_checkpoint_is_json_and_holds_restored_and_recorded_settings():
     assert stored == {
         "batch_size": 64, "seed": 0, "rule": {"name": "SSP", "bound": 2}, "max_staleness": "auto", "push_every": 1,
         "workers": 3, "threads_per_worker": 1, "ps_worker": None, "dedicated_ps": None, "malloc_fix": True,
+        "data_plane": "auto",
         "timeout": 300.0, "chunk_timeout": None,
         "checkpoints": {"path": "run.ckpt", "every_versions": 500, "every_seconds": 60.0, "max_restarts": 3,
                         "max_overhead": 0.01},

@@ -159,3 +159,29 @@ def test_sixteen_concurrent_pushers_exact_final_weights() -> None:
     assert s.rejected == {"nonfinite": 1}
     total = sum(float((k + j) % 7 - 3) for k in range(16) for j in range(20) if not (k == 3 and j == 10))
     np.testing.assert_array_equal(s.weights[: N - 10], np.float32(-0.5 * total))
+
+
+def test_tls_plane_refuses_plaintext_and_serves_the_cluster_certificate() -> None:
+    """With the cluster's TLS (mutual authentication), a plaintext client gets nothing; a client
+    with the cluster's certificate pushes and pulls."""
+    pytest.importorskip("cryptography")
+    from distributed.security import Security
+
+    sec = Security.temporary()
+    local = LocalServer(state())
+    plane = PlaneServer.start(local, N, "127.0.0.1", sec.get_listen_args("worker")["ssl_context"])
+    try:
+        endpoint = plane.endpoint()
+        assert endpoint["tls"] and endpoint["unix"] is None  # no shared memory without TLS
+        with pytest.raises(ServerError, match="runs TLS; this worker has no cluster certificate"):
+            PlaneClient.connect(endpoint, "w", "tcp", timeout=10)
+        with pytest.raises(ServerError, match="the hello over the data plane failed"):
+            PlaneClient.connect({**endpoint, "tls": False}, "plaintext", "tcp", timeout=10)  # lies about TLS
+        client = PlaneClient.connect(endpoint, "w", "tcp", timeout=10,
+                                     ssl_context=sec.get_connection_args("worker")["ssl_context"])
+        reply = client.push(Push("w", 0, updates(1)[0], 1, 0.5), pull=True)
+        assert reply.applied and reply.pull.weights.tobytes() == local.state.weights.tobytes()
+        client.close()
+        assert plane.counters.refused >= 1
+    finally:
+        plane.close()
