@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -62,6 +63,7 @@ class ParameterServer:
         self._throttle = Throttle(publish_every)
         self._worker: Any = None
         self._lock = threading.RLock()  # the actor thread and the data plane's threads
+        self._changes = threading.Condition(self._lock)  # data-plane waits sleep on it
         self._plane: PlaneServer | None = None
 
     def pull(self, worker: str, have_version: int = -1, into: np.ndarray | None = None) -> Pull:
@@ -123,9 +125,34 @@ class ParameterServer:
         self._notify()
 
     def _notify(self) -> None:
-        # actor or data-plane thread -> event loop: wake the waiters, who re-check on the actor thread
+        # actor or data-plane thread -> event loop: wake the waiters, who re-check on the actor thread;
+        # and the data plane's waiting threads
+        with self._changes:
+            self._changes.notify_all()
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._wake)
+
+    def wait_blocking(self, worker: str, have_version: int, into: np.ndarray | None, timeout: float) -> Pull:
+        """:meth:`wait` for the data plane's threads: blocks the calling thread, not the loop."""
+        deadline = time.monotonic() + timeout
+        evicted = False
+        with self._changes:
+            while True:
+                pull = self.state.pull_if_ready(worker, have_version, into)
+                if pull is not None:
+                    return pull
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    if evicted:
+                        raise ServerError(
+                            f"{worker} waited {timeout} s for workers {sorted(self.state.active)} under "
+                            f"{type(self.state.rule).__name__}; none of them moved"
+                        )
+                    self.state.evict_silent(timeout)
+                    self._changes.notify_all()
+                    evicted, deadline = True, time.monotonic() + 1.0
+                    continue
+                self._changes.wait(left)
 
     def _wake(self) -> None:
         if self._changed is not None:

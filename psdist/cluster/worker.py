@@ -294,6 +294,15 @@ class PlaneServerHandle(ActorServer):
     def push(self, push: Push, pull: bool = True) -> PushReply:
         return self.plane.push(push, pull)
 
+    def join(self, worker: str) -> None:
+        self.plane.join(worker)
+
+    def leave(self, worker: str) -> None:
+        self.plane.leave(worker)
+
+    def wait(self, worker: str, have_version: int = -1) -> Pull:
+        return self.plane.wait(worker, have_version)
+
 
 def _closed_event(ps: Any) -> threading.Event | None:
     """The teardown event of the run plugin that made ``ps`` (None outside a worker)."""

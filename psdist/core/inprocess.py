@@ -56,6 +56,22 @@ class LocalServer:
             self.state.leave(worker)
             self._cond.notify_all()
 
+    def wait_blocking(self, worker: str, have_version: int, into: np.ndarray | None, timeout: float) -> Pull:
+        """:meth:`wait` with its own timeout, answering ``into`` an array (the data plane's form)."""
+        with self._cond:
+            got: list[Pull] = []
+
+            def ready() -> bool:
+                p = self.state.pull_if_ready(worker, have_version, into)
+                if p is not None:
+                    got.append(p)
+                return p is not None
+
+            if self._cond.wait_for(ready, timeout):
+                return got[0]
+            raise ServerError(f"{worker} waited {timeout} s for workers {sorted(self.state.active)} "
+                              f"under {type(self.state.rule).__name__}; none of them moved")
+
     def wait(self, worker: str, have_version: int = -1) -> Pull:
         with self._cond:
             got: list[Pull] = []

@@ -45,6 +45,8 @@ class PlaneClient:
         self._weights = slots.weights if slots is not None else np.empty(size, np.float32)
         self._view = self._weights.view()
         self._view.flags.writeable = False
+        self._join = False  # a join waiting to ride on the next wait
+        self.broken = False  # the connection failed: the server made this worker leave when it dropped
 
     @classmethod
     def connect(cls, endpoint: dict[str, Any], worker: str, backend: str = "auto", timeout: float = 300.0,
@@ -85,6 +87,7 @@ class PlaneClient:
                     raise ServerError("the data plane runs TLS; this worker has no cluster certificate")
                 sock = ssl_context.wrap_socket(sock, server_hostname=None)
             slots, chosen = None, "tcp"
+        sock.settimeout(2 * timeout + 10)  # a wait may take the server's full timeout
         client = cls(sock, worker, size, chosen, slots, timeout)
         try:
             client._hello(endpoint["token"])
@@ -107,10 +110,13 @@ class PlaneClient:
         try:
             frame = wire.recv_frame(self.sock, self._header, kinds | {Kind.ERROR}, max_payload)
         except TimeoutError:
+            self.broken = True
             raise ServerError(f"{what} over the data plane got no answer in {self.timeout} s") from None
         except (FrameError, OSError) as e:
+            self.broken = True
             raise ServerError(f"{what} over the data plane failed: {e}") from e
         if frame.kind is Kind.ERROR:
+            self.broken = True
             raise ServerError(f"the parameter server refused {what}: {(frame.meta or {}).get('reason')}")
         return frame
 
@@ -130,6 +136,7 @@ class PlaneClient:
                 frame.payload = 4 * self.size
                 wire.send_frame(self.sock, frame, np.ascontiguousarray(u).data.cast("B"))
         except OSError as e:
+            self.broken = True
             raise ServerError(f"a push over the data plane failed: {e}") from e
         return self._reply(push=True)
 
@@ -142,8 +149,35 @@ class PlaneClient:
         assert reply.pull is not None
         return reply.pull
 
-    def _reply(self, push: bool) -> PushReply:
-        what = "a push" if push else "a pull"
+    def join(self, worker: str) -> None:
+        """Joins with the next :meth:`wait` (its first message of a chunk): no round trip of its own."""
+        self._join = True
+
+    def wait(self, worker: str, have_version: int = -1) -> Pull:
+        """Wait (on the server's connection thread) until the rule lets this worker go on; pull."""
+        flags = wire.JOIN if self._join else 0
+        try:
+            wire.send_frame(self.sock, Frame(Kind.WAIT, flags, a=have_version, x=float(self.timeout)))
+        except OSError as e:
+            raise ServerError(f"a wait over the data plane failed: {e}") from e
+        self._join = False
+        reply = self._reply(push=False, what="a wait")
+        assert reply.pull is not None
+        return reply.pull
+
+    def leave(self, worker: str) -> None:
+        """This worker stops training: one small frame and its empty answer."""
+        if self._join or self.broken:  # never joined there, or its connection dropped: the server
+            self._join = False          # made this worker leave when it did
+            return
+        try:
+            wire.send_frame(self.sock, Frame(Kind.LEAVE))
+        except OSError as e:
+            raise ServerError(f"a leave over the data plane failed: {e}") from e
+        self._receive(frozenset({Kind.REPLY}), 0, "a leave")
+
+    def _reply(self, push: bool, what: str | None = None) -> PushReply:
+        what = what or ("a push" if push else "a pull")
         frame = self._receive(frozenset({Kind.REPLY}), 0 if self.slots is not None else 4 * self.size, what)
         meta = frame.meta or {}
         weights = None

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from psdist.core.protocol import Pull, Push, PushReply
+from psdist.errors import ServerError
 from psdist.plane import wire
 from psdist.plane.shm import Slots
 from psdist.plane.wire import Frame, FrameError, Kind
@@ -41,6 +42,15 @@ class Served(Protocol):
 
     def pull(self, worker: str, have_version: int, into: np.ndarray | None) -> Pull:
         """The weights (copied ``into`` that array if given), or none when ``have_version`` is current."""
+
+    def join(self, worker: str) -> None:
+        """``worker`` starts training (barriers count it)."""
+
+    def leave(self, worker: str) -> None:
+        """``worker`` stops training (barriers stop waiting for it)."""
+
+    def wait_blocking(self, worker: str, have_version: int, into: np.ndarray | None, timeout: float) -> Pull:
+        """Block this thread until the rule lets ``worker`` go on, then pull; ServerError past ``timeout``."""
 
 
 @dataclass
@@ -136,8 +146,13 @@ class PlaneServer:
             conn.settimeout(None)
             who, slots = self._hello(conn, shm)
             self.counters.connections += 1
-            self._loop(conn, who, slots)
-        except (FrameError, OSError, ValueError) as e:
+            try:
+                self._loop(conn, who, slots)
+            finally:  # a worker whose connection drops stops training: barriers stop waiting for it
+                served = self._served()
+                if served is not None:
+                    served.leave(who)
+        except (FrameError, OSError, ValueError, ServerError) as e:
             if not self._closed.is_set():
                 self._refuse(conn, who, e)
         finally:
@@ -182,7 +197,7 @@ class PlaneServer:
         update = slots.grad if slots is not None else np.empty(self.size, np.float32)
         into = slots.weights if slots is not None else None
         max_payload = 0 if slots is not None else 4 * self.size
-        kinds = frozenset({Kind.PUSH, Kind.PULL})
+        kinds = frozenset({Kind.PUSH, Kind.PULL, Kind.WAIT, Kind.LEAVE})
         while True:
             try:
                 frame = wire.recv_frame(conn, header, kinds, max_payload)
@@ -207,8 +222,21 @@ class PlaneServer:
                 self._reply(conn, reply.pull, reply, slots is not None)
             else:
                 if frame.payload:
-                    raise FrameError("a pull carries no payload")
-                self._reply(conn, self._state().pull(who, frame.a, into), None, slots is not None)
+                    raise FrameError(f"a {frame.kind.name} frame carries no payload")
+                served = self._state()
+                if frame.kind is Kind.LEAVE:
+                    served.leave(who)
+                    wire.send_frame(conn, Frame(Kind.REPLY))
+                    continue
+                if frame.kind is Kind.WAIT:
+                    if frame.flags & wire.JOIN:
+                        served.join(who)
+                    if not (0 < frame.x <= 7 * 86400):
+                        raise FrameError(f"a wait of {frame.x} s")
+                    pull = served.wait_blocking(who, frame.a, into, frame.x)
+                else:
+                    pull = served.pull(who, frame.a, into)
+                self._reply(conn, pull, None, slots is not None)
 
     def _state(self) -> Served:
         served = self._served()

@@ -31,6 +31,8 @@ MAX_META = 64 * 1024  # a reason, groups, rates: never more
 APPLIED, WAIT, HAS_PULL, HAS_WEIGHTS = 1, 2, 4, 8
 # push flags
 WANT_PULL = 1
+# wait flags
+JOIN = 1
 #: rejection kinds on the wire (0: none), in a fixed order
 REJECT_CODES: tuple[RejectKind | None, ...] = (None, *RejectKind)
 
@@ -44,6 +46,8 @@ class Kind(enum.IntEnum):
     PULL = 4  # a: the version the caller holds
     REPLY = 5  # a: version, b: staleness, c: pull version, x: lr; code: rejection; payload: weights (TCP)
     ERROR = 6  # code 0; meta: {"reason": ...}; the sender closes the connection
+    WAIT = 7  # a: the version held, x: seconds; flags: JOIN (join first); answered when the rule lets go
+    LEAVE = 8  # the worker stops training (end of its chunk); answered by an empty REPLY
 
 
 class FrameError(ConnectionError):

@@ -185,3 +185,47 @@ def test_tls_plane_refuses_plaintext_and_serves_the_cluster_certificate() -> Non
         assert plane.counters.refused >= 1
     finally:
         plane.close()
+
+
+def test_barrier_rounds_over_the_plane_and_a_dropped_worker_leaves() -> None:
+    """Sync over the data plane: join rides on the first wait, waits block only their own
+    connection, and a worker whose connection drops leaves (the other is not held forever)."""
+    from psdist.core.rules import Sync
+
+    s = state(max_staleness=None)
+    s.rule = Sync()
+    s.server_rule = s.rule.server_side()
+    local = LocalServer(s)
+    plane = PlaneServer.start(local, N, "127.0.0.1")
+    endpoint = plane.endpoint()
+    u = np.zeros(N, np.float32)
+    u[0] = 1.0
+    rounds: dict[str, int] = {}
+
+    def worker(name: str, backend: str, pushes: int) -> None:
+        c = PlaneClient.connect(endpoint, name, backend, timeout=30)
+        c.join(name)
+        version = c.wait(name, -1).version
+        for _ in range(pushes):
+            r = c.push(Push(name, version, u, 1, 0.5), pull=True)
+            version = (r.pull if r.pull is not None else c.wait(name, version)).version
+        c.leave(name)
+        rounds[name] = version
+        c.close()
+
+    threads = [threading.Thread(target=worker, args=("a", "tcp", 5)), threading.Thread(target=worker, args=("b", "shm", 5))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert rounds == {"a": 5, "b": 5} and s.version == 5 and not s.active
+
+    # a worker joins over the plane, then its process dies: the other goes on once the drop is seen
+    dead = PlaneClient.connect(endpoint, "dead", "tcp", timeout=30)
+    dead.join("dead")
+    dead.wait("dead", -1)
+    assert "dead" in s.active
+    dead.sock.close()  # as a killed process's socket would be
+    worker("c", "tcp", 3)
+    assert rounds["c"] == s.version and "dead" not in s.active
+    plane.close()
