@@ -294,6 +294,9 @@ class PlaneServerHandle(ActorServer):
     def push(self, push: Push, pull: bool = True) -> PushReply:
         return self.plane.push(push, pull)
 
+    def push_buffer(self) -> np.ndarray | None:
+        return self.plane.push_buffer()
+
     def join(self, worker: str) -> None:
         self.plane.join(worker)
 

@@ -49,8 +49,9 @@ class ReplicaPort(Protocol):
     def set_weights(self, w: np.ndarray) -> None:
         """Overwrite the replica's weights and buffers."""
 
-    def gradient_update(self, scale: float = 1.0) -> np.ndarray:
-        """The accumulated gradients (times ``scale``) and buffer changes, in the server layout."""
+    def gradient_update(self, scale: float = 1.0, out: np.ndarray | None = None) -> np.ndarray:
+        """The accumulated gradients (times ``scale``) and buffer changes, in the server layout
+        (written into ``out`` when given)."""
 
     def zero_grad(self) -> None:
         """Clear the accumulated gradients."""

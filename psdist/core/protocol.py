@@ -21,6 +21,7 @@ __all__ = [
     "RejectKind",
     "Rejection",
     "ServerHandle",
+    "push_buffer",
 ]
 
 
@@ -158,6 +159,16 @@ class PushReply:
     def reason(self) -> str | None:
         """The rejection as text for people (``"stale: staleness 5 > ..."``), or ``None``."""
         return None if self.rejection is None else str(self.rejection)
+
+
+def push_buffer(server: object) -> np.ndarray | None:
+    """Where ``server`` would like the next push's update written, if it offers a place.
+
+    An optional capability: the data plane's shared-memory client answers its gradient slot, so
+    the worker's gradient lands where the server reads it (no copy); other handles answer ``None``.
+    """
+    offer = getattr(server, "push_buffer", None)
+    return offer() if callable(offer) else None
 
 
 class ServerHandle(Protocol):

@@ -130,7 +130,8 @@ class PlaneClient:
                       meta=meta)
         try:
             if self.slots is not None:
-                np.copyto(self.slots.grad, u)  # ours until the server's reply: then its turn to read
+                if u is not self.slots.grad:  # written there already (push_buffer): no copy
+                    np.copyto(self.slots.grad, u)  # ours until the server's reply: then its turn to read
                 wire.send_frame(self.sock, frame)
             else:
                 frame.payload = 4 * self.size
@@ -148,6 +149,10 @@ class PlaneClient:
         reply = self._reply(push=False)
         assert reply.pull is not None
         return reply.pull
+
+    def push_buffer(self) -> np.ndarray | None:
+        """The shared gradient slot (over shared memory): write the next push's update there."""
+        return self.slots.grad if self.slots is not None else None
 
     def join(self, worker: str) -> None:
         """Joins with the next :meth:`wait` (its first message of a chunk): no round trip of its own."""

@@ -116,9 +116,13 @@ class Replica:
         for g in self.layout.groups:
             self.bindings[g.name].load(src[g.whole])
 
-    def gradient_update(self, scale: float = 1.0) -> np.ndarray:
-        """A push vector: ``scale`` × accumulated gradients, and each buffer's change since pull."""
-        out = np.empty(self.layout.size, dtype=np.float32)
+    def gradient_update(self, scale: float = 1.0, out: np.ndarray | None = None) -> np.ndarray:
+        """A push vector: ``scale`` × accumulated gradients, and each buffer's change since pull.
+
+        ``out``: write it there (a data plane's shared-memory gradient slot) instead of a new array.
+        """
+        if out is None:
+            out = np.empty(self.layout.size, dtype=np.float32)
         for g in self.layout.groups:
             b = self.bindings[g.name]
             b.check_grads()

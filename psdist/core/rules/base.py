@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from psdist.core.protocol import Pull, Push, PushReply, Rejection
+from psdist.core.protocol import Pull, Push, PushReply, Rejection, push_buffer
 from psdist.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ class WorkerRule:
         When the reply says ``wait`` (a barrier rule held the worker back), the weights are not
         loaded here; the loop calls :meth:`resume` before the next minibatch.
         """
-        update = replica.gradient_update(scale=1.0 / batches)
+        update = replica.gradient_update(scale=1.0 / batches, out=push_buffer(server))
         push = Push(replica.worker, replica.version, update, samples, loss)
         reply = server.push(push, pull=True)
         replica.load(reply.pull)
