@@ -210,7 +210,8 @@ def server_for(replica: Replica, lr: float = 0.05) -> ServerState:
 
 def plugin_for(ds: ZarrDataset, monkeypatch) -> tuple[worker_mod.RunPlugin, ServerState]:
     """A real RunPlugin (read/skip as on a worker) with its replica and actor filled in."""
-    run = worker_mod.RunPlugin("t", mlp, SupervisedStep(F.cross_entropy), Downpour(), ds, "ps", False)
+    run = worker_mod.RunPlugin("t", mlp, SupervisedStep(F.cross_entropy), Downpour(), ds, "ps", False,
+                               data_plane="actor")  # the fake actor offers no data plane
     replica = Replica("tcp://w:1", {"model": mlp()})
     state = server_for(replica)
     run._replica, run._worker_rule, run._ps = replica, Downpour().worker_side(), FakeActor(state)
