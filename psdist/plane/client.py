@@ -60,9 +60,20 @@ class PlaneClient:
         """
         if backend not in BACKENDS:
             raise ValueError(f"data plane backend {backend!r}: choose one of {BACKENDS}")
-        size = int(endpoint["size"])
         same_host = endpoint.get("unix") is not None and endpoint.get("hostname") == socket.gethostname()
-        if backend == "shm" or (backend == "auto" and same_host):
+        if backend == "auto" and same_host:
+            try:
+                return cls._open(endpoint, worker, "shm", timeout, ssl_context)
+            except (OSError, ServerError) as e:  # another network namespace, no memfd, ...: TCP then
+                logger.warning("psdist: %s: no shared-memory data plane (%s); trying TCP", worker, e)
+                return cls._open(endpoint, worker, "tcp", timeout, ssl_context)
+        return cls._open(endpoint, worker, "shm" if backend == "shm" else "tcp", timeout, ssl_context)
+
+    @classmethod
+    def _open(cls, endpoint: dict[str, Any], worker: str, backend: str, timeout: float,
+              ssl_context: Any) -> PlaneClient:
+        size = int(endpoint["size"])
+        if backend == "shm":
             if endpoint.get("unix") is None:
                 raise ServerError("the parameter server offers no shared memory (a TLS cluster, or another host)")
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -201,11 +201,14 @@ def test_barrier_rounds_over_the_plane_and_a_dropped_worker_leaves() -> None:
     u = np.zeros(N, np.float32)
     u[0] = 1.0
     rounds: dict[str, int] = {}
+    both_joined = threading.Barrier(2)
 
-    def worker(name: str, backend: str, pushes: int) -> None:
+    def worker(name: str, backend: str, pushes: int, together: bool = True) -> None:
         c = PlaneClient.connect(endpoint, name, backend, timeout=30)
         c.join(name)
         version = c.wait(name, -1).version
+        if together:  # both are members before the first round
+            both_joined.wait(30)
         for _ in range(pushes):
             r = c.push(Push(name, version, u, 1, 0.5), pull=True)
             version = (r.pull if r.pull is not None else c.wait(name, version)).version
@@ -226,6 +229,6 @@ def test_barrier_rounds_over_the_plane_and_a_dropped_worker_leaves() -> None:
     dead.wait("dead", -1)
     assert "dead" in s.active
     dead.sock.close()  # as a killed process's socket would be
-    worker("c", "tcp", 3)
+    worker("c", "tcp", 3, together=False)
     assert rounds["c"] == s.version and "dead" not in s.active
     plane.close()
