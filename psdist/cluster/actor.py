@@ -5,8 +5,9 @@ method of a worker in one thread). Pushes and pulls may also arrive on the data 
 (:mod:`psdist.plane`, started when a worker first asks for its endpoint), whose threads serve one
 worker each: every access to the state therefore holds the actor's lock. They are short numpy work.
 
-The one exception is :meth:`ParameterServer.wait` (barrier rules): a coroutine, so Dask runs it
-on the worker's event loop and a waiting worker never occupies the actor thread. It touches the
+The one exception is :meth:`ParameterServer.wait` (barrier rules, on the actor path): a coroutine,
+so Dask runs it on the worker's event loop and a waiting worker never occupies the actor thread
+(a wait on the data plane blocks only its own connection's thread: :meth:`wait_blocking`). It touches the
 state only through the actor thread's executor, and sleeps on an :class:`asyncio.Event` that
 every state change (push, join, leave) sets from the actor thread.
 """

@@ -57,6 +57,7 @@ class Served(Protocol):
 class _Counters:
     connections: int = 0
     refused: int = 0  # connections closed for a bad hello or frame
+    waiting: int = 0  # connection threads blocked in a barrier's wait now
     reasons: list[str] = field(default_factory=list)  # the last few, for tests and logs
 
 
@@ -233,7 +234,13 @@ class PlaneServer:
                         served.join(who)
                     if not (0 < frame.x <= 7 * 86400):
                         raise FrameError(f"a wait of {frame.x} s")
-                    pull = served.wait_blocking(who, frame.a, into, frame.x)
+                    with self._lock:
+                        self.counters.waiting += 1
+                    try:
+                        pull = served.wait_blocking(who, frame.a, into, frame.x)
+                    finally:
+                        with self._lock:
+                            self.counters.waiting -= 1
                 else:
                     pull = served.pull(who, frame.a, into)
                 self._reply(conn, pull, None, slots is not None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -231,4 +232,42 @@ def test_barrier_rounds_over_the_plane_and_a_dropped_worker_leaves() -> None:
     dead.sock.close()  # as a killed process's socket would be
     worker("c", "tcp", 3, together=False)
     assert rounds["c"] == s.version and "dead" not in s.active
+    plane.close()
+
+
+def test_closing_a_client_wakes_a_wait_blocked_in_another_thread() -> None:
+    """A task waiting at a barrier when its run's plugin is torn down gets a ServerError at once."""
+    from psdist.core.rules import Sync
+
+    s = state(max_staleness=None)
+    s.rule = Sync()
+    s.server_rule = s.rule.server_side()
+    local = LocalServer(s)
+    plane = PlaneServer.start(local, N, "127.0.0.1")
+    other = PlaneClient.connect(plane.endpoint(), "other", "tcp", timeout=30)
+    other.join("other")
+    other.wait("other", -1)  # a member that never pushes: the next round cannot close
+    c = PlaneClient.connect(plane.endpoint(), "w", "tcp", timeout=30)
+    c.join("w")
+    version = c.wait("w", -1).version
+    assert c.push(Push("w", version, np.zeros(N, np.float32), 1, 0.5)).wait  # held back
+    errors: list[Exception] = []
+
+    def wait_there() -> None:
+        try:
+            c.wait("w", version)
+        except ServerError as e:
+            errors.append(e)
+
+    blocked = threading.Thread(target=wait_there)
+    blocked.start()
+    deadline = time.monotonic() + 10
+    while plane.counters.waiting == 0 and time.monotonic() < deadline:  # its WAIT reached the server
+        time.sleep(0.001)
+    assert plane.counters.waiting == 1
+    c.close()
+    blocked.join(10)
+    # woken at once (EOF or EBADF, depending on which the kernel reports first), not at the timeout
+    assert not blocked.is_alive() and "a wait over the data plane failed" in str(errors[0])
+    other.close()
     plane.close()
