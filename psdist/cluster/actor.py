@@ -30,7 +30,6 @@ from psdist.core.optim.port import OptimizerSpec
 from psdist.core.protocol import Pull, Push, PushReply
 from psdist.core.rules import Rule
 from psdist.core.server import ServerState
-from psdist.errors import ServerError
 from psdist.plane.server import PlaneServer
 from psdist.run.events import TOPIC, ServerSnapshot, Throttle
 
@@ -145,10 +144,7 @@ class ParameterServer:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     if evicted:
-                        raise ServerError(
-                            f"{worker} waited {timeout} s for workers {sorted(self.state.active)} under "
-                            f"{type(self.state.rule).__name__}; none of them moved"
-                        )
+                        raise self.state.held_too_long(worker, timeout)
                     self.state.evict_silent(timeout)
                     self._changes.notify_all()
                     evicted, deadline = True, time.monotonic() + 1.0
@@ -177,10 +173,7 @@ class ParameterServer:
             left = deadline - loop.time()
             if left <= 0:
                 if evicted:
-                    raise ServerError(
-                        f"{worker} waited {timeout} s for workers {sorted(self.state.active)} under "
-                        f"{type(self.state.rule).__name__}; none of them moved"
-                    )
+                    raise self.state.held_too_long(worker, timeout)
                 await loop.run_in_executor(actor_thread, self._locked, self.state.evict_silent, timeout)
                 evicted, deadline = True, loop.time() + 1.0
                 continue

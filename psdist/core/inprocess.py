@@ -14,7 +14,6 @@ import numpy as np
 
 from psdist.core.protocol import Pull, Push, PushReply
 from psdist.core.server import ServerState
-from psdist.errors import ServerError
 
 __all__ = ["LocalServer"]
 
@@ -69,8 +68,7 @@ class LocalServer:
 
             if self._cond.wait_for(ready, timeout):
                 return got[0]
-            raise ServerError(f"{worker} waited {timeout} s for workers {sorted(self.state.active)} "
-                              f"under {type(self.state.rule).__name__}; none of them moved")
+            raise self.state.held_too_long(worker, timeout)
 
     def wait(self, worker: str, have_version: int = -1) -> Pull:
         with self._cond:
@@ -88,7 +86,4 @@ class LocalServer:
             self._cond.notify_all()
             if ready():
                 return got[0]
-            raise ServerError(
-                f"{worker} waited {self.timeout} s for workers {sorted(self.state.active)} "
-                f"under {type(self.state.rule).__name__}; none of them moved"
-            )
+            raise self.state.held_too_long(worker, self.timeout)

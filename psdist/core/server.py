@@ -311,6 +311,11 @@ class ServerState:
             )
         return pull
 
+    def held_too_long(self, worker: str, timeout: float) -> ServerError:
+        """The error for ``worker`` held by a barrier past ``timeout`` although silent workers were evicted."""
+        return ServerError(f"{worker} waited {timeout} s for workers {sorted(self.active)} under "
+                           f"{type(self.rule).__name__}; none of them moved")
+
     def evict_silent(self, silence: float) -> list[str]:
         """Make active workers not heard of for ``silence`` seconds leave; returns them."""
         now = self.clock()
