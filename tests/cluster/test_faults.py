@@ -210,17 +210,21 @@ def test_cli_killed_with_its_cluster_resumes_mid_epoch(data, tmp_path):
     )
     cmd = [sys.executable, "-m", "psdist.cli", "-v", "train", str(cfg), "--save", str(ckpt), "-q"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    written = 0
+    written, after_epoch_1 = 0, None
     try:
-        for line in proc.stderr:  # the log says when each checkpoint is on disk
-            if "psdist: checkpoint" in line:
+        for line in proc.stderr:  # the log says when each checkpoint is on disk and when epochs end
+            if "psdist: epoch {'epoch': 1," in line:
+                after_epoch_1 = 0
+            elif "psdist: checkpoint" in line:
                 written += 1
-                if written == 11:  # in epoch 2 (epoch 1 wrote 7 mid-epoch points and its end)
-                    break
+                if after_epoch_1 is not None:
+                    after_epoch_1 += 1
+                    if after_epoch_1 == 2:  # epoch 1's end point, then one inside epoch 2: kill now
+                        break
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the client, the scheduler, every worker
         proc.wait(timeout=60)
-    assert written == 11, "the training ended before the kill"
+    assert after_epoch_1 == 2, "the training ended before the kill"
     meta, _ = read_checkpoint(ckpt)
     assert meta["epoch"] == 1 and meta["progress"]["done"]  # saved mid-epoch 2
 
