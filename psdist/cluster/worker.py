@@ -183,7 +183,9 @@ class RunPlugin(WorkerPlugin):
     def _connect(self, ps: Any, timeout: float) -> PlaneClient | None:
         worker = self._worker
         try:
-            endpoint = ps.plane_endpoint().result(timeout=timeout)
+            # sliced: a server killed meanwhile is replaced and this plugin torn down, which ends
+            # the wait at once (an actor call to a dead worker would wait the whole timeout)
+            endpoint = ActorServer(ps, timeout, self.closed).call("the data plane's endpoint", ps.plane_endpoint())
             ssl = None
             if endpoint.get("tls"):
                 ssl = worker.security.get_connection_args("worker").get("ssl_context")
@@ -219,7 +221,7 @@ class RunPlugin(WorkerPlugin):
                 "threads": torch.get_num_threads(),
                 "name": str(worker.name),
             }
-            ps.register(worker.address, info).result(timeout=timeout)
+            ActorServer(ps, timeout, self.closed).call("a registration", ps.register(worker.address, info))
         return self._replica, self._worker_rule
 
     def read(self, chunk: Chunk) -> tuple[np.ndarray, np.ndarray]:
@@ -254,7 +256,8 @@ class ActorServer:
         self.timeout = timeout
         self.closed = closed if closed is not None else _closed_event(ps)
 
-    def _call(self, what: str, fut: Any, timeout: float | None = None) -> Any:
+    def call(self, what: str, fut: Any, timeout: float | None = None) -> Any:
+        """Wait for an actor call's future in slices, abandoned when the run's plugin is torn down."""
         def not_abandoned() -> None:
             if self.closed is not None and self.closed.is_set():
                 raise ServerError(
@@ -265,20 +268,20 @@ class ActorServer:
                            timeout=timeout or self.timeout, alive=not_abandoned)
 
     def pull(self, worker: str, have_version: int = -1) -> Pull:
-        return self._call("a pull", self.ps.pull(worker, have_version))
+        return self.call("a pull", self.ps.pull(worker, have_version))
 
     def push(self, push: Push, pull: bool = True) -> PushReply:
-        return self._call("a push", self.ps.push(push, pull))
+        return self.call("a push", self.ps.push(push, pull))
 
     def join(self, worker: str) -> None:
-        self._call("a join", self.ps.join(worker))
+        self.call("a join", self.ps.join(worker))
 
     def leave(self, worker: str) -> None:
-        self._call("a leave", self.ps.leave(worker))
+        self.call("a leave", self.ps.leave(worker))
 
     def wait(self, worker: str, have_version: int = -1) -> Pull:
         # the server gives up (evicting silent workers) after `timeout`; we allow it that long
-        return self._call("a wait", self.ps.wait(worker, have_version, self.timeout), 2 * self.timeout + 10)
+        return self.call("a wait", self.ps.wait(worker, have_version, self.timeout), 2 * self.timeout + 10)
 
 
 class PlaneServerHandle(ActorServer):
