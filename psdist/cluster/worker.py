@@ -191,6 +191,8 @@ class RunPlugin(WorkerPlugin):
                 ssl = worker.security.get_connection_args("worker").get("ssl_context")
             client = PlaneClient.connect(endpoint, worker.address, self.data_plane, timeout, ssl)
         except (OSError, ServerError, ValueError) as e:
+            if self.closed.is_set():  # the run's plugin was replaced or ended: nothing to fall back to
+                raise
             if self.data_plane != "auto":
                 raise ServerError(f"data_plane={self.data_plane!r}: {worker.address} could not connect to the "
                                   f"parameter server's data plane ({e}); use data_plane='auto' or 'actor'") from e
