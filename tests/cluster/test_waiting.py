@@ -172,7 +172,7 @@ def test_actor_server_call_gives_up_when_the_run_is_torn_down():
             raise TimeoutError
 
     with pytest.raises(ServerError) as err:
-        ActorServer(None, timeout=600, closed=closed)._call("a pull", Teardown())
+        ActorServer(None, timeout=600, closed=closed).call("a pull", Teardown())
     assert str(err.value) == ("a pull was abandoned: this training's parameter server was replaced "
                               "or the training ended")
     assert fut.timeouts == [timedelta(seconds=SLICE)] * 2  # actor futures take a timedelta
