@@ -87,6 +87,14 @@ class Trainer:
         :func:`psdist.cluster.session.auto_staleness`); ``None``: no bound.
     push_every
         Minibatches whose gradients a worker accumulates before each push.
+    overlap
+        Keep one push in flight while the next window of minibatches computes
+        (:mod:`psdist.replica.overlap`): the round trip hides behind compute, and every
+        gradient is computed on weights one push older (one more round of staleness, counted
+        in the history and on the dashboard; ``"auto"`` staleness bounds double). ``None``
+        (default): on for CUDA workers when the rule allows it, off on CPU, where both cores
+        already compute. Only rules whose workers just push and pull (Downpour,
+        StalenessAware, DynSGD); ``True`` with another is a ``ConfigError``.
     batch_size
         Rows per minibatch.
     workers, threads_per_worker
@@ -223,7 +231,7 @@ class Trainer:
             self.settings.training.model_fn, self.step, self.settings.algorithm.rule, self.data, layout, weights, optimizers,
             self.settings.algorithm.max_staleness, self.settings.scaling.workers, self.settings.scaling.threads_per_worker, self.settings.scaling.malloc_fix,
             self.settings.faults.timeout, self.settings.scaling.ps_worker, self.run.server_state, self.settings.scaling.security, self.settings.scaling.dedicated_ps,
-            self.settings.scaling.data_plane,
+            self.settings.scaling.data_plane, self.settings.algorithm.overlap,
         )
         metrics = {**default_metrics(info.y_dtype), **self.settings.training.metrics}
         return info, spec, metrics
@@ -402,6 +410,7 @@ class Trainer:
             # the store's name, not its path: the page shows nothing a Dask dashboard would not
             "max_staleness": sess.max_staleness, "data": os.path.basename(str(self.data.path).rstrip("/")),
             "seed": self.settings.training.seed, "parameter_server": sess.placement, "training_workers": sess.slots,
+            "overlap": sess.overlap,
         }
 
     def _publish(self, sess: Session, record: Event) -> None:

@@ -200,7 +200,8 @@ class EpochDriver:
     def sizing(self) -> dict[str, Any]:
         """What this fit sized from its cluster, for every epoch record: which alpha, which bound."""
         sess = self.sess
-        out: dict[str, Any] = {"training_workers": sess.slots, "max_staleness": sess.max_staleness}
+        out: dict[str, Any] = {"training_workers": sess.slots, "max_staleness": sess.max_staleness,
+                               "overlap": sess.overlap}
         alpha = getattr(sess.rule, "alpha", None)
         if alpha is not None:
             out["alpha"] = float(alpha)

@@ -37,15 +37,17 @@ logger = logging.getLogger(__name__)
 AUTO = "auto"
 
 
-def auto_staleness(slots: int) -> int:
+def auto_staleness(slots: int, overlap: bool = False) -> int:
     """The default staleness bound for ``slots`` training slots: ``2 * slots + 2``.
 
     With n workers pushing in turn, a push is about n - 1 versions stale; bursts (a worker
     that reads or validates while the others push) reach about twice that. A bound of 2n + 2
     rejects nothing in a healthy run, and drops the gradients of a worker that stalled for
     more than two rounds of everybody else's updates — the ones that wreck asynchronous SGD.
+    With ``overlap`` (one push in flight per worker) a push is one round staler, about
+    2n - 1: the bound doubles to 4n + 2.
     """
-    return 2 * max(1, slots) + 2
+    return (4 if overlap else 2) * max(1, slots) + 2
 
 
 class ParameterServerLost(ServerError):
@@ -73,11 +75,23 @@ class SessionSpec:
     security: Any = None  # for the embedded cluster: see psdist.cluster.embedded.embedded_cluster
     dedicated_ps: bool | None = None  # None: the embedded cluster's PS worker is dedicated, a user's shared
     data_plane: str = "auto"  # psdist.plane backend for pushes and pulls (see the setting)
+    overlap: bool | None = None  # one push in flight; None: where the training workers have GPUs
 
-    def sized(self, slots: int) -> tuple[Rule, int | None]:
+    def sized(self, slots: int, overlap: bool = False) -> tuple[Rule, int | None]:
         """The rule and staleness bound for ``slots`` training slots (EASGD's alpha, ``"auto"``)."""
-        bound = auto_staleness(slots) if self.max_staleness == AUTO else self.max_staleness
+        bound = auto_staleness(slots, overlap) if self.max_staleness == AUTO else self.max_staleness
         return self.rule.for_workers(slots), bound  # type: ignore[return-value]
+
+    def overlaps(self, client: Any, ps_address: str, exclusive: bool) -> bool:
+        """Whether workers keep a push in flight: as set, or (``None``) when the rule allows
+        it and the cluster's training workers have GPUs (``resources={"GPU": 1}``)."""
+        if self.overlap is not None:
+            return self.overlap
+        if not type(self.rule).overlaps:
+            return False
+        info = client.scheduler_info(n_workers=-1)["workers"]
+        return any((w.get("resources") or {}).get("GPU", 0) > 0 for a, w in info.items()
+                   if not (exclusive and a == ps_address))
 
 
 @dataclass
@@ -97,6 +111,7 @@ class Session:
     slots: int = 1  # training slots the rule and staleness bound were sized for
     rule: Rule | None = None  # the rule in force, sized for ``slots`` (EASGD's alpha)
     max_staleness: int | None = None  # the bound in force ("auto" resolved)
+    overlap: bool = False  # workers keep one push in flight (the setting resolved)
     dedicated: bool = False  # whether a dedicated PS was asked for (kept across restarts)
 
     @property
@@ -196,7 +211,7 @@ def _register(client: Any, spec: SessionSpec, sess: Session, ps_key: str) -> str
     assert sess.rule is not None
     plugin = RunPlugin(
         sess.run_id, spec.model_fn, spec.step, sess.rule, spec.data, sess.ps_address, sess.exclusive,
-        spec.optimizers, ps_key=ps_key, data_plane=spec.data_plane,
+        spec.optimizers, ps_key=ps_key, data_plane=spec.data_plane, overlap=sess.overlap,
     )
     client.register_plugin(plugin, name=plugin.name)
     return plugin.name
@@ -220,10 +235,12 @@ def open_session(spec: SessionSpec, client: Any | None = None) -> Iterator[Sessi
         dedicated = spec.dedicated_ps if spec.dedicated_ps is not None else embedded
         ps_address, exclusive = pick_ps_worker(client, spec.ps_worker, dedicated)
         slots = training_slots(client, ps_address, exclusive)
-        rule, bound = spec.sized(slots)
+        overlap = spec.overlaps(client, ps_address, exclusive)
+        rule, bound = spec.sized(slots, overlap)
         size = len(client.scheduler_info(n_workers=-1)["workers"])
         sess = Session(client, None, ps_address, f"psdist-run-{run_id}", run_id, spec, None, exclusive,
-                       size=size, slots=slots, rule=rule, max_staleness=bound, dedicated=dedicated)
+                       size=size, slots=slots, rule=rule, max_staleness=bound, dedicated=dedicated,
+                       overlap=overlap)
         sess.ps, sess.future = _start_ps(client, spec, run_id, ps_address, sess, spec.resume)
         # cancel, not release: the Actor handle holds its own reference to the key (kept alive by
         # reference cycles inside distributed until the garbage collector runs), which otherwise

@@ -90,6 +90,12 @@ class RunPlugin(WorkerPlugin):
         Keep training tasks off the parameter server's worker.
     optimizers
         The training's optimizers (rules with local steps build their local optimizers from them).
+    ps_key
+        The parameter server actor's key.
+    data_plane
+        The ``data_plane`` setting: how pushes and pulls travel (:meth:`handle`).
+    overlap
+        Whether training tasks keep one push in flight (the ``overlap`` setting, resolved).
     """
 
     def __init__(
@@ -104,6 +110,7 @@ class RunPlugin(WorkerPlugin):
         optimizers: Mapping[str, Any] | None = None,
         ps_key: str | None = None,
         data_plane: str = "auto",
+        overlap: bool = False,
     ) -> None:
         self.name = f"psdist-run-{run_id}"
         self.run_id = run_id
@@ -116,6 +123,7 @@ class RunPlugin(WorkerPlugin):
         self.optimizers = optimizers
         self.ps_key = ps_key
         self.data_plane = data_plane
+        self.overlap = overlap
         self._ps: Any = None
         self._plane: PlaneClient | None = None
         self._plane_tried = False  # connected, or auto fell back to the actor (then _plane is None)
@@ -363,7 +371,7 @@ def train_task(
         result = train_rows(
             replica, run.handle(ps, timeout), rule, run.step, x, y,
             batch_size=batch_size, push_every=push_every, seed=seed,
-            chunk=chunk.index, epoch=epoch,
+            chunk=chunk.index, epoch=epoch, overlap=run.overlap,
         )
         result.read_s = t1 - t0
         result.spans.insert(0, ("read", t0, t1))

@@ -65,9 +65,10 @@ class StatusPanel(Component):
             facts.append(("last bad chunk", run.bad[-1]))
         if run.rejected:
             facts.append(("rejected by reason", ", ".join(f"{k}: {v}" for k, v in sorted(run.rejected.items()))))
-        shown = {"parameter_server": "parameter server", "training_workers": "training slots"}
+        shown = {"parameter_server": "parameter server", "training_workers": "training slots",
+                 "overlap": "push in flight (+1 round of staleness)"}
         for key in ("parameter_server", "training_workers", "rule", "optimizers", "batch_size", "push_every",
-                    "max_staleness", "data"):
+                    "max_staleness", "overlap", "data"):
             if key in run.config:
                 facts.append((shown.get(key, key), run.config[key]))
         alarm = {"NaN/Inf", "bad chunks skipped", "last bad chunk"} if run.bad_data else set()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,8 +18,9 @@ import numpy as np
 import torch
 
 from psdist.core.finite import nonfinite_rows
-from psdist.core.protocol import RejectKind, ServerHandle
+from psdist.core.protocol import PushReply, RejectKind, ServerHandle
 from psdist.core.rules import WorkerRule
+from psdist.replica.overlap import InFlight
 from psdist.replica.replica import Replica
 from psdist.replica.steps import reported_loss
 
@@ -144,8 +146,12 @@ def train_rows(
     seed: int,
     chunk: int = 0,
     epoch: int = 0,
+    overlap: bool = False,
 ) -> ChunkResult:
     """Train on the rows of one chunk, shuffled with ``seed``, pushing every ``push_every``.
+
+    With ``overlap`` one push is in flight while the next window computes
+    (:mod:`psdist.replica.overlap`; only for rules that allow it, ``Rule.overlaps``).
 
     A minibatch with NaN/Inf in its inputs (``x``, or float labels) is skipped before the
     forward pass; one whose loss comes out NaN/Inf has its gradient (and BatchNorm statistics)
@@ -161,14 +167,17 @@ def train_rows(
     bad_before = np.concatenate([[0], np.cumsum(bad[perm])]) if bad.any() else None
 
     t0 = time.time()
+    inflight = InFlight(replica, server) if overlap else None
     server.join(replica.worker)
     try:
         rule.begin(replica, server.wait(replica.worker, replica.version))
         t1 = time.time()
         res.spans.append(("pull", t0, t1))
         res.comm_s += t1 - t0
-        _train_batches(replica, server, rule, step, xt, yt, batch_size, push_every, res, bad_before)
+        _train_batches(replica, server, rule, step, xt, yt, batch_size, push_every, res, bad_before, inflight)
     finally:
+        if inflight is not None:  # the connection quiet before the leave crosses it
+            inflight.close()
         server.leave(replica.worker)
     res.version = replica.version
     if res.nonfinite_batches:
@@ -221,12 +230,14 @@ def _train_batches(
     push_every: int,
     res: ChunkResult,
     bad_before: np.ndarray | None = None,
+    inflight: InFlight | None = None,
 ) -> None:
     replica.train(True)
     replica.zero_grad()
     bounds = batch_bounds(len(xt), batch_size)
     acc_batches = acc_samples = 0
     acc_loss = 0.0
+    sent: deque[tuple[int, float]] = deque()  # (samples, loss sum) of pushes not answered yet
     t_compute = time.time()
     for i, (lo, hi) in enumerate(bounds):
         last = i == len(bounds) - 1
@@ -252,10 +263,15 @@ def _train_batches(
         t_comm = time.time()
         res.spans.append(("compute", t_compute, t_comm))
         res.compute_s += t_comm - t_compute
-        reply = rule.communicate(replica, server, acc_batches, acc_samples, acc_loss / acc_samples)
+        sent.append((acc_samples, acc_loss))
+        if inflight is None:
+            reply: PushReply | None = rule.communicate(replica, server, acc_batches, acc_samples,
+                                                       acc_loss / acc_samples)
+        else:  # the answer is the previous push's (None at the first)
+            reply = inflight.communicate(acc_batches, acc_samples, acc_loss / acc_samples)
         t_push = time.time()
         res.spans.append(("push", t_comm, t_push))
-        if reply.wait and not last:  # a barrier holds us; the chunk's last push needs no weights
+        if reply is not None and reply.wait and not last:  # a barrier holds us; the last push needs no weights
             rule.resume(replica, server)
             t_compute = time.time()
             res.spans.append(("wait", t_push, t_compute))
@@ -263,18 +279,33 @@ def _train_batches(
         else:
             t_compute = t_push
         res.comm_s += t_push - t_comm
-        res.pushes += 1
-        res.samples += acc_samples
-        res.loss_sum += acc_loss
-        res.staleness.append(reply.staleness)
-        if reply.applied:
-            res.applied += 1
-            res.samples_applied += acc_samples
-        elif reply.rejection is not None:  # always, when not applied (PushReply checks)
-            kind = reply.rejection.kind.value  # plain strings: the result travels and is published
-            res.rejected[kind] = res.rejected.get(kind, 0) + 1
+        if reply is not None:
+            _count(res, reply, *sent.popleft())
         acc_batches = acc_samples = 0
         acc_loss = 0.0
+    if inflight is not None:
+        t_comm = time.time()
+        reply = inflight.finish()
+        t_push = time.time()
+        res.spans.append(("push", t_comm, t_push))
+        res.comm_s += t_push - t_comm
+        if reply is not None:
+            _count(res, reply, *sent.popleft())
+    assert not sent, f"{len(sent)} push(es) without an answer"
+
+
+def _count(res: ChunkResult, reply: PushReply, samples: int, loss_sum: float) -> None:
+    """Book the server's answer to one push of ``samples`` rows (loss summed over them)."""
+    res.pushes += 1
+    res.samples += samples
+    res.loss_sum += loss_sum
+    res.staleness.append(reply.staleness)
+    if reply.applied:
+        res.applied += 1
+        res.samples_applied += samples
+    elif reply.rejection is not None:  # always, when not applied (PushReply checks)
+        kind = reply.rejection.kind.value  # plain strings: the result travels and is published
+        res.rejected[kind] = res.rejected.get(kind, 0) + 1
 
 
 @torch.no_grad()

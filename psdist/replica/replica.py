@@ -133,6 +133,16 @@ class Replica:
                 np.subtract(b.buffer_vector(), self._buffers_at_pull[g.buffers], out=out[g.buffers])
         return out
 
+    def buffers_sent(self) -> None:
+        """The buffers' change so far went out with a push: count the next change from here.
+
+        A pull does this by itself (its buffers are the new reference); a worker that pushes
+        without loading a reply (one push in flight) says so, or the change travels twice.
+        """
+        for g in self.layout.groups:
+            if g.spec.n_buffers:
+                self._buffers_at_pull[g.buffers] = self.bindings[g.name].buffer_vector()
+
     def zero_grad(self) -> None:
         for b in self.bindings.values():
             b.zero_grad()

@@ -15,6 +15,7 @@ from typing import Any
 from psdist.core import rules as core_rules
 from psdist.core.names import import_object
 from psdist.core.rules import Downpour, Rule, rule_from_config
+from psdist.core.rules.base import rule_code
 from psdist.data.dataset import ZarrDataset
 from psdist.errors import ConfigError, ModelError
 from psdist.run.recovery import Checkpoints
@@ -279,9 +280,21 @@ class Algorithm:
         "minibatches whose gradients a worker accumulates before each push",
         {"type": "integer", "minimum": 1}, 1,
         flag="--push-every N", checkpoint="restore"))
+    overlap: bool | None = field(default=None, metadata=plain(
+        "keep one push in flight while the next minibatch computes (one more round of staleness, "
+        "the round trip hidden); only rules with a plain push and pull (Downpour, StalenessAware, DynSGD)",
+        _or_null({"type": "boolean"}, "on for CUDA workers when the rule allows it, off on CPU"), True,
+        checkpoint="record"))
 
     def __post_init__(self) -> None:
         check_fields(self)
+        rule = self.rule if isinstance(self.rule, Rule) else None
+        if self.overlap and rule is not None and not type(rule).overlaps:
+            raise ConfigError(
+                f"overlap=True: {rule_code(rule)} cannot have a push in flight while its workers compute "
+                "(a barrier, updates paired with what a worker pulled, or local weights); use overlap=False, "
+                "or rule=psdist.rules.Downpour() (or StalenessAware, DynSGD) to overlap"
+            )
 
 
 @dataclass(frozen=True)

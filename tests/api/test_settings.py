@@ -133,7 +133,7 @@ def test_unknown_keyword_names_the_closest_and_all_settings():
         made(batchsize=64)
     assert str(e.value) == (
         "unknown setting 'batchsize' (did you mean 'batch_size'?); the settings are model_fn, loss_fn, optimizer, "
-        "step, metrics, early_stopping, batch_size, seed, rule, max_staleness, push_every, workers, "
+        "step, metrics, early_stopping, batch_size, seed, rule, max_staleness, push_every, overlap, workers, "
         "threads_per_worker, client, ps_worker, dedicated_ps, security, malloc_fix, data_plane, timeout, "
         "chunk_timeout, checkpoints")
 
@@ -185,6 +185,7 @@ def test_to_checkpoint_is_json_and_holds_restored_and_recorded_settings():
     assert json.loads(json.dumps(stored)) == stored
     assert stored == {
         "batch_size": 64, "seed": 0, "rule": {"name": "SSP", "bound": 2}, "max_staleness": "auto", "push_every": 1,
+        "overlap": None,
         "workers": 3, "threads_per_worker": 1, "ps_worker": None, "dedicated_ps": None, "malloc_fix": True,
         "data_plane": "auto",
         "timeout": 300.0, "chunk_timeout": None,
@@ -380,3 +381,17 @@ def test_bad_config_from_dict_without_a_file():
     # TrainConfig.from_dict (the notebook's way) names the key without a file
     with pytest.raises(ConfigError, match=r"^push_every: 0 must be an integer >= 1; e.g. push_every: 1$"):
         TrainConfig.from_dict({"model": "psdist.hep.models:mlp", "data": "d.zarr", "push_every": 0})
+
+
+@pytest.mark.parametrize("rule", [psdist.rules.Sync(), psdist.rules.SSP(), psdist.rules.DCASGD(),
+                                  psdist.rules.EASGD(), psdist.rules.GEM()])
+def test_overlap_is_refused_for_rules_that_cannot_have_a_push_in_flight(rule):
+    with pytest.raises(ConfigError, match=r"overlap=True: psdist\.rules\.\w+\(.*\) cannot have a push in flight.*"
+                       r"use overlap=False, or rule=psdist.rules.Downpour\(\)"):
+        made(rule=rule, overlap=True)
+    assert made(rule=rule, overlap=None).algorithm.overlap is None  # auto: off for these rules
+
+
+@pytest.mark.parametrize("rule", [psdist.rules.Downpour(), psdist.rules.StalenessAware(), psdist.rules.DynSGD()])
+def test_overlap_is_accepted_for_push_and_pull_rules(rule):
+    assert made(rule=rule, overlap=True).algorithm.overlap is True

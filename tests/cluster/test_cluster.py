@@ -51,6 +51,32 @@ def test_two_workers_reach_accuracy_and_account_for_every_chunk(client, blob_dat
     assert bn.num_batches_tracked.item() > 0 and not torch.all(bn.running_var == 1)
 
 
+def test_overlap_keeps_a_push_in_flight_and_still_reaches_accuracy(client, blob_data):
+    """overlap=True on CPU workers (opt-in there): every gradient is one push older, which the
+    history shows, the auto bound doubles for it and rejects nothing, and the run still learns."""
+    trainer = psdist.Trainer(MLP_BN, CE, blob_data, psdist.optim.SGD(lr=0.05, momentum=0.9),
+                             batch_size=64, client=client, seed=3, overlap=True)
+    history = trainer.fit(epochs=3)
+    assert history.last["val_accuracy"] >= 0.95
+    for rec in history:
+        assert rec["overlap"] is True and rec["training_workers"] == 3
+        assert rec["max_staleness"] == 4 * 3 + 2  # auto, doubled: one more round per push
+        assert rec["pushes_rejected"] == 0
+        assert rec["pushes_applied"] == 8 * 8  # 8 chunks of 8 minibatches, every one answered
+        # a lone worker's pushes would be 1 stale; with others pushing too, more
+        assert rec["staleness_mean"] >= 1.0
+    assert trainer.version == sum(r["pushes_applied"] for r in history)
+    # only a chunk's first push can be computed on the newest weights: the others left while
+    # the worker's previous push was still in flight
+    assert trainer.server_metrics["staleness_hist"][0] <= 3 * 8
+
+
+def test_overlap_is_off_on_cpu_workers_by_default(client, blob_data):
+    trainer = psdist.Trainer(MLP_BN, CE, blob_data, SGD(lr=0.05), batch_size=128, client=client)
+    history = trainer.fit(epochs=1)
+    assert history.last["overlap"] is False and history.last["max_staleness"] == 2 * 3 + 2
+
+
 def test_parameter_server_gets_its_own_worker_when_asked(client, blob_data):
     trainer = psdist.Trainer(MLP_BN, CE, blob_data, SGD(lr=0.05), batch_size=128, client=client, dedicated_ps=True)
     events: list[dict] = []

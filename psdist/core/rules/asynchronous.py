@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -37,6 +37,8 @@ class Downpour(Rule):
     ----------
     J. Dean et al., "Large Scale Distributed Deep Networks", NIPS 2012.
     """
+
+    overlaps: ClassVar[bool] = True  # a plain push and pull: one may be in flight
 
 
 class _ScaledServer(ServerRule):
@@ -143,6 +145,9 @@ class DCASGD(Downpour):
     """
 
     lam: float = 0.04
+    # the compensation pairs a push with the weights its worker pulled last; with one push in
+    # flight the gradient was computed on the pull before that one
+    overlaps: ClassVar[bool] = False
 
     def server_side(self) -> ServerRule:
         return _DelayCompensation(self.lam)

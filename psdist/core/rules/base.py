@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -106,7 +106,15 @@ class WorkerRule:
 
 @dataclass(frozen=True)
 class Rule:
-    """Base class of update rules; subclasses override the factories they need."""
+    """Base class of update rules; subclasses override the factories they need.
+
+    ``overlaps`` says whether a worker may keep one push in flight while it computes the next
+    window (``Trainer(overlap=True)``, :mod:`psdist.replica.overlap`): only rules whose worker
+    side is a plain push and pull, and whose server side pairs no update with what the worker
+    pulled, can.
+    """
+
+    overlaps: ClassVar[bool] = False
 
     def server_side(self) -> ServerRule:
         return ServerRule()
