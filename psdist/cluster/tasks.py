@@ -19,7 +19,7 @@ from typing import Any
 
 from psdist.cluster.session import Session
 from psdist.cluster.waiting import wait_sliced
-from psdist.cluster.worker import SLOT, evaluate_task, train_task
+from psdist.cluster.worker import SLOT, evaluate_task, train_key, train_task
 from psdist.data.dataset import Chunk, task_seed
 from psdist.errors import ServerError
 from psdist.replica.loop import ChunkResult, EvalResult
@@ -63,7 +63,7 @@ class ChunkRunner:
         return s.client.submit(
             train_task, s.plugin, chunk, epoch, task_seed(self.seed, epoch, chunk.index), self.batch_size,
             self.comm_period, self.timeout,
-            key=f"psdist-train-{s.run_id}-e{epoch}-c{chunk.index}-r{s.restarts}",
+            key=train_key(s.run_id, epoch, chunk.index, s.restarts),
             resources={SLOT: 1}, priority=-rank, pure=False,
         )
 

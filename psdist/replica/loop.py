@@ -66,6 +66,7 @@ class ChunkResult:
     nonfinite_inputs: int = 0  # of those, skipped for their inputs (before the forward pass)
     bad_chunks: int = 0  # 1: the chunk could not be read and was skipped (skip_bad_chunks)
     bad: list[str] = field(default_factory=list)  # why (the read errors of skipped chunks)
+    chunks_read_ahead: int = 0  # 1: the rows were read while the worker's previous chunk trained
 
     @property
     def pushes_nonfinite(self) -> int:

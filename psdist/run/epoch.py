@@ -17,7 +17,7 @@ from psdist.replica.loop import ChunkResult
 __all__ = ["FAULT_FIELDS", "EpochProgress", "summarize"]
 
 #: Per-chunk counters that some ChunkResults carry (bad data, NaN); summed when present.
-OPTIONAL_COUNTS = ("nonfinite_batches", "pushes_nonfinite", "bad_chunks")
+OPTIONAL_COUNTS = ("nonfinite_batches", "pushes_nonfinite", "bad_chunks", "chunks_read_ahead")
 
 #: Record fields that say what went wrong and what it cost (0 on a clean epoch).
 FAULT_FIELDS = ("chunks_rerun", "workers_lost", "chunks_hung", "ps_restarts", "versions_lost",

@@ -39,6 +39,10 @@ def test_two_workers_reach_accuracy_and_account_for_every_chunk(client, blob_dat
         assert rec["samples"] == info.train_rows == 4096
         assert rec["pushes_applied"] + rec["pushes_rejected"] == pushes_per_chunk * len(info.train)
     assert trainer.version == sum(r["pushes_applied"] for r in history)
+    # chunk tasks queued behind a running one had their rows read meanwhile
+    # (every task waits for its slot in "constrained", so each can be; a third queued on one worker is not)
+    assert all(r["chunks_read_ahead"] >= 1 for r in history)
+    assert sum(r["chunks_read_ahead"] for r in history) >= 12
 
     # the returned module carries the server's weights, BatchNorm statistics included
     model = trainer.model().eval()
