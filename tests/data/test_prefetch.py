@@ -78,7 +78,7 @@ def test_at_most_depth_chunks_are_held_and_a_dropped_one_is_forgotten(store):
 
 
 def test_an_unknown_index_or_another_chunk_is_read_directly(store):
-    read, chunks = reader(store)
+    read, _ = reader(store)
     ahead = ReadAhead(read)
     ahead.start(99)  # no training chunk of this store
     assert ahead.take(Chunk(99, "x", "y", 0, 16)) is None
