@@ -8,8 +8,9 @@
 # (psdist.hep.models.jet_cnn), batch size and optimizer (SGD lr 0.05, momentum 0.9) for both;
 # epoch 1 is warm-up and never timed. psdist runs on a LocalCluster made here: 2 worker
 # processes with the `GPU` resource, one hosting the parameter server, one training on cuda.
-# It is measured with push_every=1 and push_every=4: on a GPU the overhead is communication,
-# every push moving the whole weight vector GPU -> CPU -> PS -> CPU -> GPU.
+# It is measured with push_every=1 and push_every=4, each with overlap off and on (one push in
+# flight while the next minibatch computes; psdist's default on CUDA workers): on a GPU the
+# overhead is communication, every push moving the whole weight vector GPU -> CPU -> PS -> CPU -> GPU.
 #
 # Prints a table and one final JSON line; also writes it to $OUT/bench_cuda.json when OUT is
 # set (after every stage, so a run cut short still leaves what it measured). Without CUDA it
@@ -142,7 +143,7 @@ def run_plain(data: str, model_fn: Any, device: str, epochs: int, batch_size: in
 
 # ---------------------------------------------------------------------------- psdist
 def run_psdist(client: Any, data: str, model_fn: Any, epochs: int, batch_size: int, push_every: int,
-               timeout: float) -> dict[str, Any]:
+               timeout: float, overlap: bool = False) -> dict[str, Any]:
     """One Trainer.fit on the shared cluster; samples/s from the history's timed epochs."""
     import torch
 
@@ -155,6 +156,7 @@ def run_psdist(client: Any, data: str, model_fn: Any, epochs: int, batch_size: i
         optimizer=psdist.optim.SGD(lr=LR, momentum=MOMENTUM),
         batch_size=batch_size,
         push_every=push_every,
+        overlap=overlap,
         workers=1,  # ignored with a client: the cluster's second worker trains
         client=client,
         seed=SEED,
@@ -182,6 +184,8 @@ def run_psdist(client: Any, data: str, model_fn: Any, epochs: int, batch_size: i
     pushes = sum(r["pushes_applied"] + r["pushes_rejected"] for r in timed)
     return {
         "push_every": push_every,
+        "overlap": overlap,
+        "staleness_mean": sum(r["staleness_mean"] for r in history.records[WARMUP_EPOCHS:]) / max(1, len(timed)),
         "samples_per_s": samples / seconds,
         "timed_samples": samples,
         "timed_s": seconds,
@@ -240,6 +244,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"jet_cnn conv width; wider = more GPU work per push (default {FULL['width']})")
     p.add_argument("--hidden", type=int, default=128, help="jet_cnn hidden units (default 128)")
     p.add_argument("--push-every", default="1,4", help="psdist push_every values to run (default 1,4)")
+    p.add_argument("--overlap", default="off,on", help="overlap settings to run for each push_every (default off,on)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds a parameter-server call may take")
     p.add_argument("--out", default=None, help="JSON file (default $OUT/bench_cuda.json when OUT is set)")
     a = p.parse_args(argv)
@@ -250,6 +255,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if a.epochs < 1:
         p.error("--epochs must be >= 1 (timed epochs; one warm-up epoch always runs first)")
     a.push_every = [int(v) for v in str(a.push_every).split(",") if v.strip()]
+    bad = [v for v in str(a.overlap).split(",") if v.strip() not in ("off", "on")]
+    if bad:
+        p.error(f"--overlap {a.overlap!r}: give off, on or off,on")
+    a.runs = [(k, o == "on") for k in a.push_every for o in str(a.overlap).split(",")]
     if a.out is None and os.environ.get("OUT"):
         a.out = os.path.join(os.environ["OUT"], "bench_cuda.json")
     return a
@@ -339,20 +348,21 @@ def main(argv: list[str] | None = None) -> int:
         result["cluster_start_s"] = time.perf_counter() - t0
         print(f"  LocalCluster of 2 workers started in {result['cluster_start_s']:.1f} s", flush=True)
         try:
-            for k in args.push_every:
+            for k, overlap in args.runs:
                 t0 = time.perf_counter()
-                r = run_psdist(client, data, model_fn, args.epochs, args.batch_size, k, args.timeout)
-                runs[f"psdist_push{k}"] = r
-                result[f"psdist_push{k}_samples_s"] = r["samples_per_s"]
-                result[f"ratio_push{k}"] = r["samples_per_s"] / plain["samples_per_s"]
-                result[f"val_acc_psdist_push{k}"] = r["val_accuracy"]
-                result[f"psdist_push{k}_ms_per_push"] = r["ms_per_push"]
-                result[f"psdist_push{k}_comm_share"] = r["comm_share"]
-                result[f"psdist_push{k}_worker_devices"] = r["worker_devices"]
+                r = run_psdist(client, data, model_fn, args.epochs, args.batch_size, k, args.timeout, overlap)
+                name = f"push{k}" + ("_overlap" if overlap else "")
+                runs[f"psdist_{name}"] = r
+                result[f"psdist_{name}_samples_s"] = r["samples_per_s"]
+                result[f"ratio_{name}"] = r["samples_per_s"] / plain["samples_per_s"]
+                result[f"val_acc_psdist_{name}"] = r["val_accuracy"]
+                result[f"psdist_{name}_ms_per_push"] = r["ms_per_push"]
+                result[f"psdist_{name}_comm_share"] = r["comm_share"]
+                result[f"psdist_{name}_worker_devices"] = r["worker_devices"]
                 if gpu and "cuda" not in r["worker_devices"]:
                     print(f"  WARNING: the psdist worker trained on {r['worker_devices']}, not cuda", flush=True)
-                print(f"  psdist push_every={k:<3} {r['samples_per_s']:10.0f} samples/s "
-                      f"(fit {r['fit_s']:.1f} s, worker on {','.join(r['worker_devices'])})", flush=True)
+                print(f"  psdist push_every={k:<3} overlap={'on ' if overlap else 'off'} {r['samples_per_s']:10.0f} "
+                      f"samples/s (fit {r['fit_s']:.1f} s, worker on {','.join(r['worker_devices'])})", flush=True)
                 _write({**result, "runs": runs}, args.out)
         finally:
             with contextlib.suppress(Exception):
@@ -360,8 +370,9 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(Exception):
                 cluster.close()
 
-    first = args.push_every[0] if args.push_every else None
-    result["val_acc_psdist"] = result.get(f"val_acc_psdist_push{first}")
+    first = args.runs[0] if args.runs else None
+    if first is not None:
+        result["val_acc_psdist"] = result.get(f"val_acc_psdist_push{first[0]}" + ("_overlap" if first[1] else ""))
     result["total_s"] = time.perf_counter() - started
     result["complete"] = True
 
@@ -371,10 +382,12 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * 94)
     print(f"{'plain PyTorch (' + device + ')':<26} {_fmt(plain['samples_per_s']):>10} {'1.000':>8} "
           f"{_fmt(plain['val_accuracy'], '.4f'):>8}")
-    for k in args.push_every:
-        r = runs[f"psdist_push{k}"]
-        print(f"{f'psdist push_every={k}':<26} {_fmt(r['samples_per_s']):>10} "
-              f"{_fmt(result[f'ratio_push{k}'], '.3f'):>8} {_fmt(r['val_accuracy'], '.4f'):>8} "
+    for k, overlap in args.runs:
+        name = f"push{k}" + ("_overlap" if overlap else "")
+        r = runs[f"psdist_{name}"]
+        label = f"psdist push_every={k}" + (" overlap" if overlap else "")
+        print(f"{label:<26} {_fmt(r['samples_per_s']):>10} "
+              f"{_fmt(result[f'ratio_{name}'], '.3f'):>8} {_fmt(r['val_accuracy'], '.4f'):>8} "
               f"{_fmt(r['ms_per_push'], '.2f'):>8} {_fmt(r['compute_share'], '.0%'):>8} "
               f"{_fmt(r['comm_share'], '.0%'):>6} {_fmt(r['read_share'], '.0%'):>6} {_fmt(r['other_share'], '.0%'):>6}")
     print()
