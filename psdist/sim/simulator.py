@@ -9,6 +9,12 @@ pushes reach the server — hence staleness — is what a cluster of that shape 
 
 The run is deterministic for a seed (a heap of timed events, ties broken by insertion order).
 
+With ``overlap=True`` each simulated worker has a communication thread that keeps one push in
+flight while the next minibatch computes, as the real worker loop does: gradient ``i`` is
+computed on the weights of the reply to push ``i − 2`` (the reply to push ``i − 1`` is loaded only
+once gradient ``i`` is done), so every push is one own push staler, and the round trip no longer
+idles the worker.
+
 >>> result = simulate(model_fn, (x, y, x_val, y_val), rule=StalenessAware(),
 ...                   optimizer=SGD(lr=0.05), workers=64, batch_size=32, epochs=3)  # doctest: +SKIP
 >>> result.final["val_accuracy"], result.updates_to_target                            # doctest: +SKIP
@@ -27,7 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from psdist.core.protocol import Push, PushReply
 from psdist.core.rules import Downpour, Rule, WorkerRule
+from psdist.core.rules.base import rule_code
 from psdist.core.server import ServerState
 from psdist.errors import ConfigError
 from psdist.optim import TorchOptimizer, as_optimizer
@@ -85,26 +93,30 @@ class SimResult:
     time_to_target: float | None = None
     server: dict[str, Any] = field(default_factory=dict)
     weights: np.ndarray | None = None  # the server's weights at the end
+    overlap: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "rule": self.rule, "workers": self.workers, "final": self.final,
+            "rule": self.rule, "workers": self.workers, "overlap": self.overlap, "final": self.final,
             "updates_to_target": self.updates_to_target, "time_to_target": self.time_to_target,
             "history": self.history, "server": self.server,
         }
 
 
 class _Sim:
-    """The event loop. Events: 'start' (a worker may compute), 'arrive' (its push reaches the
-    server); parked workers wait for a barrier and are re-checked after every server change."""
+    """The event loop. Events: 'begin' (a worker's first pull reaches the server), 'arrive' (its
+    push reaches the server); parked workers wait for a barrier and are re-checked after every
+    server change. With ``overlap``: 'ready' (a worker's gradient is computed) and 'back' (the
+    reply to its push in flight is back at the worker)."""
 
     def __init__(
         self, *, state: ServerState, specs: list[SimWorker], names: list[str], replicas: list[Replica],
         rules: list[WorkerRule], x: np.ndarray, y: np.ndarray, epochs: float, batch_size: int,
         push_every: int, seed: int, rng: np.random.Generator, step: SupervisedStep, eval_every: int,
-        evaluate: Callable[[], dict[str, float]],
+        evaluate: Callable[[], dict[str, float]], overlap: bool = False,
     ) -> None:
         self.state = state
+        self.overlap = overlap
         self.specs = specs
         self.names = names
         self.replicas = replicas
@@ -128,6 +140,14 @@ class _Sim:
         self.batch_iter = self._batches()
         self.pending: dict[int, tuple[int, int, float]] = {}  # worker -> (batches, samples, loss)
         self.next_eval = 0
+        # overlap: the push each worker's communication thread holds (until it arrives), the
+        # reply to it (once computed by the server), whether that reply is back at the worker,
+        # whether the worker waits for it with a gradient ready, and whether it has no rows left
+        self.in_flight: dict[int, Push] = {}
+        self.replies: dict[int, PushReply] = {}
+        self.back = [True] * len(specs)
+        self.waiting = [False] * len(specs)
+        self.done = [False] * len(specs)
 
     # ---------------------------------------------------------------- data and time
     def _batches(self) -> Iterator[np.ndarray]:
@@ -162,6 +182,16 @@ class _Sim:
                 self._compute(w, self.now + self.specs[w].delay)
             elif kind == "arrive":
                 self._arrive(w)
+            elif kind == "ready":
+                if self.back[w]:
+                    self._hand_off(w)
+                else:  # the previous push's reply is not back: its round trip is longer than a period
+                    self.waiting[w] = True
+            elif kind == "back":
+                self.back[w] = True
+                if self.waiting[w]:
+                    self.waiting[w] = False
+                    self._hand_off(w)
             self._unpark()
             self._evaluate_if_due()
         self._evaluate_if_due(force=True)
@@ -170,7 +200,10 @@ class _Sim:
         """Start worker ``w``'s next communication period at time ``t`` (or let it leave)."""
         rows = list(itertools.islice(self.batch_iter, self.push_every))
         if not rows:  # the sample budget is spent: this worker stops
-            self.state.leave(self.names[w])
+            if self.overlap and w in self.in_flight:
+                self.done[w] = True  # once its last push has arrived
+            else:
+                self.state.leave(self.names[w])
             return
         replica, rule = self.replicas[w], self.rules[w]
         samples, loss_sum = 0, 0.0
@@ -185,9 +218,43 @@ class _Sim:
         factor = float(np.exp(self.rng.normal(0.0, spec.jitter))) if spec.jitter > 0 else 1.0
         duration = spec.step_time * len(rows) * factor
         self.pending[w] = (len(rows), samples, loss_sum / samples)
-        self._at(t + duration + spec.delay, "arrive", w)
+        if self.overlap:  # the gradient is ready at t + duration; it is pushed from there
+            self._at(t + duration, "ready", w)
+        else:
+            self._at(t + duration + spec.delay, "arrive", w)
+
+    def _hand_off(self, w: int) -> None:
+        """Overlap: worker ``w`` hands its ready gradient to its communication thread, loads the
+        reply to its previous push and starts computing the next period at once.
+
+        The steps of the real worker's :class:`~psdist.replica.overlap.InFlight`: the push's
+        base is the version loaded before the previous push left; the previous reply's weights
+        are loaded only now (at the first push, with none, the buffers' change counts as sent).
+        """
+        batches, samples, loss = self.pending.pop(w)
+        replica = self.replicas[w]
+        update = replica.gradient_update(scale=1.0 / batches)
+        self.in_flight[w] = Push(replica.worker, replica.version, update, samples, loss)
+        previous = self.replies.pop(w, None)
+        if previous is not None:
+            replica.load(previous.pull)
+        else:
+            replica.buffers_sent()
+        replica.zero_grad()
+        self.back[w] = False
+        self._at(self.now + self.specs[w].delay, "arrive", w)
+        self._compute(w, self.now)
 
     def _arrive(self, w: int) -> None:
+        if self.overlap:
+            reply = self.state.push(self.in_flight.pop(w), pull=True)
+            assert not reply.wait  # rules with overlap hold nobody back
+            self.replies[w] = reply
+            if self.done[w]:  # its last push: the worker stops training
+                self.state.leave(self.names[w])
+            else:
+                self._at(self.now + self.specs[w].delay, "back", w)
+            return
         batches, samples, loss = self.pending.pop(w)
         reply = self.rules[w].communicate(self.replicas[w], self.state, batches, samples, loss)
         if reply.wait:
@@ -260,6 +327,7 @@ def simulate(
     eval_every: int = 50,
     target: float | None = None,
     seed: int = 0,
+    overlap: bool = False,
 ) -> SimResult:
     """Simulate a psdist training of ``model_fn`` on ``data`` with many workers.
 
@@ -285,6 +353,14 @@ def simulate(
         versions) and ``time_to_target`` (simulated time).
     seed
         Seeds the model, the batch order and the jitter.
+    overlap
+        Simulate the worker loop's overlap of communication and compute (as
+        ``Trainer(overlap=True)``): each worker keeps one push in flight while it computes the
+        next period, starting it as soon as it has handed its push over (the round trip is
+        hidden unless it is longer than the compute), and computes gradient ``i`` on the reply
+        to push ``i − 2``. Pushes are one own push staler (one worker: staleness 1 instead of 0;
+        n workers pushing in turn: about 2n − 1 instead of n − 1). Only rules whose worker only
+        pushes and pulls allow it (``Rule.overlaps``: Downpour, StalenessAware, DynSGD).
 
     Returns
     -------
@@ -300,6 +376,15 @@ def simulate(
         raise ConfigError(f"epochs={epochs!r} must be > 0")
     x, y, x_val, y_val = (np.asarray(a) for a in data)
     rule = (rule if rule is not None else Downpour()).for_workers(len(specs))
+    if not isinstance(overlap, bool):
+        raise ConfigError(f"overlap={overlap!r} must be True or False")
+    if overlap and not rule.overlaps:
+        raise ConfigError(
+            f"overlap=True keeps a push in flight while the next minibatch computes, which only rules "
+            f"whose worker just pushes and pulls allow (Downpour, StalenessAware, DynSGD); "
+            f"{type(rule).__name__} does not: use overlap=False with rule={rule_code(rule)}, or "
+            f"rule=psdist.rules.StalenessAware() to keep overlap"
+        )
     recipe: TorchOptimizer = as_optimizer(optimizer)
     # seeded, without touching the caller's global RNG (dropout draws inside stay reproducible)
     with torch.random.fork_rng(devices=[]):
@@ -323,12 +408,12 @@ def simulate(
             x=np.ascontiguousarray(x), y=np.ascontiguousarray(as_labels(y)), epochs=float(epochs),
             batch_size=batch_size, push_every=rule.comm_period(push_every), seed=seed,
             rng=np.random.default_rng([seed, 1]), step=step, eval_every=eval_every,
-            evaluate=_evaluator(model_fn, step, x_val, y_val, metric, [state]),
+            evaluate=_evaluator(model_fn, step, x_val, y_val, metric, [state]), overlap=overlap,
         )
         state.clock = lambda: sim.now  # the server's clock is the simulated one
         sim.run()
     state.validate_state()  # the server's invariants hold after the whole simulated run
-    result = SimResult(rule.to_config(), len(specs), sim.history, dict(sim.history[-1]))
+    result = SimResult(rule.to_config(), len(specs), sim.history, dict(sim.history[-1]), overlap=overlap)
     if target is not None:
         for rec in sim.history:
             if rec["val_metric"] >= target:
