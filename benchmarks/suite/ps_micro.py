@@ -14,14 +14,16 @@ its own per suite size). For each size, ways of moving the same bytes, in one pr
   every minibatch: the SGD step on the server plus the new weights in the reply), and ``push``
   without the reply. Per backend: ``actor`` (the Dask actor's methods; the flat ``psdist_*``
   keys), and the data plane beside it (``row["plane"]``): ``shm`` (memfd slots and a Unix
-  socket), ``tcp`` (one TCP connection), ``tcp+tls`` (``tcp`` on a second embedded cluster
-  started with ``security=True``; ``skipped`` with the reason when it cannot start). Every
-  push reuses one gradient array; the reply's weights are not copied out;
+  socket), ``tcp`` (one TCP connection), ``tcp+bf16`` (``tcp`` with ``wire_dtype="bf16"``: the
+  gradient and the reply's weights cross as bf16, converted on both sides), ``tcp+tls`` (``tcp``
+  on a second embedded cluster started with ``security=True``; ``skipped`` with the reason when
+  it cannot start). Every push reuses one gradient array; the reply's weights are not copied out;
 - ``torch RPC``: two processes on TensorPipe: a fetch of a tensor of that size (like a pull)
   and an echo round trip sending and receiving it (like a push with its reply).
 
-Times are medians over ``reps`` calls after warm-up calls; bytes/s counts the payload bytes
-that cross (one vector for a pull or fetch, two for a push-with-reply or echo).
+Times are medians over ``reps`` calls after warm-up calls; bytes/s counts the float32 vectors
+moved (one for a pull or fetch, two for a push-with-reply or echo; ``tcp+bf16`` sends half those
+bytes to move them).
 ``push_pull_over_rpc_echo`` (per backend) is push+pull over the torch RPC echo.
 """
 
@@ -93,13 +95,14 @@ def _time_plane(ps: Any, backend: str, grad: np.ndarray, reps: int) -> dict[str,
     worker = get_worker()
     endpoint = ps.plane_endpoint().result()
     kind, tls = backend.split("+")[0], backend.endswith("+tls")
+    wire_dtype = "bf16" if backend.endswith("+bf16") else "float32"
     if bool(endpoint.get("tls")) != tls:
         raise RuntimeError(f"{backend}: the parameter server's data plane has tls={endpoint.get('tls')}")
     ssl = worker.security.get_connection_args("worker").get("ssl_context") if tls else None
-    client = PlaneClient.connect(endpoint, worker.address, kind, timeout=60, ssl_context=ssl)
+    client = PlaneClient.connect(endpoint, worker.address, kind, timeout=60, ssl_context=ssl, wire_dtype=wire_dtype)
     try:
-        if client.backend != kind:
-            raise RuntimeError(f"asked for {backend}, connected over {client.backend}")
+        if (client.backend, client.wire_dtype) != (kind, wire_dtype):
+            raise RuntimeError(f"asked for {backend}, connected over {client.backend} ({client.wire_dtype})")
         state = {"version": client.pull(worker.address, -1).version}
 
         def pull() -> None:
@@ -118,8 +121,9 @@ def _bench_task(ps: Any, n: int, reps: int, backends: list[str]) -> dict[str, di
     """Runs on a data worker: times calls to the PS on the other worker, per backend.
 
     ``actor``: the Dask actor's ``pull``/``push`` (pickled messages over Dask's worker-to-worker
-    comm); ``shm``/``tcp``/``tcp+tls``: a :class:`~psdist.plane.PlaneClient` on the actor's data
-    plane (``tcp+tls`` is ``tcp`` on a TLS cluster). One gradient array is reused for every push
+    comm); ``shm``/``tcp``/``tcp+bf16``/``tcp+tls``: a :class:`~psdist.plane.PlaneClient` on the
+    actor's data plane (``tcp+bf16``: with ``wire_dtype="bf16"``; ``tcp+tls`` is ``tcp`` on a TLS
+    cluster). One gradient array is reused for every push
     (as a worker's flat gradient buffer is); the weights of a reply are not copied out (over the
     plane they are a view of the client's buffer, valid until the next call; ``Replica.load``
     copies them, which ``memcpy copy`` measures).
@@ -135,7 +139,7 @@ def _bench_task(ps: Any, n: int, reps: int, backends: list[str]) -> dict[str, di
     return out
 
 
-def psdist_calls(sizes: list[int], reps: int, backends: tuple[str, ...] = ("actor", "shm", "tcp"),
+def psdist_calls(sizes: list[int], reps: int, backends: tuple[str, ...] = ("actor", "shm", "tcp", "tcp+bf16"),
                  security: bool = False) -> dict[int, dict[str, dict[str, Any]]]:
     """Per size and backend: ``{status, pull_s, push_pull_s, push_only_s}`` (or a reason).
 
@@ -268,8 +272,8 @@ def rpc_calls(sizes: list[int], reps: int, tmp: str) -> dict[int, dict[str, floa
         return {int(k): v for k, v in json.load(f).items()}
 
 
-#: the psdist backends of a row: the actor, and the data plane's three (``tcp+tls``: a TLS cluster)
-BACKENDS = ("actor", "shm", "tcp", "tcp+tls")
+#: the psdist backends of a row: the actor, and the data plane's four (``tcp+tls``: a TLS cluster)
+BACKENDS = ("actor", "shm", "tcp", "tcp+bf16", "tcp+tls")
 PLANE = BACKENDS[1:]
 DEFAULT_SIZES = [100_000, 1_000_000, 4_000_000]
 DEFAULT_REPS = 20

@@ -8,7 +8,7 @@ listener, a thread per worker), :mod:`~psdist.plane.client` (a worker's connecti
 
 from __future__ import annotations
 
-from psdist.plane.client import BACKENDS, PlaneClient
+from psdist.plane.client import BACKENDS, WIRE_DTYPES, PlaneClient
 from psdist.plane.server import PlaneServer, Served
 
-__all__ = ["BACKENDS", "PlaneClient", "PlaneServer", "Served"]
+__all__ = ["BACKENDS", "WIRE_DTYPES", "PlaneClient", "PlaneServer", "Served"]

@@ -4,6 +4,11 @@ The Dask actor stays the control plane (join, leave, wait, set_lr, metrics, chec
 and pulls arrive here instead, without pickle, on one persistent connection per worker. Each
 connection owns its receive buffer (a push's gradient is read into it with ``recv_into``; over
 shared memory it is the worker's gradient slot itself), so nothing is allocated per message.
+A TCP connection whose hello chose a 16-bit wire (``"bf16"``, ``"fp16"``) also owns a 16-bit
+buffer (:class:`~psdist.plane.wire.Narrow`): a push's gradient arrives there and is widened into
+the float32 receive buffer before it is applied; a reply's weights are copied (float32, under the
+lock) into that same receive buffer, which the push has left, and rounded into the 16-bit buffer
+to be sent. The master weights and the optimizer state stay float32.
 :class:`Served` is what the server needs from the actor: push and pull under its lock.
 """
 
@@ -20,12 +25,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 
 from psdist.core.protocol import Pull, Push, PushReply
 from psdist.errors import ServerError
 from psdist.plane import wire
 from psdist.plane.shm import Slots
-from psdist.plane.wire import Frame, FrameError, Kind
+from psdist.plane.wire import Frame, FrameError, Kind, Narrow
 
 __all__ = ["PlaneServer", "Served"]
 
@@ -145,10 +151,10 @@ class PlaneServer:
             with self._lock:
                 self._conns.add(conn)
             conn.settimeout(None)
-            who, slots = self._hello(conn, shm)
+            who, slots, wire_dtype = self._hello(conn, shm)
             self.counters.connections += 1
             try:
-                self._loop(conn, who, slots)
+                self._loop(conn, who, slots, wire_dtype)
             finally:  # a worker whose connection drops stops training: barriers stop waiting for it
                 served = self._served()
                 if served is not None:
@@ -163,7 +169,7 @@ class PlaneServer:
                 slots.close()
             _shut(conn)
 
-    def _hello(self, conn: socket.socket, shm: bool) -> tuple[str, Slots | None]:
+    def _hello(self, conn: socket.socket, shm: bool) -> tuple[str, Slots | None, str]:
         header = bytearray(wire.HEADER.size)
         fds: list[int] = []
         if shm:  # the slots' fd rides with the first bytes of the hello
@@ -182,35 +188,53 @@ class PlaneServer:
             who = str(meta.get("worker", "?"))[:200]
             if meta.get("size") != self.size:
                 raise FrameError(f"{who} holds {meta.get('size')!r} floats, this server {self.size}")
+            wire_dtype = meta.get("wire", "float32")
+            if wire_dtype not in wire.WIRE_DTYPES:
+                raise FrameError(f"{who} asks for wire dtype {wire_dtype!r}; this server speaks {wire.WIRE_DTYPES}")
+            if shm and wire_dtype != "float32":  # the vectors never cross a wire there
+                raise FrameError(f"{who} asks for wire dtype {wire_dtype!r} over shared memory, which is float32")
             slots = None
             if shm:
                 if len(fds) != 1:
                     raise FrameError(f"{who} sent no shared-memory slots on the Unix socket")
                 slots = Slots.map(fds.pop(), self.size)
-            wire.send_frame(conn, Frame(Kind.WELCOME, a=self.size))
-            return who, slots
+            # the dtype confirmed: a client only sends 16-bit payloads to a server that said so
+            wire.send_frame(conn, Frame(Kind.WELCOME, a=self.size, meta={"wire": wire_dtype}))
+            return who, slots, wire_dtype
         finally:
             for fd in fds:
                 _close_fd(fd)
 
-    def _loop(self, conn: socket.socket, who: str, slots: Slots | None) -> None:
+    def _loop(self, conn: socket.socket, who: str, slots: Slots | None, wire_dtype: str) -> None:
         header = bytearray(wire.HEADER.size)
+        unit = wire.value_bytes(wire_dtype)
+        # every buffer of the connection, allocated once: nothing per message
         update = slots.grad if slots is not None else np.empty(self.size, np.float32)
-        into = slots.weights if slots is not None else None
-        max_payload = 0 if slots is not None else 4 * self.size
+        narrow = Narrow(wire_dtype, self.size) if unit == 2 else None
+        update_t = torch.from_numpy(update) if narrow is not None else None
+        # the reply's weights: the worker's shared slot; for a 16-bit wire the receive buffer (its
+        # gradient is applied by then), to be rounded from outside the lock; else the snapshot
+        into = slots.weights if slots is not None else update if narrow is not None else None
+        max_payload = 0 if slots is not None else unit * self.size
         kinds = frozenset({Kind.PUSH, Kind.PULL, Kind.WAIT, Kind.LEAVE})
         while True:
             try:
-                frame = wire.recv_frame(conn, header, kinds, max_payload)
+                frame = wire.recv_frame(conn, header, kinds, max_payload, unit)
             except FrameError as e:
                 if "closed after 0 of" in str(e):
                     return  # the worker hung up between frames: a normal end
                 raise
             if frame.kind is Kind.PUSH:
                 if slots is None:
-                    if frame.payload != 4 * self.size:
-                        raise FrameError(f"a push of {frame.payload} bytes; the model has {4 * self.size}")
-                    wire.read_exact(conn, update.data.cast("B"))
+                    if frame.payload != unit * self.size:
+                        raise FrameError(f"a push of {frame.payload} bytes; the model has {unit * self.size} "
+                                         f"({self.size} values of {wire_dtype})")
+                    if narrow is not None:
+                        assert update_t is not None
+                        wire.read_exact(conn, narrow.data)
+                        narrow.widen(update_t)
+                    else:
+                        wire.read_exact(conn, update.data.cast("B"))
                 elif frame.payload:
                     raise FrameError("a push over shared memory carries no payload")
                 groups = (frame.meta or {}).get("groups")
@@ -220,7 +244,7 @@ class PlaneServer:
                     raise FrameError(f"samples {frame.b} < 0")
                 push = Push(who, frame.a, update, frame.b, frame.x, None if groups is None else tuple(groups))
                 reply = self._state().push(push, bool(frame.flags & wire.WANT_PULL), into)
-                self._reply(conn, reply.pull, reply, slots is not None)
+                self._reply(conn, reply.pull, reply, slots is not None, narrow)
             else:
                 if frame.payload:
                     raise FrameError(f"a {frame.kind.name} frame carries no payload")
@@ -243,7 +267,7 @@ class PlaneServer:
                             self.counters.waiting -= 1
                 else:
                     pull = served.pull(who, frame.a, into)
-                self._reply(conn, pull, None, slots is not None)
+                self._reply(conn, pull, None, slots is not None, narrow)
 
     def _state(self) -> Served:
         served = self._served()
@@ -251,7 +275,8 @@ class PlaneServer:
             raise FrameError("the parameter server of this run is gone")
         return served
 
-    def _reply(self, conn: socket.socket, pull: Pull | None, push: PushReply | None, shm: bool) -> None:
+    def _reply(self, conn: socket.socket, pull: Pull | None, push: PushReply | None, shm: bool,
+               narrow: Narrow | None) -> None:
         flags, payload = 0, None
         meta: dict[str, Any] = {}
         code, version, staleness = 0, pull.version if pull else 0, 0
@@ -268,7 +293,10 @@ class PlaneServer:
                 meta["lrs"] = pull.lrs
             if pull.weights is not None:
                 flags |= wire.HAS_WEIGHTS
-                if not shm:  # over shared memory they were copied into the worker's slot
+                if narrow is not None:  # copied into the receive buffer (float32): rounded for the wire
+                    narrow.narrow(pull.weights)
+                    payload = narrow.data
+                elif not shm:  # over shared memory they were copied into the worker's slot
                     payload = pull.weights.data.cast("B")
         frame = Frame(Kind.REPLY, flags, code, version, staleness, pull.version if pull else 0,
                       pull.lr if pull else 0.0, len(payload) if payload is not None else 0, meta or None)

@@ -2,9 +2,10 @@
 
 No pickle crosses this port: a frame is a 52-byte header (:data:`HEADER`), ``meta_len`` bytes of
 UTF-8 JSON (rare fields: a push's model groups, a rejection's reason, the models' base rates) and
-``payload`` bytes of float32 values (a gradient, or the weights of a reply). Every field is
-bounds-checked against the layout before a byte of payload is read (:func:`check`); a frame that
-fails closes its connection with the reason, and the server goes on serving the others.
+``payload`` bytes of values (a gradient, or the weights of a reply): float32, or 16-bit floats
+(bf16, fp16) on a TCP connection whose hello chose them (:data:`WIRE_DTYPES`, :class:`Narrow`).
+Every field is bounds-checked against the layout before a byte of payload is read (:func:`parse`);
+a frame that fails closes its connection with the reason, and the server goes on serving the others.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import torch
+
 from psdist.core.protocol import RejectKind
 
-__all__ = ["HEADER", "MAGIC", "MAX_META", "Frame", "FrameError", "Kind", "parse", "read_exact", "recv_frame",
-           "send_frame"]
+__all__ = ["HEADER", "MAGIC", "MAX_META", "WIRE_DTYPES", "Frame", "FrameError", "Kind", "Narrow", "parse",
+           "read_exact", "recv_frame", "send_frame", "value_bytes"]
 
 MAGIC = b"PSD1"
 #: magic, kind, flags, code, meta_len, a, b, c, x, payload
@@ -35,6 +39,15 @@ WANT_PULL = 1
 JOIN = 1
 #: rejection kinds on the wire (0: none), in a fixed order
 REJECT_CODES: tuple[RejectKind | None, ...] = (None, *RejectKind)
+#: what the vectors of a TCP connection travel as (its hello's ``"wire"``); master weights and
+#: optimizer state stay float32 on the server whatever a connection chose
+WIRE_DTYPES = ("float32", "bf16", "fp16")
+_TORCH_16 = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def value_bytes(wire_dtype: str) -> int:
+    """Bytes per value of a payload in ``wire_dtype`` (one of :data:`WIRE_DTYPES`)."""
+    return 4 if wire_dtype == "float32" else 2
 
 
 class Kind(enum.IntEnum):
@@ -86,8 +99,11 @@ def read_exact(sock: socket.socket, view: memoryview) -> None:
         got += k
 
 
-def recv_frame(sock: socket.socket, header: bytearray, allowed: frozenset[Kind], max_payload: int) -> Frame:
+def recv_frame(sock: socket.socket, header: bytearray, allowed: frozenset[Kind], max_payload: int,
+               unit: int = 4) -> Frame:
     """Read one header (into the caller's ``header`` buffer) and its meta; check every field.
+
+    ``unit``: the bytes of one payload value on this connection (4, or 2 for 16-bit floats).
 
     Raises
     ------
@@ -96,22 +112,23 @@ def recv_frame(sock: socket.socket, header: bytearray, allowed: frozenset[Kind],
         not a JSON object, a connection closed mid-frame.
     """
     read_exact(sock, memoryview(header))
-    return parse(header, allowed, max_payload, sock)
+    return parse(header, allowed, max_payload, sock, unit)
 
 
-def parse(header: bytearray, allowed: frozenset[Kind], max_payload: int, sock: socket.socket) -> Frame:
+def parse(header: bytearray, allowed: frozenset[Kind], max_payload: int, sock: socket.socket,
+          unit: int = 4) -> Frame:
     """Check a header already read (and read its meta from ``sock``); see :func:`recv_frame`."""
     magic, kind, flags, code, meta_len, a, b, c, x, payload = HEADER.unpack(header)
     if magic != MAGIC:
         raise FrameError(f"bad magic {magic!r}: not a psdist data-plane frame")
-    if kind not in {k.value for k in allowed}:
+    if kind not in allowed:  # an IntEnum member equals (and hashes as) its int
         raise FrameError(f"frame kind {kind} not expected here (expected {sorted(k.name for k in allowed)})")
     if flags > 0xF or code >= len(REJECT_CODES):
         raise FrameError(f"flags {flags:#x} or code {code} out of range")
     if meta_len > MAX_META:
         raise FrameError(f"meta of {meta_len} bytes exceeds {MAX_META}")
-    if payload > max_payload or payload % 4:
-        raise FrameError(f"payload of {payload} bytes: at most {max_payload}, a multiple of 4")
+    if payload > max_payload or payload % unit:
+        raise FrameError(f"payload of {payload} bytes: at most {max_payload}, a multiple of {unit}")
     meta = None
     if meta_len:
         raw = bytearray(meta_len)
@@ -144,3 +161,46 @@ def send_frame(sock: socket.socket, frame: Frame, payload: memoryview | None = N
                 continue
             sock.sendall(part[sent:])
             sent = 0
+
+
+class Narrow:
+    """One connection's 16-bit copy of a vector, allocated once, and its float32 conversions.
+
+    The conversions are torch ``copy_`` between preallocated tensors: float32 to bf16/fp16
+    rounds to nearest, ties to even (values beyond fp16's range become infinities, which the
+    server refuses as non-finite), and 16-bit to float32 is exact. Nothing is allocated per
+    message but the small tensor headers viewing a caller's array.
+
+    Parameters
+    ----------
+    wire_dtype
+        ``"bf16"`` or ``"fp16"``.
+    size
+        Values in the vector.
+    """
+
+    def __init__(self, wire_dtype: str, size: int) -> None:
+        if wire_dtype not in _TORCH_16:
+            raise ValueError(f"wire_dtype {wire_dtype!r} is not 16-bit: choose one of {tuple(_TORCH_16)}")
+        self.wire_dtype = wire_dtype
+        self.raw = np.zeros(size, np.int16)  # numpy has no bf16: the bits, viewed as one by torch
+        #: the bytes that cross (``recv_into``/``sendmsg`` them)
+        self.data = self.raw.data.cast("B")
+        self._wire = torch.from_numpy(self.raw).view(_TORCH_16[wire_dtype])
+        self._staging: np.ndarray | None = None  # for a caller's read-only or strided array only
+
+    def narrow(self, src: np.ndarray | torch.Tensor) -> None:
+        """Round ``src`` (float32, one value per element of the buffer) into the 16-bit buffer."""
+        if isinstance(src, np.ndarray):
+            if not (src.flags.writeable and src.flags.c_contiguous):
+                # torch views neither (it warns on read-only memory): staged once per connection
+                if self._staging is None:
+                    self._staging = np.empty(len(self.raw), np.float32)
+                np.copyto(self._staging, src)
+                src = self._staging
+            src = torch.from_numpy(src)
+        self._wire.copy_(src)
+
+    def widen(self, dst: torch.Tensor) -> None:
+        """Write the buffer's values, exactly, into ``dst`` (float32, preallocated)."""
+        dst.copy_(self._wire)

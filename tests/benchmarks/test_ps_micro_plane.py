@@ -1,4 +1,4 @@
-"""The PS microbenchmark per backend (actor, shm, tcp, tcp+tls) at a tiny size: well-formed rows, not timings."""
+"""The PS microbenchmark per backend (actor, shm, tcp, tcp+bf16, tcp+tls) at a tiny size: well-formed rows, not timings."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from benchmarks.suite import report
 
 ROOT = Path(__file__).resolve().parents[2]
-PLANE = ("shm", "tcp", "tcp+tls")
+PLANE = ("shm", "tcp", "tcp+bf16", "tcp+tls")
 
 
 def _positive(v: object) -> bool:
