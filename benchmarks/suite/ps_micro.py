@@ -17,7 +17,10 @@ its own per suite size). For each size, ways of moving the same bytes, in one pr
   socket), ``tcp`` (one TCP connection), ``tcp+bf16`` (``tcp`` with ``wire_dtype="bf16"``: the
   gradient and the reply's weights cross as bf16, converted on both sides), ``tcp+tls`` (``tcp``
   on a second embedded cluster started with ``security=True``; ``skipped`` with the reason when
-  it cannot start). Every push reuses one gradient array; the reply's weights are not copied out;
+  it cannot start). Every push reuses one gradient array (over ``shm`` the client's shared
+  gradient slot, :meth:`~psdist.plane.PlaneClient.push_buffer`, where a training worker's
+  ``Replica.gradient_update(out=...)`` writes it: no copy at the push); the reply's weights are
+  not copied out;
 - ``torch RPC``: two processes on TensorPipe: a fetch of a tensor of that size (like a pull)
   and an echo round trip sending and receiving it (like a push with its reply).
 
@@ -104,6 +107,10 @@ def _time_plane(ps: Any, backend: str, grad: np.ndarray, reps: int) -> dict[str,
         if (client.backend, client.wire_dtype) != (kind, wire_dtype):
             raise RuntimeError(f"asked for {backend}, connected over {client.backend} ({client.wire_dtype})")
         state = {"version": client.pull(worker.address, -1).version}
+        slot = client.push_buffer()
+        if slot is not None:  # shared memory: training computes its gradient into this slot
+            np.copyto(slot, grad)
+            grad = slot
 
         def pull() -> None:
             client.pull(worker.address, -1)  # -1: the weights always come back
@@ -195,6 +202,13 @@ def psdist_breakdown(n: int, reps: int) -> dict[str, float]:
     reply's read-only snapshot); ``pickle_s``: pickling the push and the reply with protocol 5
     (out-of-band buffers, as Dask does) and unpickling them. What the actor call costs beyond
     their sum is Dask's transport: messages, event loop and actor-thread hand-offs.
+
+    The shared-memory backend's server side, piece by piece: ``server_push_into_s``
+    (``ServerState.push(pull=True, into=slot)``: the weights copied once, into the worker's
+    slot), ``server_finite_s`` (its finite check: one pass over the update), ``server_step_s``
+    (the optimizer's step alone) and ``server_copy_s`` (the copy into the slot alone). The
+    benchmark's optimizer is torch's SGD with momentum on the threads the actor gives it (one
+    here: ``torch.set_num_threads(1)`` as on a one-thread worker).
     """
     import pickle
 
@@ -206,14 +220,26 @@ def psdist_breakdown(n: int, reps: int) -> dict[str, float]:
     from psdist.replica import layout_of
     from psdist.rules import Downpour
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the actor on a one-thread worker (the benchmark's server)
     layout = layout_of({"model": torch.nn.Linear(n, 1, bias=False)})
     state = ServerState(layout, np.zeros(n, np.float32), {"model": SGD(lr=0.01, momentum=0.9)}, Downpour())
     grad = np.full(n, 1e-6, np.float32)
+    slot = np.zeros(n, np.float32)
 
     def push() -> Any:
         return state.push(Push("bench", state.version, grad, 128, 0.5), True)
 
     reply = push()
+    optimizer = state.optimizers["model"]
+    try:
+        pieces = {"server_push_into_s": _median_s(
+                      lambda: state.push(Push("bench", state.version, grad, 128, 0.5), True, slot), reps),
+                  "server_finite_s": _median_s(lambda: state._finite(grad), reps),
+                  "server_step_s": _median_s(lambda: optimizer.step(grad), reps),
+                  "server_copy_s": _median_s(lambda: np.copyto(slot, state.weights), reps)}
+    finally:
+        torch.set_num_threads(threads)
 
     def roundtrip() -> None:
         for obj in (Push("bench", state.version, grad, 128, 0.5), reply):
@@ -221,7 +247,7 @@ def psdist_breakdown(n: int, reps: int) -> dict[str, float]:
             data = pickle.dumps(obj, protocol=5, buffer_callback=bufs.append)
             pickle.loads(data, buffers=[b.raw() for b in bufs])
 
-    return {"server_push_s": _median_s(push, reps), "pickle_s": _median_s(roundtrip, reps)}
+    return {"server_push_s": _median_s(push, reps), "pickle_s": _median_s(roundtrip, reps), **pieces}
 
 
 # ---------------------------------------------------------------------------- torch RPC
@@ -330,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
                                 ("rpc_fetch", r.get("fetch_s"), mb), ("rpc_echo", r.get("echo_s"), 2 * mb)):
             row[f"{key}_ms"] = None if val is None else 1000 * val
             row[f"{key}_gb_s"] = None if not val else moved / val / 1e9
-        for key in ("server_push_s", "pickle_s"):
+        for key in ("server_push_s", "pickle_s", "server_push_into_s", "server_finite_s", "server_step_s",
+                    "server_copy_s"):
             row[f"psdist_{key[:-2]}_ms"] = None if key not in b else 1000 * b[key]
         if p.get("push_pull_s") and b:  # the rest of a push-with-reply: Dask's transport
             row["psdist_transport_ms"] = 1000 * max(0.0, p["push_pull_s"] - b["server_push_s"] - b["pickle_s"])

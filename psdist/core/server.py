@@ -90,6 +90,10 @@ class ServerState:
             )
         self.layout = layout
         self.weights = weights
+        # read on every push: the layout's properties compute them (np.prod over shapes) each time
+        self._size = layout.size
+        self._groups_all = list(layout.groups)
+        self._sections = {g.name: (g.params, g.buffers if g.spec.n_buffers else None) for g in layout.groups}
         self._configs = {name: spec.to_config() for name, spec in optimizers.items()}
         # bound per group: a shared recipe must not share momentum or step counts
         self.optimizers: dict[str, BoundOptimizer] = {
@@ -213,14 +217,14 @@ class ServerState:
 
     def _check_shape(self, push: Push) -> None:
         u = push.update
-        if not isinstance(u, np.ndarray) or u.shape != (self.layout.size,):
+        if not isinstance(u, np.ndarray) or u.shape != (self._size,):
             got = getattr(u, "shape", type(u).__name__)
             raise ServerError(
                 f"push from {push.worker} has an update of shape {got}; this server holds "
-                f"{self.layout.size} float32 values: the worker's model differs from the server's"
+                f"{self._size} float32 values: the worker's model differs from the server's"
             )
         if push.groups is not None:
-            unknown = set(push.groups) - set(self.layout.names)
+            unknown = set(push.groups) - self._sections.keys()
             if unknown:
                 raise ServerError(f"push names unknown model groups {sorted(unknown)}")
 
@@ -241,11 +245,14 @@ class ServerState:
         parameter sections' norms are kept for gradient clipping (no second pass)."""
         norms: dict[str, float] = {}
         finite = True
-        for g in self.layout.groups:
-            params, buffers = update[g.params], update[g.buffers]
+        for name, (p, b) in self._sections.items():
+            params = update[p]
             sq = float(np.dot(params, params))
-            finite = finite and math.isfinite(sq) and math.isfinite(float(np.dot(buffers, buffers)))
-            norms[g.name] = math.sqrt(sq) if math.isfinite(sq) else math.inf
+            if b is not None:
+                buffers = update[b]
+                finite = finite and math.isfinite(float(np.dot(buffers, buffers)))
+            finite = finite and math.isfinite(sq)
+            norms[name] = math.sqrt(sq) if math.isfinite(sq) else math.inf
         self._measured = (update, norms)
         return finite
 
@@ -327,8 +334,9 @@ class ServerState:
 
     # ------------------------------------------------------------------ applying updates
     def _groups(self, push: Push) -> list[Group]:
-        names = push.groups if push.groups is not None else self.layout.names
-        return [self.layout.group(n) for n in names]
+        if push.groups is None:
+            return self._groups_all
+        return [self.layout.group(n) for n in push.groups]
 
     def apply_gradient(self, push: Push, lr_scale: float = 1.0) -> None:
         """Parameters through each group's optimizer; buffers by adding their change.
@@ -339,8 +347,10 @@ class ServerState:
         measured = self._measured
         norms = measured[1] if measured is not None and measured[0] is push.update else {}
         for g in self._groups(push):
-            self.optimizers[g.name].step(push.update[g.params], lr_scale, norms.get(g.name))
-            self.weights[g.buffers] += push.update[g.buffers]
+            params, buffers = self._sections[g.name]
+            self.optimizers[g.name].step(push.update[params], lr_scale, norms.get(g.name))
+            if buffers is not None:
+                self.weights[buffers] += push.update[buffers]
         self.version += 1
 
     def apply_delta(self, push: Push) -> None:

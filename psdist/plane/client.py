@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 #: what ``data_plane=`` may force ("auto": shm on the same host, else tcp)
 BACKENDS = ("auto", "shm", "tcp")
+_WELCOME = frozenset({Kind.WELCOME, Kind.ERROR})
+_REPLY = frozenset({Kind.REPLY, Kind.ERROR})  # built once: read on every call
 
 
 class PlaneClient:
@@ -169,7 +171,7 @@ class PlaneClient:
             socket.send_fds(self.sock, [hello], [self.slots.fd])
         else:
             self.sock.sendall(hello)
-        frame = self._receive(frozenset({Kind.WELCOME}), 0, "the hello")
+        frame = self._receive(_WELCOME, 0, "the hello")
         if frame.a != self.size:
             raise ServerError(f"the parameter server holds {frame.a} floats, this worker {self.size}")
         agreed = (frame.meta or {}).get("wire", "float32")
@@ -178,8 +180,8 @@ class PlaneClient:
                               "it predates 16-bit wires; use wire_dtype='float32'")
 
     def _receive(self, kinds: frozenset[Kind], max_payload: int, what: str) -> Frame:
-        try:
-            frame = wire.recv_frame(self.sock, self._header, kinds | {Kind.ERROR}, max_payload, self._unit)
+        try:  # kinds: ERROR among them (the server says why it closes)
+            frame = wire.recv_frame(self.sock, self._header, kinds, max_payload, self._unit)
         except TimeoutError:
             self.broken = True
             raise ServerError(f"{what} over the data plane got no answer in {self.timeout} s") from None
@@ -254,12 +256,12 @@ class PlaneClient:
             wire.send_frame(self.sock, Frame(Kind.LEAVE))
         except OSError as e:
             raise ServerError(f"a leave over the data plane failed: {e}") from e
-        self._receive(frozenset({Kind.REPLY}), 0, "a leave")
+        self._receive(_REPLY, 0, "a leave")
 
     def _reply(self, push: bool, what: str | None = None) -> PushReply:
         what = what or ("a push" if push else "a pull")
         nbytes = self._unit * self.size
-        frame = self._receive(frozenset({Kind.REPLY}), 0 if self.slots is not None else nbytes, what)
+        frame = self._receive(_REPLY, 0 if self.slots is not None else nbytes, what)
         meta = frame.meta or {}
         weights = None
         if frame.flags & wire.HAS_WEIGHTS:
