@@ -7,7 +7,7 @@
 # This reproduces that shape here. The model is an MLP 256-1024-512-512-2 (1.05 M parameters)
 # whose forward pass goes through `DeviceTime`, an autograd function that sleeps 1.0 ms forward
 # and 1.5 ms backward (time.sleep releases the GIL: the CPU is idle, as during a CUDA kernel);
-# the real arithmetic is small (batch 32). Without overlap a psdist worker adds its whole round
+# the real arithmetic is small (batch 8: ~1 ms of CPU). Without overlap a psdist worker adds its whole round
 # trip (gradient out, fresh weights in, ~1M floats) to every step; with overlap the round trip
 # runs while the next step "computes" on the device.
 #
@@ -42,7 +42,7 @@ LR = 0.02
 MOMENTUM = 0.9
 FORWARD_S = 0.0010
 BACKWARD_S = 0.0015
-FULL = {"rows": 32768, "val_rows": 2048, "chunk_rows": 4096, "batch_size": 32, "epochs": 3}
+FULL = {"rows": 16384, "val_rows": 2048, "chunk_rows": 2048, "batch_size": 8, "epochs": 3}
 QUICK = {"rows": 4096, "val_rows": 512, "chunk_rows": 1024, "batch_size": 32, "epochs": 2}
 
 

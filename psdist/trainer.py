@@ -115,6 +115,11 @@ class Trainer:
         when the parameter server is on the worker's host, TCP otherwise (TLS on a TLS cluster),
         the Dask actor if neither connects (logged); ``"shm"`` or ``"tcp"`` force one (an error
         if it cannot connect); ``"actor"`` keeps the actor path.
+    wire_dtype
+        What gradients and pulled weights travel as over the data plane's TCP connections:
+        ``"float32"`` (default, exact), ``"bf16"`` or ``"fp16"`` (half the bytes between hosts,
+        rounded to nearest even; fp16 overflows past 65504). The server's weights and optimizer
+        state stay float32. Shared memory on one host always carries float32.
     metrics
         Extra validation metrics ``{name: fn(targets, outputs) -> float}``.
     early_stopping
@@ -231,7 +236,7 @@ class Trainer:
             self.settings.training.model_fn, self.step, self.settings.algorithm.rule, self.data, layout, weights, optimizers,
             self.settings.algorithm.max_staleness, self.settings.scaling.workers, self.settings.scaling.threads_per_worker, self.settings.scaling.malloc_fix,
             self.settings.faults.timeout, self.settings.scaling.ps_worker, self.run.server_state, self.settings.scaling.security, self.settings.scaling.dedicated_ps,
-            self.settings.scaling.data_plane, self.settings.algorithm.overlap,
+            self.settings.scaling.data_plane, self.settings.algorithm.overlap, self.settings.scaling.wire_dtype,
         )
         metrics = {**default_metrics(info.y_dtype), **self.settings.training.metrics}
         return info, spec, metrics

@@ -76,6 +76,7 @@ class SessionSpec:
     dedicated_ps: bool | None = None  # None: the embedded cluster's PS worker is dedicated, a user's shared
     data_plane: str = "auto"  # psdist.plane backend for pushes and pulls (see the setting)
     overlap: bool | None = None  # one push in flight; None: where the training workers have GPUs
+    wire_dtype: str = "float32"  # what the data plane's TCP connections carry (see the setting)
 
     def sized(self, slots: int, overlap: bool = False) -> tuple[Rule, int | None]:
         """The rule and staleness bound for ``slots`` training slots (EASGD's alpha, ``"auto"``)."""
@@ -212,6 +213,7 @@ def _register(client: Any, spec: SessionSpec, sess: Session, ps_key: str) -> str
     plugin = RunPlugin(
         sess.run_id, spec.model_fn, spec.step, sess.rule, spec.data, sess.ps_address, sess.exclusive,
         spec.optimizers, ps_key=ps_key, data_plane=spec.data_plane, overlap=sess.overlap,
+        wire_dtype=spec.wire_dtype,
     )
     client.register_plugin(plugin, name=plugin.name)
     return plugin.name

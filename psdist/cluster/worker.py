@@ -112,6 +112,8 @@ class RunPlugin(WorkerPlugin):
         The ``data_plane`` setting: how pushes and pulls travel (:meth:`handle`).
     overlap
         Whether training tasks keep one push in flight (the ``overlap`` setting, resolved).
+    wire_dtype
+        What the data plane's TCP connection carries (the ``wire_dtype`` setting).
     """
 
     def __init__(
@@ -127,6 +129,7 @@ class RunPlugin(WorkerPlugin):
         ps_key: str | None = None,
         data_plane: str = "auto",
         overlap: bool = False,
+        wire_dtype: str = "float32",
     ) -> None:
         self.name = f"psdist-run-{run_id}"
         self.run_id = run_id
@@ -140,6 +143,7 @@ class RunPlugin(WorkerPlugin):
         self.ps_key = ps_key
         self.data_plane = data_plane
         self.overlap = overlap
+        self.wire_dtype = wire_dtype
         self._ps: Any = None
         self._plane: PlaneClient | None = None
         self._plane_tried = False  # connected, or auto fell back to the actor (then _plane is None)
@@ -246,7 +250,8 @@ class RunPlugin(WorkerPlugin):
             ssl = None
             if endpoint.get("tls"):
                 ssl = worker.security.get_connection_args("worker").get("ssl_context")
-            client = PlaneClient.connect(endpoint, worker.address, self.data_plane, timeout, ssl)
+            client = PlaneClient.connect(endpoint, worker.address, self.data_plane, timeout, ssl,
+                                         wire_dtype=self.wire_dtype)
         except (OSError, ServerError, ValueError) as e:
             if self.closed.is_set():  # the run's plugin was replaced or ended: nothing to fall back to
                 raise
@@ -256,8 +261,13 @@ class RunPlugin(WorkerPlugin):
             logger.warning("psdist: %s: no data plane (%s); pushes and pulls go through the actor",
                            worker.address, e)
             return None
-        logger.info("psdist: %s: data plane over %s", worker.address, client.backend)
+        logger.info("psdist: %s: data plane over %s (%s)", worker.address, client.backend, client.wire_dtype)
         return client
+
+    @property
+    def plane(self) -> PlaneClient | None:
+        """This worker's data-plane connection for the run (``None``: not connected, or the actor path)."""
+        return self._plane
 
     @property
     def lock(self) -> threading.Lock:

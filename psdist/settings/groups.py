@@ -334,9 +334,20 @@ class Scaling:
         "elsewhere, the actor if neither connects, logged), shm, tcp (forced: an error if it "
         "cannot connect) or actor (through the Dask actor, as before the data plane)",
         {"enum": ["auto", "shm", "tcp", "actor"]}, "tcp", checkpoint="record"))
+    wire_dtype: str = field(default="float32", metadata=plain(
+        "what gradients and pulled weights travel as over the data plane's TCP connections: float32, "
+        "or bf16/fp16 (half the bytes between hosts; the server keeps float32 weights and optimizer "
+        "state); shared memory on one host always carries float32",
+        {"enum": ["float32", "bf16", "fp16"]}, "bf16", checkpoint="record"))
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.data_plane in ("shm", "actor") and self.wire_dtype != "float32":
+            raise ConfigError(
+                f"wire_dtype={self.wire_dtype!r} narrows what crosses the data plane's TCP connections, "
+                f"but data_plane={self.data_plane!r} never uses one; use data_plane='tcp' (or 'auto', TCP "
+                "between hosts), or wire_dtype='float32'"
+            )
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,7 @@ def test_unknown_keyword_names_the_closest_and_all_settings():
     assert str(e.value) == (
         "unknown setting 'batchsize' (did you mean 'batch_size'?); the settings are model_fn, loss_fn, optimizer, "
         "step, metrics, early_stopping, batch_size, seed, rule, max_staleness, push_every, overlap, workers, "
-        "threads_per_worker, client, ps_worker, dedicated_ps, security, malloc_fix, data_plane, timeout, "
+        "threads_per_worker, client, ps_worker, dedicated_ps, security, malloc_fix, data_plane, wire_dtype, timeout, "
         "chunk_timeout, checkpoints")
 
 
@@ -187,7 +187,7 @@ def test_to_checkpoint_is_json_and_holds_restored_and_recorded_settings():
         "batch_size": 64, "seed": 0, "rule": {"name": "SSP", "bound": 2}, "max_staleness": "auto", "push_every": 1,
         "overlap": None,
         "workers": 3, "threads_per_worker": 1, "ps_worker": None, "dedicated_ps": None, "malloc_fix": True,
-        "data_plane": "auto",
+        "data_plane": "auto", "wire_dtype": "float32",
         "timeout": 300.0, "chunk_timeout": None,
         "checkpoints": {"path": "run.ckpt", "every_versions": 500, "every_seconds": 60.0, "max_restarts": 3,
                         "max_overhead": 0.01},
@@ -395,3 +395,12 @@ def test_overlap_is_refused_for_rules_that_cannot_have_a_push_in_flight(rule):
 @pytest.mark.parametrize("rule", [psdist.rules.Downpour(), psdist.rules.StalenessAware(), psdist.rules.DynSGD()])
 def test_overlap_is_accepted_for_push_and_pull_rules(rule):
     assert made(rule=rule, overlap=True).algorithm.overlap is True
+
+
+@pytest.mark.parametrize("plane", ["shm", "actor"])
+def test_a_narrow_wire_needs_a_tcp_data_plane(plane):
+    with pytest.raises(ConfigError, match=f"wire_dtype='bf16' .* data_plane='{plane}' never uses one; use data_plane='tcp'"):
+        made(data_plane=plane, wire_dtype="bf16")
+    assert made(data_plane="auto", wire_dtype="fp16").scaling.wire_dtype == "fp16"
+    with pytest.raises(ConfigError, match="wire_dtype='float16' must be one of"):
+        made(wire_dtype="float16")

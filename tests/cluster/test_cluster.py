@@ -81,6 +81,30 @@ def test_overlap_is_off_on_cpu_workers_by_default(client, blob_data):
     assert history.last["overlap"] is False and history.last["max_staleness"] == 2 * 3 + 2
 
 
+def _wire(dask_worker, plugin):
+    run = dask_worker.plugins.get(plugin)
+    plane = run.plane if run is not None else None
+    return None if plane is None else (plane.backend, plane.wire_dtype)
+
+
+def test_a_bf16_wire_over_tcp_trains_to_accuracy(client, blob_data):
+    trainer = psdist.Trainer(MLP_BN, CE, blob_data, psdist.optim.SGD(lr=0.05, momentum=0.9), batch_size=64,
+                             client=client, seed=3, data_plane="tcp", wire_dtype="bf16")
+    seen: list = []
+
+    def probe(ev):
+        if ev["event"] == "chunk" and not seen:
+            seen.append(client.run(_wire, plugin=f"psdist-run-{trainer.run_id}"))
+    history = trainer.fit(epochs=3, progress=probe)
+    assert history.last["val_accuracy"] >= 0.95
+    assert ("tcp", "bf16") in seen[0].values()
+    assert {v for v in seen[0].values() if v is not None} == {("tcp", "bf16")}
+    # the master weights stay float32, not rounded to bf16's 8 bits of mantissa
+    w = np.concatenate([p.detach().numpy().ravel() for p in trainer.model().parameters()])
+    assert w.dtype == np.float32
+    assert np.any(w.view(np.uint32) & 0xFFFF)
+
+
 def test_parameter_server_gets_its_own_worker_when_asked(client, blob_data):
     trainer = psdist.Trainer(MLP_BN, CE, blob_data, SGD(lr=0.05), batch_size=128, client=client, dedicated_ps=True)
     events: list[dict] = []

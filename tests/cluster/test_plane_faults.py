@@ -63,7 +63,7 @@ def cluster_client():
 def plane_of(dask_worker: Any, plugin: str) -> dict[str, Any] | None:
     """On a worker (``client.run``): this run's data-plane connection there, or None."""
     run = dask_worker.plugins.get(plugin)
-    plane = getattr(run, "_plane", None)
+    plane = run.plane if run is not None else None
     if plane is None:
         return None
     try:
