@@ -241,3 +241,40 @@ def test_a_server_that_does_not_confirm_the_dtype_is_not_sent_16_bits() -> None:
     thread.join(10)
     listener.close()
     assert hellos[0].meta is not None and hellos[0].meta["wire"] == "bf16"
+
+
+def test_the_16bit_buffers_are_the_connections_own_for_every_message(served: Any) -> None:
+    """No allocation per message: the pulled weights view the client's one float32 buffer, which
+    its one 16-bit buffer is widened into, push after push."""
+    _, plane = served
+    client = PlaneClient.connect(plane.endpoint(), "w1", "tcp", timeout=10, wire_dtype="fp16")
+    assert client._narrow is not None
+    raw, weights = client._narrow.raw.ctypes.data, client._weights.ctypes.data
+    version = client.pull("w1").version
+    for u in updates(3):
+        reply = client.push(Push("w1", version, u, 8, 0.25), pull=True)
+        version = reply.version
+        assert reply.pull.weights.ctypes.data == weights and not reply.pull.weights.flags.writeable
+        assert client._narrow.raw.ctypes.data == raw
+    client.close()
+
+
+def test_a_tls_plane_carries_bf16() -> None:
+    pytest.importorskip("cryptography")
+    from distributed.security import Security
+
+    sec = Security.temporary()
+    local = LocalServer(state())
+    plane = PlaneServer.start(local, N, "127.0.0.1", sec.get_listen_args("worker")["ssl_context"])
+    twin = state()
+    try:
+        client = PlaneClient.connect(plane.endpoint(), "w", "tcp", timeout=10, wire_dtype="bf16",
+                                     ssl_context=sec.get_connection_args("worker")["ssl_context"])
+        u = updates(1)[0]
+        reply = client.push(Push("w", 0, u, 1, 0.5), pull=True)
+        want = twin.push(Push("w", 0, round_bf16(u), 1, 0.5), pull=True)
+        assert reply.applied and reply.pull.weights.tobytes() == round_bf16(want.pull.weights).tobytes()
+        assert local.state.weights.tobytes() == twin.weights.tobytes()
+        client.close()
+    finally:
+        plane.close()
