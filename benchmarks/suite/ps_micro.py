@@ -206,9 +206,9 @@ def psdist_breakdown(n: int, reps: int) -> dict[str, float]:
     The shared-memory backend's server side, piece by piece: ``server_push_into_s``
     (``ServerState.push(pull=True, into=slot)``: the weights copied once, into the worker's
     slot), ``server_finite_s`` (its finite check: one pass over the update), ``server_step_s``
-    (the optimizer's step alone) and ``server_copy_s`` (the copy into the slot alone). The
-    benchmark's optimizer is torch's SGD with momentum on the threads the actor gives it (one
-    here: ``torch.set_num_threads(1)`` as on a one-thread worker).
+    (the optimizer's step alone) and ``server_copy_s`` (the copy into the slot alone), on one
+    torch thread as the actor on the benchmark's one-thread worker runs them (``server_push_s``
+    keeps this process's threads, as it always did). The optimizer is torch's SGD with momentum.
     """
     import pickle
 
