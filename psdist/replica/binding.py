@@ -90,6 +90,7 @@ class FlatBinding:
         self.weights: torch.Tensor | None = None
         self.grads: torch.Tensor | None = None
         self._int_buffers: list[tuple[Entry, torch.nn.Module, str]] = []
+        self._views: list[tuple[Entry, torch.nn.Module, str]] = []  # params and float buffers
 
     def bind(self, device: torch.device | str = "cpu") -> FlatBinding:
         """Move the module to ``device`` and make its tensors views; returns ``self``."""
@@ -100,16 +101,46 @@ class FlatBinding:
         owners = _owners(module)
         for e in self.spec.entries:
             owner, attr = owners[e.name]
+            if e.kind == "param" or e.dtype == "float32":
+                self._views.append((e, owner, attr))
+            else:  # integer buffers cannot be float views; copied on load and dump
+                self._int_buffers.append((e, owner, attr))
+        self._point(self.weights, self.grads)
+        return self
+
+    def _point(self, weights: torch.Tensor, grads: torch.Tensor) -> None:
+        for e, owner, attr in self._views:
             if e.kind == "param":
                 p = owner._parameters[attr]
                 assert p is not None  # the spec lists named_parameters(), which skips None slots
-                p.data = self.weights[e.offset : e.stop].view(e.shape)
-                p.grad = self.grads[e.offset : e.stop].view(e.shape)
-            elif e.dtype == "float32":
-                owner._buffers[attr] = self.weights[e.offset : e.stop].view(e.shape)
-            else:  # integer buffers cannot be float views; copied on load and dump
-                self._int_buffers.append((e, owner, attr))
-        return self
+                p.data = weights[e.offset : e.stop].view(e.shape)
+                p.grad = grads[e.offset : e.stop].view(e.shape)
+            else:
+                owner._buffers[attr] = weights[e.offset : e.stop].view(e.shape)
+
+    def point_to(self, weights: torch.Tensor, grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Make the module's tensors views of other vectors of this layout; answer the old pair.
+
+        A worker with a push in flight keeps two sets (:mod:`psdist.replica.overlap`): the
+        module trains on one while the other is read out and refilled on the communication
+        thread. Integer buffers are written into the old weights first (their change is then
+        in the old set) and read from the new ones.
+        """
+        assert self.weights is not None and self.grads is not None, "call bind() first"
+        old = (self.weights, self.grads)
+        with torch.no_grad():
+            for e, owner, attr in self._int_buffers:
+                b = owner._buffers[attr]
+                assert b is not None
+                self.weights[e.offset : e.stop] = _as_float32(e.name, b)
+            if weights is not self.weights:
+                for e, owner, attr in self._int_buffers:
+                    b = owner._buffers[attr]
+                    assert b is not None
+                    b.copy_(weights[e.offset : e.stop].view(e.shape).to(b.dtype))
+        self.weights, self.grads = weights, grads
+        self._point(weights, grads)
+        return old
 
     def load(self, flat: np.ndarray | torch.Tensor) -> None:
         """Set every tensor from a flat vector (one host-to-device copy)."""

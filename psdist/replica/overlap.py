@@ -21,9 +21,11 @@ an update with the wrong weights.
 from __future__ import annotations
 
 import logging
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
+import torch
 
 from psdist.core.protocol import Push, PushReply, ServerHandle, push_buffer
 from psdist.errors import ServerError
@@ -37,6 +39,13 @@ logger = logging.getLogger(__name__)
 class InFlight:
     """Downpour's communication with one push in flight (see the module docstring).
 
+    The replica gets a second set of flat vectors (weights and gradients), so the copies stay
+    off the training thread: at each communication the module is pointed at the other set (its
+    gradients zeroed, its weights the previous reply's, both prepared on the communication
+    thread) and the set just trained on goes to the thread, which reads the gradient out into
+    the push, zeroes it, sends, and writes the reply's weights into it for next time. The
+    training thread only swaps views and writes the buffers' change (BatchNorm statistics).
+
     Made per chunk; :meth:`close` always runs (a ``finally``), so the connection is quiet
     before the worker leaves. One thread, started on the first push.
     """
@@ -49,33 +58,90 @@ class InFlight:
         # where the update is written: the server's offer (a shared-memory slot), else one array
         # for the whole chunk; either is free again once the push in flight has its answer
         self._buffer: np.ndarray | None = None
+        # per model: the set the module does not use now (weights, gradients); the weights hold
+        # the answer to the push in flight once it is settled (``_fresh``), the gradients are zero
+        self._spare: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._fresh = False
+
+    def _spares(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        if not self._spare:
+            for name, b in self.replica.bindings.items():
+                assert b.weights is not None and b.grads is not None
+                self._spare[name] = (b.weights.clone(), torch.zeros_like(b.grads))
+        return self._spare
 
     def communicate(self, batches: int, samples: int, loss: float) -> PushReply | None:
         """Send the mean gradient of the last ``batches`` minibatches; answer the previous push.
 
-        Returns the reply to the push that was in flight (its weights are loaded now), or
+        Returns the reply to the push that was in flight (its weights in force from now), or
         ``None`` at the first push of the chunk.
         """
-        previous = self._settle()  # the slot and the connection are ours again
+        previous = self._settle()  # the slot, the connection and the spare set are ours again
+        replica = self.replica
         if self._buffer is None:
             offer = push_buffer(self.server)
-            self._buffer = offer if offer is not None else np.empty(self.replica.layout.size, np.float32)
-        update = self.replica.gradient_update(scale=1.0 / batches, out=self._buffer)
-        # computed on the weights loaded before the previous push left: that version is its base
-        push = Push(self.replica.worker, self.replica.version, update, samples, loss)
-        if previous is not None:
-            self.replica.load(previous.pull)
-        else:  # no reply to load (the chunk's first push): this window's buffer change is sent
-            self.replica.buffers_sent()
-        self.replica.zero_grad()
-        self._future = self._pool.submit(self.server.push, push, True)
+            self._buffer = offer if offer is not None else np.empty(replica.layout.size, np.float32)
+        update = self._buffer
+        replica.buffer_delta(update)  # the small part, now: the module goes on changing buffers
+        # computed on the weights in force before the previous push left: that version is its base
+        push = Push(replica.worker, replica.version, update, samples, loss)
+        spares = self._spares()
+        out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for g in replica.layout.groups:
+            b = replica.bindings[g.name]
+            b.check_grads()
+            w_spare, g_spare = spares[g.name]
+            assert b.weights is not None
+            trained_w, trained_g = b.point_to(w_spare if self._fresh else b.weights, g_spare)
+            # the weights the module left (or the spare still unused) receive this push's answer
+            out[g.name] = (trained_w if self._fresh else w_spare, trained_g)
+        if self._fresh:
+            assert previous is not None and previous.pull is not None
+            replica.version = previous.pull.version
+        replica.buffers_sent()  # the change so far is in this push; count anew from here
+        self._spare, self._fresh = out, False
+        self._future = self._pool.submit(self._send, push, 1.0 / batches)
         return previous
 
+    def _send(self, push: Push, scale: float) -> PushReply:
+        """On the communication thread: the trained set's gradient into the push, sent; the
+        answer's weights into the spare set."""
+        update = torch.from_numpy(push.update)
+        for g in self.replica.layout.groups:
+            _, grads = self._spare[g.name]
+            section = update[g.params]
+            if grads.device.type == "cpu":
+                torch.mul(grads, scale, out=section)
+            else:
+                section.copy_(grads)  # device to host; the stream orders it after the backward
+                if scale != 1.0:
+                    section.mul_(scale)
+            grads.zero_()
+        reply = self.server.push(push, True)
+        weights = reply.pull.weights if reply.pull is not None else None
+        if weights is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # read-only snapshot: only read here
+                src = torch.from_numpy(weights)
+            for g in self.replica.layout.groups:
+                self._spare[g.name][0].copy_(src[g.whole])
+            self._fresh = True
+        return reply
+
     def finish(self) -> PushReply | None:
-        """The reply to the last push (its weights loaded), ``None`` if nothing was sent."""
+        """The reply to the last push (its weights in force), ``None`` if nothing was sent."""
         last = self._settle()
-        if last is not None:
-            self.replica.load(last.pull)
+        if last is not None and self._fresh:
+            assert last.pull is not None
+            for g in self.replica.layout.groups:
+                b = self.replica.bindings[g.name]
+                assert b.grads is not None
+                w_spare, g_spare = self._spare[g.name]
+                old_w, _ = b.point_to(w_spare, b.grads)
+                self._spare[g.name] = (old_w, g_spare)
+            self.replica.version = last.pull.version
+            self.replica.buffers_sent()
+            self._fresh = False
         return last
 
     def close(self) -> None:

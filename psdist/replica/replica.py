@@ -133,6 +133,14 @@ class Replica:
                 np.subtract(b.buffer_vector(), self._buffers_at_pull[g.buffers], out=out[g.buffers])
         return out
 
+    def buffer_delta(self, out: np.ndarray) -> None:
+        """Write each buffer's change since the pull into ``out``'s buffer sections (small:
+        BatchNorm statistics); the gradient sections are left alone."""
+        for g in self.layout.groups:
+            if g.spec.n_buffers:
+                np.subtract(self.bindings[g.name].buffer_vector(), self._buffers_at_pull[g.buffers],
+                            out=out[g.buffers])
+
     def buffers_sent(self) -> None:
         """The buffers' change so far went out with a push: count the next change from here.
 
