@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,7 +30,6 @@ from psdist.core.optim.port import OptimizerSpec
 from psdist.core.protocol import Pull, Push, PushReply
 from psdist.core.rules import Rule
 from psdist.core.server import ServerState
-from psdist.errors import ServerError
 from psdist.plane.server import PlaneServer
 from psdist.run.events import TOPIC, ServerSnapshot, Throttle
 
@@ -67,7 +65,6 @@ class ParameterServer:
         self._lock = threading.RLock()  # the actor thread and the data plane's threads
         self._changes = threading.Condition(self._lock)  # data-plane waits sleep on it
         self._plane: PlaneServer | None = None
-        self._side = _PlaneSide(self)  # what the data plane serves, counted
 
     def pull(self, worker: str, have_version: int = -1, into: np.ndarray | None = None) -> Pull:
         with self._lock:
@@ -95,7 +92,7 @@ class ParameterServer:
                 ssl = None
                 if worker.address.startswith("tls://"):
                     ssl = worker.security.get_listen_args("worker")["ssl_context"]
-                self._plane = PlaneServer.start(self._side, self.state.layout.size, host, ssl)
+                self._plane = PlaneServer.start(self, self.state.layout.size, host, ssl)
             return self._plane.endpoint()
 
     def plane_counters(self) -> dict[str, Any]:
@@ -106,7 +103,7 @@ class ParameterServer:
             c = plane.counters if plane is not None else None
             return {"open": plane is not None, "connections": c.connections if c else 0,
                     "refused": c.refused if c else 0, "reasons": list(c.reasons) if c else [],
-                    "pushes": self._side.pushes, "pulls": self._side.pulls, "waits": self._side.waits}
+                    "pushes": c.pushes if c else 0, "pulls": c.pulls if c else 0, "waits": c.waits if c else 0}
 
     def close_plane(self) -> None:
         """Stop the data plane (its connections close; workers fall back or reconnect)."""
@@ -217,46 +214,3 @@ class ParameterServer:
             self.state.load_state_dict(scalars, arrays)
             return self.state.version
 
-
-class _PlaneSide:
-    """What the data plane serves (:class:`~psdist.plane.server.Served`): the actor's own methods,
-    with the pushes, pulls and waits that came that way counted (:meth:`ParameterServer.plane_counters`).
-
-    It holds the actor weakly, and the plane holds it weakly: the plane still closes when the
-    actor goes.
-    """
-
-    def __init__(self, ps: ParameterServer) -> None:
-        self._ps = weakref.ref(ps)
-        self.pushes = self.pulls = self.waits = 0
-
-    def _actor(self) -> ParameterServer:
-        ps = self._ps()
-        if ps is None:
-            raise ServerError("the parameter server of this run is gone")
-        return ps
-
-    def push(self, push: Push, pull: bool, into: np.ndarray | None) -> PushReply:
-        ps = self._actor()
-        reply = ps.push(push, pull, into)
-        with ps._lock:
-            self.pushes += 1
-        return reply
-
-    def pull(self, worker: str, have_version: int, into: np.ndarray | None) -> Pull:
-        ps = self._actor()
-        with ps._lock:
-            self.pulls += 1
-            return ps.pull(worker, have_version, into)
-
-    def join(self, worker: str) -> None:
-        self._actor().join(worker)
-
-    def leave(self, worker: str) -> None:
-        self._actor().leave(worker)
-
-    def wait_blocking(self, worker: str, have_version: int, into: np.ndarray | None, timeout: float) -> Pull:
-        ps = self._actor()
-        with ps._lock:
-            self.waits += 1
-        return ps.wait_blocking(worker, have_version, into, timeout)

@@ -64,6 +64,9 @@ class _Counters:
     connections: int = 0
     refused: int = 0  # connections closed for a bad hello or frame
     waiting: int = 0  # connection threads blocked in a barrier's wait now
+    pushes: int = 0  # served over the plane (not the actor), answered
+    pulls: int = 0
+    waits: int = 0
     reasons: list[str] = field(default_factory=list)  # the last few, for tests and logs
 
 
@@ -152,7 +155,8 @@ class PlaneServer:
                 self._conns.add(conn)
             conn.settimeout(None)
             who, slots, wire_dtype = self._hello(conn, shm)
-            self.counters.connections += 1
+            with self._lock:
+                self.counters.connections += 1
             try:
                 self._loop(conn, who, slots, wire_dtype)
             finally:  # a worker whose connection drops stops training: barriers stop waiting for it
@@ -245,6 +249,8 @@ class PlaneServer:
                 push = Push(who, frame.a, update, frame.b, frame.x, None if groups is None else tuple(groups))
                 reply = self._state().push(push, bool(frame.flags & wire.WANT_PULL), into)
                 self._reply(conn, reply.pull, reply, slots is not None, narrow)
+                with self._lock:
+                    self.counters.pushes += 1
             else:
                 if frame.payload:
                     raise FrameError(f"a {frame.kind.name} frame carries no payload")
@@ -260,6 +266,7 @@ class PlaneServer:
                         raise FrameError(f"a wait of {frame.x} s")
                     with self._lock:
                         self.counters.waiting += 1
+                        self.counters.waits += 1
                     try:
                         pull = served.wait_blocking(who, frame.a, into, frame.x)
                     finally:
@@ -267,6 +274,8 @@ class PlaneServer:
                             self.counters.waiting -= 1
                 else:
                     pull = served.pull(who, frame.a, into)
+                    with self._lock:
+                        self.counters.pulls += 1
                 self._reply(conn, pull, None, slots is not None, narrow)
 
     def _state(self) -> Served:
@@ -304,8 +313,9 @@ class PlaneServer:
 
     def _refuse(self, conn: socket.socket, who: str, error: Exception) -> None:
         reason = f"{type(error).__name__}: {error}"
-        self.counters.refused += 1
-        self.counters.reasons = [*self.counters.reasons[-9:], reason]
+        with self._lock:
+            self.counters.refused += 1
+            self.counters.reasons = [*self.counters.reasons[-9:], reason]
         logger.warning("psdist: data plane: closed the connection of %s: %s", who, reason)
         try:  # best effort: tell the peer why (it may be gone, or not speak the protocol)
             wire.send_frame(conn, Frame(Kind.ERROR, meta={"reason": reason[:1000]}))

@@ -93,8 +93,9 @@ class Probe:
         self.before: dict[str, Any] = {}  # the plane at the kill, before it
         self.after: dict[str, Any] = {}  # the plane at the end of the last epoch
 
-    def busy_data_worker(self, t: psdist.Trainer) -> str:
-        return next(w for w, keys in self.client.processing().items() if w != t.ps_address and keys)
+    def busy_data_worker(self, t: psdist.Trainer) -> str | None:
+        """A data worker running a chunk now (None between two tasks: the next event tries again)."""
+        return next((w for w, keys in self.client.processing().items() if w != t.ps_address and keys), None)
 
     def plane(self) -> dict[str, Any]:
         t = self.trainer
@@ -111,9 +112,12 @@ class Probe:
         if ev["event"] != "chunk":
             return
         self.chunks.append((ev, self.trainer.ps_address))
-        if len(self.chunks) == self.n:
-            self.before = self.plane()
+        if len(self.chunks) >= self.n and not self.killed:
+            before = self.plane()
             victim = self.target(self.trainer)
+            if victim is None:
+                return
+            self.before = before
             self.killed.append(victim)
             os.kill(self.pids[victim], signal.SIGKILL)
 
