@@ -40,6 +40,8 @@ from benchmarks.suite.workloads import WORKLOADS, write_all  # noqa: E402
 logger = logging.getLogger("run_suite")
 
 RULES = ["downpour", "staleness-aware", "dynsgd", "dcasgd", "sync", "ssp", "easgd", "eamsgd", "gem"]
+# rows run only when named in --only (psdist-downpour-overlap: Downpour with overlap=True, opt-in on CPU)
+EXTRA_RULES = ["downpour-overlap"]
 
 # rows: (train, validation) per workload; jobs > 1 only at tiny (timings then not comparable).
 # Epoch 1 is warm-up and not timed, except at tiny: one timed epoch keeps the smoke run short.
@@ -111,9 +113,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def select(args: argparse.Namespace, cores: int) -> tuple[list[cs.Contender], list[str], bool, bool]:
-    every = [*cs.contenders(cores, args.workers), *cs.psdist_rows(RULES, args.workers)]
     # "torch-Nt" names the all-cores contender whatever the machine's core count
     only = {s.strip().replace("torch-Nt", f"torch-{cores}t") for s in args.only.split(",") if s.strip()}
+    extra = [r for r in EXTRA_RULES if f"psdist-{r}" in only]
+    every = [*cs.contenders(cores, args.workers), *cs.psdist_rows(RULES + extra, args.workers)]
     wls = [w for w in WORKLOADS if w in only] or list(WORKLOADS)
     names = only - set(WORKLOADS) - {"micro", "loader"}
     unknown = names - {c.name for c in every} - {"psdist"}

@@ -32,7 +32,7 @@ def rules() -> dict[str, Any]:
 
     return {"downpour": Downpour(), "staleness-aware": StalenessAware(), "dynsgd": DynSGD(),
             "dcasgd": DCASGD(), "sync": Sync(), "ssp": SSP(bound=2), "easgd": EASGD(), "eamsgd": EAMSGD(),
-            "gem": GEM()}
+            "gem": GEM(), "downpour-overlap": Downpour()}
 
 
 def profile(timeline: list[tuple[str, str, float, float, int, int]], warmup: int, workers: int,
@@ -66,6 +66,7 @@ def one(client: Any, rule_name: str, name: str, path: str, spec: dict[str, Any])
         optimizer=psdist.optim.SGD(lr=wl.lr, momentum=momentum), rule=rule,
         batch_size=spec["batch_size"], workers=spec["workers"], threads_per_worker=spec["threads"],
         client=client, seed=spec["seed"], metrics={"metric": METRIC_FNS[name]}, timeout=spec.get("ps_timeout", 120),
+        overlap=rule_name.endswith("-overlap"),
     )
     client.run(common.reset_peak)
     common.reset_peak()
