@@ -120,9 +120,11 @@ def test_killed_data_worker_has_its_chunks_rerun_and_every_push_accounted(data, 
             assert n == reported.get(w, 0)
     orphans = server.get(killed[0], 0) - reported.get(killed[0], 0)
     # the victim has one thread, so one chunk attempt died with it: the pushes it made before
-    # the SIGKILL (none up to all of its minibatches, by where the kill fell) stay applied
+    # the SIGKILL (none up to all of its minibatches, by where the kill fell) stay applied; and a
+    # chunk it finished while the client sat in the progress callback that killed it (the result
+    # was not fetched yet) is rerun too, its pushes orphaned as well
     assert first["pushes_orphaned"] == orphans
-    assert 0 <= orphans <= PUSHES_PER_CHUNK
+    assert 0 <= orphans <= 2 * PUSHES_PER_CHUNK
     assert sum(server.values()) == sum(r["pushes_applied"] + r["pushes_rejected"] for r in history)
     report("data worker SIGKILLed", history.records, orphans=orphans)
     assert last["val_accuracy"] >= 0.95
@@ -194,7 +196,8 @@ def test_killed_worker_does_not_hold_a_sync_barrier(data, cluster_client):
     report("data worker SIGKILLed under Sync", [rec], evicted=t.server_metrics["evicted"])
     assert rec["workers_lost"] == 1 and rec["chunks"] == ROWS // CHUNK and rec["samples"] == ROWS
     assert t.server_metrics["evicted"] == 0  # nobody waited out the 120 s timeout to be evicted
-    assert 0 <= rec["pushes_orphaned"] <= PUSHES_PER_CHUNK  # the one attempt that died (1 thread)
+    # the attempt that died (1 thread), and one finished but not fetched when the callback killed it
+    assert 0 <= rec["pushes_orphaned"] <= 2 * PUSHES_PER_CHUNK
     assert rec["val_accuracy"] >= 0.95
 
 

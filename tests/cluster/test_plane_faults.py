@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
-from conftest import blobs
+import test_faults as faults
+from test_faults import BATCH, CE, CHUNK, ROWS, mlp
 
 import psdist
 import psdist.core.optim as flat
@@ -35,29 +35,9 @@ from psdist.core.server import ServerState
 from psdist.errors import ServerError
 from psdist.plane import PlaneClient, PlaneServer, wire
 
-ROWS, CHUNK, BATCH = 4096, 256, 64  # 16 chunks of 4 pushes each (as test_faults.py)
 PUSHES_PER_CHUNK = 4
-CE = torch.nn.functional.cross_entropy
-
-
-def mlp() -> torch.nn.Module:
-    return torch.nn.Sequential(torch.nn.Linear(20, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> psdist.ZarrDataset:
-    x, y = blobs(ROWS, seed=1)
-    xv, yv = blobs(1024, seed=2)
-    return psdist.write_zarr(tmp_path_factory.mktemp("plane-faults") / "blobs.zarr", x, y, xv, yv, chunk_rows=CHUNK)
-
-
-@pytest.fixture
-def cluster_client():
-    """Its own cluster of processes (one PS worker, two data workers): the test breaks it."""
-    cluster, client = embedded_cluster(workers=2, threads_per_worker=1, dashboard_address=None)
-    yield client
-    client.close()
-    cluster.close()
+# the fault tests' fixtures (16 chunks of 4 pushes each; a cluster of processes the test breaks)
+data, cluster_client = faults.data, faults.cluster_client
 
 
 def plane_of(dask_worker: Any, plugin: str) -> dict[str, Any] | None:
@@ -185,7 +165,9 @@ def test_killed_data_worker_over_tcp_does_not_hold_a_sync_barrier_and_every_push
         if w != victim:
             assert n == reported.get(w, 0), w
     orphans = server.get(victim, 0) - reported.get(victim, 0)
-    assert rec["pushes_orphaned"] == orphans and 0 <= orphans <= PUSHES_PER_CHUNK
+    # what died with the victim: the attempt it was running, and a chunk it finished while the
+    # client sat in this very progress callback (its result, not fetched yet, died with it too)
+    assert rec["pushes_orphaned"] == orphans and 0 <= orphans <= 2 * PUSHES_PER_CHUNK
     assert sum(server.values()) == rec["pushes_applied"] + rec["pushes_rejected"]
     # all of them over TCP: the victim's connection and the others', none through the actor
     after = probe.after

@@ -8,27 +8,19 @@ training and are asserted as bounds.
 from __future__ import annotations
 
 import copy
-import functools
 
 import numpy as np
 import pytest
+import test_sim
 import torch
-from conftest import blobs
+from test_sim import MODEL
 
 import psdist
-from psdist.hep.models import mlp
 from psdist.optim import SGD
 from psdist.rules import DCASGD, EAMSGD, EASGD, GEM, SSP, Downpour, DynSGD, StalenessAware, Sync
 from psdist.sim import SimWorker, heterogeneous, simulate
 
-MODEL = functools.partial(mlp, inputs=20, hidden=16, classes=4)
-
-
-@pytest.fixture(scope="module")
-def data():
-    x, y = blobs(512, seed=1)
-    xv, yv = blobs(256, seed=2)
-    return x, y, xv, yv
+data = test_sim.data  # the simulator tests' data fixture
 
 
 def delayed_sgd(data, batch, lr, seed):
