@@ -106,10 +106,12 @@ def _train(a: argparse.Namespace) -> int:
     client = cluster = None
     if a.cluster and a.scheduler:
         raise ConfigError("give --cluster (start jobs on a batch system) or --scheduler (use a running one), not both")
+    if a.cluster or a.scheduler:
+        settings.scaling.check_own_cluster()  # before any job is submitted
     if a.cluster:
         from psdist.cluster.batch import batch_cluster
 
-        jobs = a.jobs if a.jobs is not None else settings.scaling.workers
+        jobs = a.jobs if a.jobs is not None else settings.scaling.workers or 2
         cluster, client = batch_cluster(a.cluster, jobs=jobs)
     elif a.scheduler:
         from distributed import Client

@@ -13,6 +13,7 @@ __all__ = [
     "ClusterError",
     "ConfigError",
     "DataError",
+    "DeviceError",
     "InvalidServerState",
     "ModelError",
     "PsdistError",
@@ -46,6 +47,10 @@ class ServerError(PsdistError, RuntimeError):
 
 class ClusterError(PsdistError, RuntimeError):
     """The Dask cluster cannot run the training as asked."""
+
+
+class DeviceError(ClusterError):
+    """A worker cannot train on the device it was given (a GPU worker where torch sees no GPU)."""
 
 
 class BadChunkError(DataError):

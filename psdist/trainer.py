@@ -98,7 +98,17 @@ class Trainer:
     batch_size
         Rows per minibatch.
     workers, threads_per_worker
-        Size of the embedded LocalCluster (ignored when a client is given).
+        Size of the embedded LocalCluster (ignored when a client is given). ``workers=None``
+        (default): one per GPU of ``devices``, else 2.
+    devices
+        What trains (:mod:`psdist.core.devices`): ``"auto"`` (default) every GPU torch sees, one
+        worker process each pinned by ``CUDA_VISIBLE_DEVICES``, the parameter server on a CPU
+        worker (no GPU: CPU workers); ``"cpu"``; a number of GPUs; or GPU ordinals ``[0, 2]``.
+        With ``client=`` only ``"auto"`` (each worker on the GPU it was given) or ``"cpu"``.
+    precision
+        ``"32"`` (default), ``"bf16-mixed"`` (autocast to bfloat16, CPU or GPU) or
+        ``"16-mixed"`` (float16 with a loss scaler per worker; overflowing minibatches skipped
+        and counted). The server's weights and optimizer state stay float32.
     client
         An existing ``distributed.Client``; without it each ``fit`` starts and closes a
         LocalCluster.
@@ -237,6 +247,7 @@ class Trainer:
             self.settings.algorithm.max_staleness, self.settings.scaling.workers, self.settings.scaling.threads_per_worker, self.settings.scaling.malloc_fix,
             self.settings.faults.timeout, self.settings.scaling.ps_worker, self.run.server_state, self.settings.scaling.security, self.settings.scaling.dedicated_ps,
             self.settings.scaling.data_plane, self.settings.algorithm.overlap, self.settings.scaling.wire_dtype,
+            self.settings.scaling.devices, self.settings.training.precision,
         )
         metrics = {**default_metrics(info.y_dtype), **self.settings.training.metrics}
         return info, spec, metrics
@@ -415,7 +426,7 @@ class Trainer:
             # the store's name, not its path: the page shows nothing a Dask dashboard would not
             "max_staleness": sess.max_staleness, "data": os.path.basename(str(self.data.path).rstrip("/")),
             "seed": self.settings.training.seed, "parameter_server": sess.placement, "training_workers": sess.slots,
-            "overlap": sess.overlap,
+            "overlap": sess.overlap, "devices": dict(sess.devices), "precision": self.settings.training.precision,
         }
 
     def _publish(self, sess: Session, record: Event) -> None:

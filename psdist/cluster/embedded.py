@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 import dask
@@ -57,9 +57,13 @@ def _restore_environ() -> Iterator[None]:
 
 def embedded_cluster(
     workers: int, threads_per_worker: int, malloc_fix: bool = True, dashboard_address: str | None = ":0",
-    security: Any = None, **kwargs: Any,
+    security: Any = None, gpus: Sequence[str] = (), **kwargs: Any,
 ) -> tuple[Any, Any]:
     """Start a LocalCluster of ``workers`` data workers plus one for the parameter server.
+
+    ``gpus`` (``CUDA_VISIBLE_DEVICES`` entries, see :func:`psdist.cluster.devices.embedded_devices`)
+    starts one data worker per GPU instead, each seeing only its own (``CUDA_VISIBLE_DEVICES``)
+    and advertising the ``GPU`` resource, and a parameter-server worker that sees none.
 
     ``security`` turns on TLS for every connection (client, scheduler, workers, and so every
     pull and push): ``True`` makes a temporary self-signed certificate (needs ``cryptography``),
@@ -81,17 +85,27 @@ def embedded_cluster(
         if dashboard_address is not None and dashboard_address.startswith(":"):
             # the dashboard is plain HTTP: ":port" would listen on every interface
             dashboard_address = "127.0.0.1" + dashboard_address
-    n = workers + 1 if workers >= 1 else 1
+    n = len(gpus) + 1 if gpus else workers + 1 if workers >= 1 else 1
     with malloc_config(malloc_fix), _restore_environ():
-        cluster = LocalCluster(
-            n_workers=n,
-            threads_per_worker=threads_per_worker,
-            processes=True,
-            dashboard_address=dashboard_address,
-            **kwargs,
-        )
+        if gpus:
+            cluster = _pinned_cluster(gpus, threads_per_worker, dashboard_address, **kwargs)
+        else:
+            cluster = LocalCluster(
+                n_workers=n,
+                threads_per_worker=threads_per_worker,
+                processes=True,
+                dashboard_address=dashboard_address,
+                **kwargs,
+            )
         try:
             client = Client(cluster, security=sec)
+            if gpus:  # scaled after the start: wait as LocalCluster's own start would
+                try:
+                    client.wait_for_workers(n, timeout=300)
+                except TimeoutError:
+                    raise ClusterError(f"the embedded cluster's {n} workers (GPUs {list(gpus)} and the "
+                                       "parameter server's) did not all start in 300 s; see the log above "
+                                       "for the worker's error") from None
         except BaseException:
             cluster.close()
             raise
@@ -100,7 +114,40 @@ def embedded_cluster(
     return cluster, client
 
 
-def pick_ps_worker(client: Any, preferred: str | None = None, dedicated: bool | None = None) -> tuple[str, bool]:
+def _pinned_cluster(gpus: Sequence[str], threads_per_worker: int, dashboard_address: str | None,
+                   **kwargs: Any) -> Any:
+    """A LocalCluster whose worker ``i`` sees only ``gpus[i]``, and whose last worker sees none.
+
+    LocalCluster gives all workers one spec; like dask-cuda's ``LocalCUDACluster``, this starts
+    it empty and scales it with a spec per worker name (a nanny keeps its worker's environment,
+    so a killed worker comes back on the same GPU).
+    """
+    from distributed import LocalCluster
+    from distributed.system import MEMORY_LIMIT
+
+    class Pinned(LocalCluster):
+        def new_worker_spec(self) -> dict[Any, dict[str, Any]]:
+            name, spec = next(iter(super().new_worker_spec().items()))
+            i = int(name)
+            options = dict(spec["options"])
+            options["env"] = {**options.get("env", {}), "CUDA_VISIBLE_DEVICES": gpus[i] if i < len(gpus) else ""}
+            if i < len(gpus):
+                options["resources"] = {**(options.get("resources") or {}), "GPU": 1}
+            return {name: {**spec, "options": options}}
+
+    n = len(gpus) + 1
+    cluster = Pinned(n_workers=0, threads_per_worker=threads_per_worker, processes=True,
+                     dashboard_address=dashboard_address, memory_limit=MEMORY_LIMIT // n, **kwargs)
+    try:
+        cluster.scale(n)
+    except BaseException:
+        cluster.close()
+        raise
+    return cluster
+
+
+def pick_ps_worker(client: Any, preferred: str | None = None, dedicated: bool | None = None,
+                   avoid: Collection[str] = ()) -> tuple[str, bool]:
     """Choose the parameter server's worker; returns (address, exclusive).
 
     ``exclusive`` means the PS worker gets no training slot. Where the PS lives:
@@ -109,7 +156,7 @@ def pick_ps_worker(client: Any, preferred: str | None = None, dedicated: bool | 
       it, and never trains;
     - ``preferred`` (a worker's name or address) hosts it when given;
     - otherwise the last worker by name (deterministic; in the embedded cluster that is the
-      extra worker started for it).
+      extra worker started for it), among those not named in ``avoid`` (the GPU workers) if any.
 
     ``dedicated`` says whether that worker also trains. ``None`` (default) means no: on a
     user's cluster every worker trains and the actor shares one (actor calls run in the
@@ -140,7 +187,8 @@ def pick_ps_worker(client: Any, preferred: str | None = None, dedicated: bool | 
             name = str(item[1].get("name"))
             return (int(name), "") if name.isdigit() else (1 << 30, name)
 
-        address = max(info.items(), key=key)[0]
+        spare = [item for item in info.items() if str(item[1].get("name")) not in avoid]
+        address = max(spare or info.items(), key=key)[0]
     exclusive = bool(dedicated) and len(info) > 1
     if dedicated and not exclusive:
         logger.warning("psdist: dedicated_ps=True, but the cluster has one worker; the parameter server shares it")

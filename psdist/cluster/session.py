@@ -12,17 +12,28 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import uuid
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from psdist.cluster.actor import ParameterServer
+from psdist.cluster.devices import probe
 from psdist.cluster.embedded import embedded_cluster, pick_ps_worker, training_slots
 from psdist.cluster.waiting import wait_sliced
 from psdist.cluster.worker import MallocFix, RunPlugin
+from psdist.core.devices import (
+    CPU,
+    Devices,
+    WorkerDevices,
+    assign_devices,
+    describe,
+    embedded_devices,
+    visible_gpus,
+)
 from psdist.core.layout import Layout
 from psdist.core.optim.port import OptimizerSpec
 from psdist.core.rules import Rule
@@ -66,7 +77,7 @@ class SessionSpec:
     weights: np.ndarray
     optimizers: Mapping[str, OptimizerSpec]
     max_staleness: int | str | None  # an int, None (no bound) or AUTO (resolved per session)
-    workers: int
+    workers: int | None  # the embedded cluster's; None: one per GPU, else 2
     threads_per_worker: int
     malloc_fix: bool
     timeout: float
@@ -77,22 +88,20 @@ class SessionSpec:
     data_plane: str = "auto"  # psdist.plane backend for pushes and pulls (see the setting)
     overlap: bool | None = None  # one push in flight; None: where the training workers have GPUs
     wire_dtype: str = "float32"  # what the data plane's TCP connections carry (see the setting)
+    devices: Devices = "auto"  # what trains (psdist.core.devices.parse_devices)
+    precision: str = "32"  # the workers' autocast (psdist.replica.precision)
 
     def sized(self, slots: int, overlap: bool = False) -> tuple[Rule, int | None]:
         """The rule and staleness bound for ``slots`` training slots (EASGD's alpha, ``"auto"``)."""
         bound = auto_staleness(slots, overlap) if self.max_staleness == AUTO else self.max_staleness
         return self.rule.for_workers(slots), bound  # type: ignore[return-value]
 
-    def overlaps(self, client: Any, ps_address: str, exclusive: bool) -> bool:
+    def overlaps(self, devices: Mapping[str, str]) -> bool:
         """Whether workers keep a push in flight: as set, or (``None``) when the rule allows
-        it and the cluster's training workers have GPUs (``resources={"GPU": 1}``)."""
+        it and a training worker trains on a GPU (``devices``: by worker name)."""
         if self.overlap is not None:
             return self.overlap
-        if not type(self.rule).overlaps:
-            return False
-        info = client.scheduler_info(n_workers=-1)["workers"]
-        return any((w.get("resources") or {}).get("GPU", 0) > 0 for a, w in info.items()
-                   if not (exclusive and a == ps_address))
+        return type(self.rule).overlaps and any(d != CPU for d in devices.values())
 
 
 @dataclass
@@ -114,6 +123,7 @@ class Session:
     max_staleness: int | None = None  # the bound in force ("auto" resolved)
     overlap: bool = False  # workers keep one push in flight (the setting resolved)
     dedicated: bool = False  # whether a dedicated PS was asked for (kept across restarts)
+    devices: dict[str, str] = field(default_factory=dict)  # worker name -> "cpu" | "cuda:N"
 
     @property
     def placement(self) -> str:
@@ -165,7 +175,7 @@ class Session:
             logger.warning("psdist: the cluster did not regain its %d workers in %s s; going on with %d",
                            self.size, wait_s, len(self.client.scheduler_info(n_workers=-1)["workers"]))
         self.restarts += 1
-        self.ps_address, self.exclusive = pick_ps_worker(self.client, None, self.dedicated)
+        self.ps_address, self.exclusive = _place_ps(self.client, None, self.dedicated, self.devices)
         self.ps, self.future = _start_ps(
             self.client, self.spec, self.run_id, self.ps_address, self, state, suffix=f"-r{self.restarts}"
         )
@@ -175,6 +185,38 @@ class Session:
         logger.warning("psdist: parameter server restarted on %s at version %d", self.ps_address,
                        int(state[0]["version"]))
         return int(state[0]["version"])
+
+
+def _client_gpus(devices: Devices) -> tuple[tuple[str, ...], str]:
+    """This process's GPUs (``CUDA_VISIBLE_DEVICES`` entries; none asked about for
+    ``devices="cpu"``) and, when there are none, why."""
+    if devices == CPU:
+        return (), ""
+    import torch
+
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    why = ("CUDA_VISIBLE_DEVICES is empty" if env is not None and not env.strip() else
+           "this torch is a CPU build" if torch.version.cuda is None else "no CUDA device or driver")
+    return visible_gpus(torch.cuda.device_count(), env), why
+
+
+def _gpu_capable(facts: list[WorkerDevices], devices: Devices) -> dict[str, str]:
+    """Workers that could train on a GPU (``{name: "cuda"}``): the PS prefers another's CPU."""
+    if devices == CPU:
+        return {}
+    return {f.name: "cuda" for f in facts if f.gpus or f.gpu_resource > 0}
+
+
+def _place_ps(client: Any, preferred: str | None, dedicated: bool, devices: Mapping[str, str]) -> tuple[str, bool]:
+    """:func:`pick_ps_worker`, keeping GPUs training: a worker without a GPU is preferred, and a
+    dedicated server on a GPU worker shares it rather than leave its GPU idle."""
+    gpu = {n for n, d in devices.items() if d != CPU}
+    address, exclusive = pick_ps_worker(client, preferred, dedicated, avoid=gpu)
+    name = str(client.scheduler_info(n_workers=-1)["workers"].get(address, {}).get("name"))
+    if exclusive and name in gpu:
+        logger.info("psdist: the parameter server shares GPU worker %s (its CPU): no GPU is left idle", address)
+        exclusive = False
+    return address, exclusive
 
 
 def _start_ps(
@@ -213,7 +255,8 @@ def _register(client: Any, spec: SessionSpec, sess: Session, ps_key: str) -> str
     plugin = RunPlugin(
         sess.run_id, spec.model_fn, spec.step, sess.rule, spec.data, sess.ps_address, sess.exclusive,
         spec.optimizers, ps_key=ps_key, data_plane=spec.data_plane, overlap=sess.overlap,
-        wire_dtype=spec.wire_dtype,
+        wire_dtype=spec.wire_dtype, devices=sess.devices, gpu=any(d != CPU for d in sess.devices.values()),
+        precision=spec.precision,
     )
     client.register_plugin(plugin, name=plugin.name)
     return plugin.name
@@ -226,8 +269,11 @@ def open_session(spec: SessionSpec, client: Any | None = None) -> Iterator[Sessi
     with stack:
         embedded = client is None
         if client is None:
-            cluster, client = embedded_cluster(spec.workers, spec.threads_per_worker, spec.malloc_fix,
-                                               security=spec.security)
+            # the GPUs are chosen (and a bad devices= refused) before any process starts
+            visible, why = _client_gpus(spec.devices)
+            gpus, workers = embedded_devices(spec.devices, visible, spec.workers, why)
+            cluster, client = embedded_cluster(workers, spec.threads_per_worker, spec.malloc_fix,
+                                               security=spec.security, gpus=gpus)
             stack.callback(cluster.close)
             stack.callback(client.close)
         if spec.malloc_fix:  # also fixes workers of an existing cluster, and future ones
@@ -235,14 +281,20 @@ def open_session(spec: SessionSpec, client: Any | None = None) -> Iterator[Sessi
         run_id = uuid.uuid4().hex[:10]
         # the embedded cluster starts one worker more for the PS; a user's cluster trains on all
         dedicated = spec.dedicated_ps if spec.dedicated_ps is not None else embedded
-        ps_address, exclusive = pick_ps_worker(client, spec.ps_worker, dedicated)
+        facts = probe(client)
+        gpu_workers = _gpu_capable(facts, spec.devices)
+        ps_address, exclusive = _place_ps(client, spec.ps_worker, dedicated, gpu_workers)
         slots = training_slots(client, ps_address, exclusive)
-        overlap = spec.overlaps(client, ps_address, exclusive)
+        training = [f.address for f in facts if not (exclusive and f.address == ps_address)]
+        devices = assign_devices(facts, training, spec.devices)  # DeviceError before training starts
+        overlap = spec.overlaps(devices)
         rule, bound = spec.sized(slots, overlap)
         size = len(client.scheduler_info(n_workers=-1)["workers"])
         sess = Session(client, None, ps_address, f"psdist-run-{run_id}", run_id, spec, None, exclusive,
                        size=size, slots=slots, rule=rule, max_staleness=bound, dedicated=dedicated,
-                       overlap=overlap)
+                       overlap=overlap, devices=devices)
+        logger.info("psdist: training on %s; the parameter server on %s's CPU", describe(devices, facts),
+                    ps_address)
         sess.ps, sess.future = _start_ps(client, spec, run_id, ps_address, sess, spec.resume)
         # cancel, not release: the Actor handle holds its own reference to the key (kept alive by
         # reference cycles inside distributed until the garbage collector runs), which otherwise

@@ -22,11 +22,12 @@ import torch
 from distributed import WorkerPlugin, get_worker
 
 from psdist.cluster.waiting import wait_sliced
+from psdist.core.devices import CPU
 from psdist.core.protocol import Pull, Push, PushReply
 from psdist.core.rules import Rule
 from psdist.data.dataset import Chunk, ZarrDataset
 from psdist.data.prefetch import ReadAhead, Rows
-from psdist.errors import BadChunkError, ServerError
+from psdist.errors import BadChunkError, DeviceError, ServerError
 from psdist.plane.client import PlaneClient
 from psdist.replica.loop import ChunkResult, EvalResult, evaluate_rows, train_rows
 from psdist.replica.replica import Replica, as_model_dict
@@ -114,6 +115,14 @@ class RunPlugin(WorkerPlugin):
         Whether training tasks keep one push in flight (the ``overlap`` setting, resolved).
     wire_dtype
         What the data plane's TCP connection carries (the ``wire_dtype`` setting).
+    devices
+        The device of each training worker by name (:func:`psdist.core.devices.assign_devices`);
+        a worker not named (one that joined after the start) uses its ``cuda:0`` where it has
+        the ``GPU`` resource or ``gpu`` says the training is on GPUs, else its CPU.
+    gpu
+        Whether the training runs on GPUs (any worker of ``devices`` on one).
+    precision
+        The ``precision`` setting (:mod:`psdist.replica.precision`).
     """
 
     def __init__(
@@ -130,6 +139,9 @@ class RunPlugin(WorkerPlugin):
         data_plane: str = "auto",
         overlap: bool = False,
         wire_dtype: str = "float32",
+        devices: Mapping[str, str] | None = None,
+        gpu: bool = False,
+        precision: str = "32",
     ) -> None:
         self.name = f"psdist-run-{run_id}"
         self.run_id = run_id
@@ -144,6 +156,9 @@ class RunPlugin(WorkerPlugin):
         self.data_plane = data_plane
         self.overlap = overlap
         self.wire_dtype = wire_dtype
+        self.devices = dict(devices or {})
+        self.gpu = gpu
+        self.precision = precision
         self._ps: Any = None
         self._plane: PlaneClient | None = None
         self._plane_tried = False  # connected, or auto fell back to the actor (then _plane is None)
@@ -278,10 +293,12 @@ class RunPlugin(WorkerPlugin):
         """The worker's model replica and rule state, built on first use."""
         if self._replica is None:
             worker = self._worker
-            gpu = worker.state.total_resources.get("GPU", 0) > 0 and torch.cuda.is_available()
-            device = "cuda" if gpu else "cpu"
-            if not gpu:
+            device = self.device()
+            if device == CPU:
                 torch.set_num_threads(max(1, worker.state.nthreads))
+            else:
+                torch.cuda.set_device(torch.device(device))  # kernels and cuDNN on this worker's GPU
+                torch.backends.cudnn.benchmark = True  # a chunk's minibatches share their shape
             self._replica = Replica(worker.address, as_model_dict(self.model_fn()), device)
             self._worker_rule = self.rule.worker_side(self.optimizers)
             info = {
@@ -292,6 +309,24 @@ class RunPlugin(WorkerPlugin):
             }
             ActorServer(ps, timeout, self.closed).call("a registration", ps.register(worker.address, info))
         return self._replica, self._worker_rule
+
+    def device(self) -> str:
+        """This worker's training device: as assigned at the start, or for a worker that joined
+        later its ``cuda:0`` on a GPU training (:class:`~psdist.errors.DeviceError` without one)."""
+        worker = self._worker
+        name = str(worker.name)
+        if name in self.devices:
+            return self.devices[name]
+        advertised = worker.state.total_resources.get("GPU", 0) > 0
+        if not (advertised or self.gpu):
+            return CPU
+        if not torch.cuda.is_available():
+            if not advertised:
+                return CPU
+            raise DeviceError(f"worker {name!r} ({worker.address}) advertises the GPU resource, but torch sees no "
+                              "CUDA device there; install a CUDA build of torch on it or start it without GPU=")
+        logger.info("psdist: %s joined after the start: it trains on cuda:0", worker.address)
+        return "cuda:0"
 
     def read(self, chunk: Chunk) -> tuple[np.ndarray, np.ndarray]:
         """The chunk's rows, from the store opened once per worker.

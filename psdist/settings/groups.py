@@ -23,7 +23,7 @@ from psdist.run.stopping import EarlyStopping
 from psdist.settings.schema import Schema
 from psdist.settings.spec import BAD, UNSET, Key, check_fields, declared, plain
 
-__all__ = ["AUTO", "GROUPS", "JOB_KEYS", "Algorithm", "FaultPolicy", "Scaling", "Training", "import_object"]
+__all__ = ["AUTO", "GROUPS", "JOB_KEYS", "PRECISIONS", "Algorithm", "FaultPolicy", "Scaling", "Training", "import_object"]
 
 #: ``max_staleness="auto"``: 2n + 2 for n training slots, sized at each fit (the same value as
 #: :data:`psdist.cluster.session.AUTO`; not imported from there, which would load Dask).
@@ -180,6 +180,27 @@ def _or_null(schema: Schema, meaning: str = "") -> Schema:
     return {"anyOf": [schema, {"type": "null", **({"description": meaning} if meaning else {})}]}
 
 
+#: ``precision=``: Lightning's names (the replica's autocast: psdist.replica.precision)
+PRECISIONS = ("32", "bf16-mixed", "16-mixed")
+_PRECISION_ALIASES = {"32": "32", "32-true": "32", "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed",
+                      "16": "16-mixed", "16-mixed": "16-mixed"}
+
+
+def _precision(value: Any) -> Any:
+    if value is None:
+        return "32"
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return BAD
+    return _PRECISION_ALIASES.get(str(value).strip().lower(), BAD)
+
+
+def _devices(value: Any) -> Any:
+    from psdist.core.devices import parse_devices
+
+    parsed = parse_devices("auto" if value is None else value)
+    return BAD if parsed is None else parsed
+
+
 # ----------------------------------------------------------------------------- the groups
 @dataclass(frozen=True)
 class Training:
@@ -251,6 +272,15 @@ class Training:
         {"type": "integer", "minimum": 0}, 0,
         flag="--seed N", checkpoint="restore"))
 
+    precision: str = field(default="32", metadata=declared(
+        "32 (float32), bf16-mixed (autocast to bfloat16; CPU or GPU) or 16-mixed (autocast to float16 with a "
+        "loss scaler per worker; GPU); the server's weights and optimizer state stay float32", 'precision="bf16-mixed"',
+        "'32', 'bf16-mixed' or '16-mixed' (Lightning's names; 32, 'bf16' and 16 are read as these)", _precision,
+        Key("precision", {"anyOf": [{"enum": list(PRECISIONS)}, {"enum": [32, 16, "bf16", "16", "32-true"]}]},
+            "32, bf16-mixed (autocast to bfloat16) or 16-mixed (float16 with a loss scaler)", "bf16-mixed", "32",
+            flag="--precision 32|bf16-mixed|16-mixed"),
+        checkpoint="record"))
+
     def __post_init__(self) -> None:
         check_fields(self)
         if self.step is None and self.loss_fn is None:
@@ -301,9 +331,23 @@ class Algorithm:
 class Scaling:
     """Where the training runs: the cluster, the parameter server's place, TLS, allocator."""
 
-    workers: int = field(default=2, metadata=plain(
-        "training workers of the embedded LocalCluster (ignored with a client)",
-        {"type": "integer", "minimum": 1}, 2, flag="--workers N", checkpoint="record"))
+    workers: int | None = field(default=None, metadata=plain(
+        "training workers of the embedded LocalCluster (ignored with a client); with GPUs one per GPU",
+        _or_null({"type": "integer", "minimum": 1}, "one per GPU of devices=, else 2"), 2,
+        flag="--workers N", checkpoint="record"))
+    devices: Any = field(default="auto", metadata=declared(
+        "what trains: auto (every GPU torch sees, one worker process each, else CPU), cpu, a number of GPUs, "
+        "or the GPU ordinals [0, 2]; the embedded cluster pins each worker to its GPU, a given cluster's "
+        "workers keep the GPU they were given (auto or cpu only)", "devices=[0, 2]",
+        "'auto', 'cpu', a number of GPUs >= 1, or a list of distinct GPU ordinals", _devices,
+        Key("devices", {"anyOf": [{"enum": ["auto", "cpu"]}, {"type": "integer", "minimum": 1},
+                                  {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1,
+                                   "uniqueItems": True},
+                                  {"type": "string", "pattern": "^[0-9]+(,[0-9]+)*$",
+                                   "description": "GPU ordinals, comma-separated"}]},
+            "what trains: auto (every GPU, else CPU), cpu, a number of GPUs, or GPU ordinals [0, 2]",
+            [0, 2], "auto", flag="--devices auto|cpu|N|0,2"),
+        checkpoint="record", dump=lambda d: list(d) if isinstance(d, tuple) else d))
     threads_per_worker: int = field(default=1, metadata=plain(
         "threads per worker of the embedded LocalCluster (torch threads)", {"type": "integer", "minimum": 1}, 1,
         flag="--threads N", checkpoint="record"))
@@ -342,11 +386,25 @@ class Scaling:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.client is not None:
+            self.check_own_cluster()
         if self.data_plane in ("shm", "actor") and self.wire_dtype != "float32":
             raise ConfigError(
                 f"wire_dtype={self.wire_dtype!r} narrows what crosses the data plane's TCP connections, "
                 f"but data_plane={self.data_plane!r} never uses one; use data_plane='tcp' (or 'auto', TCP "
                 "between hosts), or wire_dtype='float32'"
+            )
+
+
+    def check_own_cluster(self) -> None:
+        """Refuse what only the embedded cluster can do, for a cluster of the user's (``client=``,
+        ``psdist train --cluster/--scheduler``): choosing its GPUs."""
+        if self.devices not in ("auto", "cpu"):
+            shown = list(self.devices) if isinstance(self.devices, tuple) else self.devices
+            raise ConfigError(
+                f"devices={shown!r} chooses the GPUs of the embedded cluster; the workers of a cluster of "
+                "yours train on the GPU each was given (pin them with CUDA_VISIBLE_DEVICES, e.g. dask-cuda's "
+                "LocalCUDACluster): use devices='auto', or 'cpu' to train on CPU"
             )
 
 

@@ -68,7 +68,9 @@ def test_groups_hold_the_defaults():
     assert s.training.optimizer.to_config()["name"] == "sgd" and s.training.optimizer.lr == 0.01
     assert (s.algorithm.rule, s.algorithm.max_staleness, s.algorithm.push_every) == (psdist.rules.Downpour(), "auto", 1)
     assert (s.scaling.workers, s.scaling.threads_per_worker, s.scaling.client, s.scaling.ps_worker,
-            s.scaling.dedicated_ps, s.scaling.security, s.scaling.malloc_fix) == (2, 1, None, None, None, None, True)
+            s.scaling.dedicated_ps, s.scaling.security, s.scaling.malloc_fix, s.scaling.devices) == (
+        None, 1, None, None, None, None, True, "auto")
+    assert s.training.precision == "32"
     assert (s.faults.timeout, s.faults.chunk_timeout, s.faults.checkpoints) == (300.0, None, psdist.Checkpoints())
     assert list(GROUPS) == ["training", "algorithm", "scaling", "faults"]
 
@@ -92,7 +94,7 @@ def test_auto_is_the_sessions_auto():
      "at each fit) or None (no bound), e.g. max_staleness=4"),
     ({"max_staleness": "none"}, ConfigError, "max_staleness='none' must be an integer >= 0, 'auto'"),
     ({"push_every": 1.0}, ConfigError, "push_every=1.0 must be an integer >= 1, e.g. push_every=1"),
-    ({"workers": True}, ConfigError, "workers=True must be an integer >= 1, e.g. workers=2"),
+    ({"workers": True}, ConfigError, "workers=True must be an integer >= 1 or None (one per GPU of devices=, else 2), e.g. workers=2"),
     ({"threads_per_worker": 0}, ConfigError, "threads_per_worker=0 must be an integer >= 1, e.g. threads_per_worker=1"),
     ({"seed": -1}, ConfigError, "seed=-1 must be an integer >= 0, e.g. seed=0"),
     ({"dedicated_ps": "yes"}, ConfigError,
@@ -133,8 +135,8 @@ def test_unknown_keyword_names_the_closest_and_all_settings():
         made(batchsize=64)
     assert str(e.value) == (
         "unknown setting 'batchsize' (did you mean 'batch_size'?); the settings are model_fn, loss_fn, optimizer, "
-        "step, metrics, early_stopping, batch_size, seed, rule, max_staleness, push_every, overlap, workers, "
-        "threads_per_worker, client, ps_worker, dedicated_ps, security, malloc_fix, data_plane, wire_dtype, timeout, "
+        "step, metrics, early_stopping, batch_size, seed, precision, rule, max_staleness, push_every, overlap, "
+        "workers, devices, threads_per_worker, client, ps_worker, dedicated_ps, security, malloc_fix, data_plane, wire_dtype, timeout, "
         "chunk_timeout, checkpoints")
 
 
@@ -184,9 +186,9 @@ def test_to_checkpoint_is_json_and_holds_restored_and_recorded_settings():
     stored = s.to_checkpoint()
     assert json.loads(json.dumps(stored)) == stored
     assert stored == {
-        "batch_size": 64, "seed": 0, "rule": {"name": "SSP", "bound": 2}, "max_staleness": "auto", "push_every": 1,
+        "batch_size": 64, "seed": 0, "precision": "32", "rule": {"name": "SSP", "bound": 2}, "max_staleness": "auto", "push_every": 1,
         "overlap": None,
-        "workers": 3, "threads_per_worker": 1, "ps_worker": None, "dedicated_ps": None, "malloc_fix": True,
+        "workers": 3, "devices": "auto", "threads_per_worker": 1, "ps_worker": None, "dedicated_ps": None, "malloc_fix": True,
         "data_plane": "auto", "wire_dtype": "float32",
         "timeout": 300.0, "chunk_timeout": None,
         "checkpoints": {"path": "run.ckpt", "every_versions": 500, "every_seconds": 60.0, "max_restarts": 3,
@@ -208,7 +210,7 @@ def test_recorded_settings_are_not_restored():
     assert restored_settings() == ("optimizer", "batch_size", "seed", "rule", "max_staleness", "push_every")
     meta = {**OLD_META, "trainer": made(workers=7, timeout=5.0, max_staleness=None).to_checkpoint()}
     s = Settings.from_checkpoint(meta, model_fn=MLP, loss_fn=CE)
-    assert (s.scaling.workers, s.faults.timeout, s.algorithm.max_staleness) == (2, 300.0, None)
+    assert (s.scaling.workers, s.faults.timeout, s.algorithm.max_staleness) == (None, 300.0, None)
     assert stored_values(meta) == {"batch_size": 128, "seed": 0, "rule": {"name": "Downpour"}, "max_staleness": None,
                                    "push_every": 1, "optimizer": {"model": {"name": "sgd", "lr": 0.05, "momentum": 0.9}}}
 
@@ -296,7 +298,7 @@ def test_optimizer_names_resolve_against_torch_optim(tmp_path):
 
 def test_flags_are_named_in_errors_and_win_over_the_yaml(tmp_path):
     path = write(tmp_path, BASE + "workers: 2\nmax_staleness: 4\n")
-    with pytest.raises(ConfigError, match=re.escape(f"{path}: --workers: 0 must be an integer >= 1; e.g. --workers 2")):
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: --workers: 0 must be an integer >= 1 or null (one per GPU of devices=, else 2); e.g. --workers 2")):
         load_config(path, {"workers": 0})
     cfg = load_config(path, {"workers": 3, "max_staleness": None})
     assert (cfg.workers, cfg.max_staleness, "max_staleness" in cfg.given) == (3, None, True)
@@ -360,7 +362,8 @@ def test_editors_and_psdist_agree(tmp_path):
 def test_flags_come_from_the_schema(capsys):
     flagged = [key for keys in yaml_keys().values() for key in keys if key.flag]
     assert [k.flag.split()[0] for k in flagged] == [
-        "--batch-size", "--seed", "--epochs", "--max-staleness", "--push-every", "--workers", "--threads",
+        "--batch-size", "--seed", "--precision", "--epochs", "--max-staleness", "--push-every", "--workers",
+        "--devices", "--threads",
         "--timeout", "--chunk-timeout", "--save", "--checkpoint-every-versions", "--checkpoint-every-seconds",
         "--max-restarts"]
     with pytest.raises(SystemExit):
