@@ -171,10 +171,12 @@ class BatchConfig:
                 "or pass queue=... (see jobqueue/README.md)"
             )
         if self.gpus:
-            if kwargs.get("processes", 1) != 1:
+            processes = kwargs.get("processes", 1)
+            if processes > self.gpus:
                 raise ConfigError(
-                    f"{self.source}: gpus={self.gpus} needs processes: 1 (one worker process per GPU job; "
-                    "every worker trains on cuda:0 of its job)"
+                    f"{self.source}: processes={processes} for gpus={self.gpus}: each worker process needs a GPU "
+                    f"of its own; use processes: {self.gpus} (one per GPU: each takes a different one of its job's "
+                    "GPUs), or more gpus per job"
                 )
             if not _has_gpu_resource(kwargs.get("worker_extra_args") or []):
                 raise ConfigError(

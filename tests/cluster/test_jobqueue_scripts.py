@@ -156,8 +156,12 @@ def test_gpu_variant_without_gpu_resource_or_with_several_processes(tmp_path: Pa
     path = write(tmp_path, "system: slurm\ngpus: 1\ncluster: {queue: gpu, cores: 1, memory: 1GiB}\n")
     with pytest.raises(ConfigError, match=r"no GPU resource; add worker_extra_args: \[--resources, GPU=1\]"):
         batch.job_scripts(path, **LOCAL)
-    with pytest.raises(ConfigError, match="needs processes: 1"):
+    with pytest.raises(ConfigError, match="processes=2 for gpus=1: each worker process needs a GPU of its own"):
         batch.job_scripts("slurm-gpu", processes=2, **LOCAL)
+    # a 4-GPU job may run 4 worker processes: each takes another of the job's GPUs
+    path = write(tmp_path, "system: slurm\ngpus: 4\ncluster: {queue: gpu, cores: 4, memory: 1GiB, processes: 4, "
+                           "worker_extra_args: [--resources, GPU=1]}\n")
+    assert "--nworkers 4" in batch.job_scripts(path, **LOCAL)[0]
 
 
 def test_dask_jobqueue_refusal_names_the_config():
