@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -200,8 +201,9 @@ class EpochDriver:
     def sizing(self) -> dict[str, Any]:
         """What this fit sized from its cluster, for every epoch record: which alpha, which bound."""
         sess = self.sess
+        kinds = Counter(d.split(":")[0] for d in sess.devices.values())
         out: dict[str, Any] = {"training_workers": sess.slots, "max_staleness": sess.max_staleness,
-                               "overlap": sess.overlap}
+                               "overlap": sess.overlap, "devices": " ".join(f"{k}x{n}" for k, n in sorted(kinds.items()))}
         alpha = getattr(sess.rule, "alpha", None)
         if alpha is not None:
             out["alpha"] = float(alpha)

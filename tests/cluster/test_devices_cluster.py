@@ -99,7 +99,9 @@ def test_gpus_asked_of_a_machine_without_any_are_refused_before_a_cluster_starts
 def test_the_start_up_line_names_each_workers_device(client, blob_data, caplog):
     caplog.set_level(logging.INFO, logger="psdist")
     trainer = psdist.Trainer(MLP, CE, blob_data, SGD(lr=0.05), client=client, dedicated_ps=True)
-    trainer.fit(epochs=1)
+    history = trainer.fit(epochs=1)
+    assert history.last["devices"] == "cpux2"
+    assert "devices" in history.to_pandas().columns
     line = next(r.getMessage() for r in caplog.records if "psdist: training on" in r.getMessage())
     assert "worker 0 on cpu, worker 1 on cpu;" in line and "parameter server on" in line
     assert all(w["info"]["device"] == "cpu" for w in trainer.server_metrics["workers"].values())
