@@ -29,8 +29,13 @@ logger = logging.getLogger(__name__)
 _SHOWN = 12
 
 
-def dry_run(step: Any, data: ZarrDataset, models: dict[str, torch.nn.Module], info: DatasetInfo) -> None:
+def dry_run(step: Any, data: ZarrDataset, models: dict[str, torch.nn.Module], info: DatasetInfo,
+            precision: str = "32") -> None:
     """Push up to 64 real rows through ``step`` (train and evaluate); raise on any mismatch.
+
+    Both run under ``precision``'s autocast on the CPU, as on the workers
+    (:mod:`psdist.replica.precision`), so a model that cannot compute in bfloat16 or float16,
+    or a custom step that calls ``loss.backward()`` itself under ``"16-mixed"``, fails here.
 
     For integer labels (classification) it also reads every label (never the features) and
     refuses a validation set holding one class while the training set holds several
@@ -47,12 +52,12 @@ def dry_run(step: Any, data: ZarrDataset, models: dict[str, torch.nn.Module], in
                 raise
     if x is None or y is None:
         raise DataError(f"no chunk of {os.fspath(data.path)!r} can be read; list them with {data._code()}.scan()")
-    replica = Replica("dry-run", models)
+    replica = Replica("dry-run", models, precision=precision)
     xt, yt = torch.from_numpy(x), torch.from_numpy(as_labels(y))
     try:
-        step(replica, xt, yt)
+        replica.run_step(step, xt, yt)
         replica.train(False)
-        with torch.no_grad():
+        with torch.no_grad(), replica.autocast():
             _, out = step.evaluate(replica, xt, yt)
     except Exception as e:
         shape = ""
@@ -62,8 +67,9 @@ def dry_run(step: Any, data: ZarrDataset, models: dict[str, torch.nn.Module], in
                     shape = f", the model outputs {tuple(replica.module(xt).shape)}"
                 except Exception:
                     shape = ", and the model fails on them"
+        under = "" if replica.precision.name == "32" else f" under precision={replica.precision.name!r}"
         raise ModelError(
-            f"the model and loss do not fit the data: rows of shape {tuple(xt.shape)} with "
+            f"the model and loss do not fit the data{under}: rows of shape {tuple(xt.shape)} with "
             f"labels {tuple(yt.shape)} {yt.dtype}{shape} — {type(e).__name__}: {e}"
         ) from e
     if np.dtype(info.y_dtype).kind not in "iub":

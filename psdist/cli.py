@@ -59,7 +59,7 @@ RESTORED = restored_settings()
 
 
 #: Per-epoch counters of faults and bad data (psdist.run.epoch) shown when not all zero.
-COUNTS = (*FAULT_FIELDS, "bad_chunks", "val_bad_chunks", "nonfinite_batches", "pushes_nonfinite")
+COUNTS = (*FAULT_FIELDS, "bad_chunks", "val_bad_chunks", "nonfinite_batches", "overflow_batches", "pushes_nonfinite")
 
 
 def summary_table(records: list[dict[str, Any]]) -> str:

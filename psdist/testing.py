@@ -37,10 +37,13 @@ def train_plain(
     seed: int = 0,
     metrics: dict[str, Callable[[np.ndarray, Any], float]] | None = None,
     threads: int | None = None,
+    precision: str = "32",
 ) -> dict[str, float]:
     """Train in this process on all training rows (reshuffled each epoch); validation metrics.
 
     ``optimizer`` is what ``psdist.Trainer`` takes (a recipe, or a dict of them per model).
+    ``precision`` as the Trainer's: the step and evaluation under the same autocast; with
+    ``"16-mixed"`` a minibatch whose scaled gradient overflows is skipped, as on a worker.
 
     Returns ``{"val_loss": ..., "val_<metric>": ...}`` computed like :class:`psdist.Trainer`'s.
     """
@@ -56,7 +59,9 @@ def train_plain(
     y = as_labels(np.concatenate([np.asarray(g[c.y][c.start : c.stop]) for c in info.train]))
     torch.manual_seed(seed)
     models = as_model_dict(model_fn())
-    replica = Replica("plain", models)  # same flat binding as the workers: same .grad handling
+    # same flat binding and autocast as the workers: same .grad handling
+    replica = Replica("plain", models, precision=precision)
+    scaler = replica.precision.scaler
     opts = optimizer if isinstance(optimizer, dict) else {next(iter(models)): optimizer}
     torch_opts = {}
     for name, opt in opts.items():
@@ -72,22 +77,30 @@ def train_plain(
         replica.train(True)
         for idx in np.array_split(rng.permutation(len(x)), max(1, len(x) // batch_size)):
             replica.zero_grad()
-            step(replica, xt[idx], yt[idx])
-            for t, sched, clip, params in torch_opts.values():
-                if clip is not None:
-                    torch.nn.utils.clip_grad_norm_(params, clip)
-                t.step()
-                if sched is not None:
-                    sched.step()
+            replica.run_step(step, xt[idx], yt[idx])
+            if scaler is not None:
+                finite = replica.grads_finite()
+                factor = scaler.update(finite)
+                if not finite:
+                    continue  # float16 overflow: skipped, the scale backed off
+                replica.scale_grads(factor)  # in the (maybe grown) scale's units, as on a worker
+            with replica.true_grads():
+                for t, sched, clip, params in torch_opts.values():
+                    if clip is not None:
+                        torch.nn.utils.clip_grad_norm_(params, clip)
+                    t.step()
+                    if sched is not None:
+                        sched.step()
     replica.train(False)
     loss_sum, outs, targets = 0.0, [], []
     with torch.no_grad():
         for c in info.val:
             xv = torch.from_numpy(np.asarray(g[c.x][c.start : c.stop]))
             yv = np.asarray(g[c.y][c.start : c.stop])
-            ls, out = step.evaluate(replica, xv, torch.from_numpy(as_labels(yv)))
+            with replica.autocast():
+                ls, out = step.evaluate(replica, xv, torch.from_numpy(as_labels(yv)))
             loss_sum += ls
-            outs.append({k: v.numpy() for k, v in out.items()} if isinstance(out, dict) else out.numpy())
+            outs.append({k: v.float().numpy() for k, v in out.items()} if isinstance(out, dict) else out.float().numpy())
             targets.append(yv)
     n = sum(len(t) for t in targets)
     result = {"val_loss": loss_sum / max(n, 1)}

@@ -237,7 +237,7 @@ class Trainer:
         models, layout = self._build()
         weights = np.concatenate([flatten(models[g.name], g.spec) for g in layout.groups])
         with torch.random.fork_rng(devices=[]):  # dropout in the dry run: no global side effect
-            dry_run(self.step, self.data, models, info)
+            dry_run(self.step, self.data, models, info, self.settings.training.precision)
         optimizers = self._optimizers(layout)
         if self.run.server_state is not None:
             layout.check_same(Layout.from_dict(self.run.server_state[0]["layout"]))

@@ -299,7 +299,7 @@ class RunPlugin(WorkerPlugin):
             else:
                 torch.cuda.set_device(torch.device(device))  # kernels and cuDNN on this worker's GPU
                 torch.backends.cudnn.benchmark = True  # a chunk's minibatches share their shape
-            self._replica = Replica(worker.address, as_model_dict(self.model_fn()), device)
+            self._replica = Replica(worker.address, as_model_dict(self.model_fn()), device, self.precision)
             self._worker_rule = self.rule.worker_side(self.optimizers)
             info = {
                 "host": socket.gethostname(),

@@ -65,7 +65,8 @@ class CaloDiscriminator(nn.Module):
         self.energy = nn.Linear(hidden, 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        total = x.sum(dim=(1, 2, 3, 4)).unsqueeze(1) / ENERGY_SCALE
+        # summed in float32: a mixed-precision generator hands over bf16/fp16 showers of 25³ cells
+        total = x.float().sum(dim=(1, 2, 3, 4)).unsqueeze(1) / ENERGY_SCALE
         h = self.trunk(torch.cat([self.features(torch.log1p(x)), total], dim=1))
         return self.real(h).squeeze(1), self.energy(h).squeeze(1), total.squeeze(1)
 
@@ -111,6 +112,7 @@ class CaloGANStep(Step):
         g_loss = (bce(g_logit, torch.ones_like(g_logit))
                   + self.aux_weight * (nn.functional.mse_loss(g_e, e_scaled)
                                        + nn.functional.mse_loss(g_total, real_total.detach())))
+        # through the replica (each loss to its own model), which also scales them under "16-mixed"
         replica.backward(d_loss, "discriminator")
         replica.backward(g_loss, "generator")
         return {"d_loss": float(d_loss.detach()), "g_loss": float(g_loss.detach())}
@@ -122,8 +124,8 @@ class CaloGANStep(Step):
         fake = self._fake(replica, y[:, 1])
         out = {}
         for name, showers in (("real", x), ("fake", fake)):
-            s = showers.detach().cpu().numpy()
+            s = showers.detach().float().cpu().numpy()  # a mixed-precision generator answers bf16/fp16
             out[f"{name}_long"] = torch.from_numpy(longitudinal_profiles(s).astype(np.float32))
             out[f"{name}_lat"] = torch.from_numpy(lateral_profiles(s).astype(np.float32))
-            out[f"{name}_total"] = showers.sum(dim=(1, 2, 3, 4))
+            out[f"{name}_total"] = showers.float().sum(dim=(1, 2, 3, 4))  # summed in float32
         return 0.0, out

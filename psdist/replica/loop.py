@@ -64,6 +64,9 @@ class ChunkResult:
     batches: int = 0  # minibatches of the chunk, skipped ones included
     nonfinite_batches: int = 0  # skipped, no gradient: NaN/Inf in their inputs or their loss
     nonfinite_inputs: int = 0  # of those, skipped for their inputs (before the forward pass)
+    # "16-mixed": skipped, no gradient: the scaled gradients overflowed float16 (the scale halved)
+    overflow_batches: int = 0
+    loss_scale: float | None = None  # "16-mixed": the worker's loss scale when the chunk ended
     bad_chunks: int = 0  # 1: the chunk could not be read and was skipped (skip_bad_chunks)
     bad: list[str] = field(default_factory=list)  # why (the read errors of skipped chunks)
     chunks_read_ahead: int = 0  # 1: the rows were read while the worker's previous chunk trained
@@ -103,6 +106,8 @@ class EvalResult:
 
 
 def _numpy(out: Any) -> Any:
+    """Outputs as numpy float32: metric functions and ``np.concatenate`` know no bfloat16 (and
+    a mixed-precision forward pass answers bfloat16 or float16)."""
     if isinstance(out, dict):
         return {k: _numpy(v) for k, v in out.items()}
     return out.detach().float().cpu().numpy()
@@ -160,6 +165,13 @@ def train_rows(
     in ``nonfinite_batches`` and send nothing; a push window left without a good minibatch is
     not sent. Pushes the server rejects as non-finite (a NaN gradient behind a finite loss) are
     counted in ``pushes_nonfinite``.
+
+    The step runs under the replica's precision (:meth:`Replica.run_step`). Under ``"16-mixed"``
+    a minibatch with a finite loss whose scaled gradients are not finite (float16 overflowed)
+    is taken back the same way and counted in ``overflow_batches``; the loss scale halves and
+    the gradients the window kept are halved with it, so they stay in the scale's units. When
+    the scale cannot go lower (:attr:`LossScaler.at_floor`) such a minibatch counts as
+    non-finite instead: scaling does not explain it. ``loss_scale`` is the scale at the end.
     """
     res = ChunkResult(chunk, epoch, replica.worker, str(replica.device))
     perm = np.random.default_rng(seed).permutation(len(x))
@@ -181,6 +193,10 @@ def train_rows(
             inflight.close()
         server.leave(replica.worker)
     res.version = replica.version
+    res.loss_scale = replica.precision.loss_scale
+    if res.overflow_batches:  # expected now and then under fp16 (each growth of the scale probes)
+        logger.debug("psdist: chunk %d (epoch %d) on %s: %d of %d minibatches overflowed float16; loss scale %g",
+                     chunk, epoch, replica.worker, res.overflow_batches, res.batches, res.loss_scale)
     if res.nonfinite_batches:
         logger.warning(
             "psdist: chunk %d (epoch %d) on %s: %d of %d minibatches skipped for NaN/Inf (%d in the "
@@ -220,6 +236,29 @@ def _finite(loss: float, named: dict[str, float]) -> bool:
     return math.isfinite(loss) and all(math.isfinite(v) for v in named.values())
 
 
+def _overflowed(replica: Replica, saved: list[tuple[Any, Any, list[torch.Tensor]]], res: ChunkResult) -> bool:
+    """Under a loss scaler: book the minibatch just computed; ``True`` if it was taken back.
+
+    The flat gradients hold the window's accumulation in units of the current scale. A
+    non-finite sum means this minibatch's scaled gradients overflowed (the ones kept before it
+    were finite): it is taken back, and the scale and the kept gradients are multiplied by the
+    backoff factor. A good minibatch may grow the scale; the kept gradients follow.
+    """
+    scaler = replica.precision.scaler
+    if scaler is None:
+        return False
+    if replica.grads_finite():
+        replica.scale_grads(scaler.update(True))
+        return False
+    _restore(replica, saved)
+    if scaler.at_floor:
+        res.nonfinite_batches += 1  # not float16's range: NaN that no scale removes
+    else:
+        res.overflow_batches += 1
+    replica.scale_grads(scaler.update(False))
+    return True
+
+
 def _train_batches(
     replica: Replica,
     server: ServerHandle,
@@ -235,6 +274,9 @@ def _train_batches(
 ) -> None:
     replica.train(True)
     replica.zero_grad()
+    # a rule with local optimizer steps (elastic averaging) reads .grad itself: true gradients
+    local_steps = (replica.precision.scaler is not None
+                   and type(rule).after_backward is not WorkerRule.after_backward)
     bounds = batch_bounds(len(xt), batch_size)
     acc_batches = acc_samples = 0
     acc_loss = 0.0
@@ -248,14 +290,18 @@ def _train_batches(
             res.nonfinite_inputs += 1
         else:
             saved = _save(replica, grads=acc_batches > 0)
-            loss, named = reported_loss(step(replica, xt[lo:hi], yt[lo:hi]))
+            loss, named = reported_loss(replica.run_step(step, xt[lo:hi], yt[lo:hi]))
             if not _finite(loss, named):
                 _restore(replica, saved)
                 res.nonfinite_batches += 1
-            else:
+            elif not _overflowed(replica, saved, res):
                 for k, v in named.items():
                     res.losses[k] = res.losses.get(k, 0.0) + v * (hi - lo)
-                rule.after_backward(replica)
+                if local_steps:
+                    with replica.true_grads():
+                        rule.after_backward(replica)
+                else:
+                    rule.after_backward(replica)
                 acc_batches += 1
                 acc_samples += hi - lo
                 acc_loss += loss * (hi - lo)
@@ -323,6 +369,9 @@ def evaluate_rows(
 ) -> EvalResult:
     """Evaluate the server's current weights on one chunk; outputs come back for metrics.
 
+    ``evaluate`` runs under the replica's autocast (its precision); the outputs come back as
+    float32 arrays, whatever dtype the forward pass computed in.
+
     With ``keep_local`` (rules whose workers hold local weights, e.g. EASGD) the replica's own
     weights and version are put back afterwards.
     """
@@ -336,8 +385,9 @@ def evaluate_rows(
         xt, yt = _to_device(x, replica.device), _to_device(as_labels(y), replica.device)
         loss_sum, outs = 0.0, []
         for lo, hi in batch_bounds(len(x), batch_size):
-            ls, out = evaluate(replica, xt[lo:hi], yt[lo:hi])
-            loss_sum += ls
+            with replica.autocast():
+                ls, out = evaluate(replica, xt[lo:hi], yt[lo:hi])
+            loss_sum += float(ls)
             outs.append(_numpy(out))
     finally:
         if saved is not None:

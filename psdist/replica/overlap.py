@@ -100,12 +100,16 @@ class InFlight:
             replica.version = previous.pull.version
         replica.buffers_sent()  # the change so far is in this push; count anew from here
         self._spare, self._fresh = out, False
-        self._future = self._pool.submit(self._send, push, 1.0 / batches)
+        # the set handed over is in units of the loss scale in force now ("16-mixed"); the
+        # scale may change while the thread reads it (the next window's minibatches), so its
+        # unscaling factor is fixed here, at the hand-over
+        self._future = self._pool.submit(self._send, push, replica.grad_unscale / batches)
         return previous
 
     def _send(self, push: Push, scale: float) -> PushReply:
         """On the communication thread: the trained set's gradient into the push, sent; the
-        answer's weights into the spare set."""
+        answer's weights into the spare set. ``scale``: 1 / (minibatches × loss scale), which
+        makes the mean true gradient."""
         update = torch.from_numpy(push.update)
         for g in self.replica.layout.groups:
             _, grads = self._spare[g.name]

@@ -7,8 +7,11 @@ simulator).
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -19,8 +22,11 @@ from psdist.core.protocol import Pull
 from psdist.errors import ModelError
 from psdist.replica.binding import FlatBinding, spec_of
 from psdist.replica.local_optim import TorchLocalOptimizer, local_optimizer
+from psdist.replica.precision import Precision
 
 __all__ = ["Replica", "as_model_dict", "layout_of"]
+
+_Out = TypeVar("_Out")
 
 
 def as_model_dict(built: Any) -> dict[str, torch.nn.Module]:
@@ -52,14 +58,23 @@ class Replica:
         Named modules, in layout order.
     device
         Where the tensors live (``"cpu"`` or ``"cuda:N"``).
+    precision
+        ``"32"``, ``"bf16-mixed"`` or ``"16-mixed"``
+        (:data:`~psdist.replica.precision.PRECISIONS`), or a
+        :class:`~psdist.replica.precision.Precision`. The replica owns it: under ``"16-mixed"``
+        its loss scale lives here, from chunk to chunk. The flat gradients then hold the
+        accumulated gradients times the current scale; :meth:`gradient_update` divides it out.
     """
 
     def __init__(
-        self, worker: str, models: dict[str, torch.nn.Module], device: str = "cpu"
+        self, worker: str, models: dict[str, torch.nn.Module], device: str = "cpu",
+        precision: str | Precision = "32",
     ) -> None:
         self.worker = worker
         self.models = models
         self.device = torch.device(device)
+        self.precision = Precision.of(precision)
+        self._backward_calls = 0  # replica.backward() calls of the current step (run_step)
         self.layout = layout_of(models)
         self.bindings = {
             g.name: FlatBinding(models[g.name], g.spec).bind(self.device)
@@ -120,9 +135,11 @@ class Replica:
         """A push vector: ``scale`` × accumulated gradients, and each buffer's change since pull.
 
         ``out``: write it there (a data plane's shared-memory gradient slot) instead of a new array.
+        Under ``"16-mixed"`` the loss scale is divided out here: the vector holds true gradients.
         """
         if out is None:
             out = np.empty(self.layout.size, dtype=np.float32)
+        scale *= self.grad_unscale
         for g in self.layout.groups:
             b = self.bindings[g.name]
             b.check_grads()
@@ -164,16 +181,100 @@ class Replica:
         """A torch optimizer of ``model``'s trainable parameters (see :class:`~psdist.core.ports.ReplicaPort`)."""
         return local_optimizer(list(self.models[model].named_parameters()), optimizer, nesterov_momentum)
 
-    def backward(self, loss: torch.Tensor, model: str) -> None:
-        """Accumulate the gradient of ``loss`` into ``model``'s parameters only.
+    # ------------------------------------------------------------------ precision
+    def autocast(self) -> AbstractContextManager[object]:
+        """The autocast context of this replica's precision on its device (a no-op for ``"32"``)."""
+        return self.precision.autocast(self.device.type)
 
-        For steps with several models (a GAN's generator loss flows through the discriminator
-        too, but must only train the generator). Other models' gradients are left untouched.
+    @property
+    def grad_unscale(self) -> float:
+        """What turns the flat gradients into true gradients: 1 / loss scale (1.0 without one)."""
+        scaler = self.precision.scaler
+        return 1.0 if scaler is None else 1.0 / scaler.scale
+
+    def run_step(self, step: Callable[[Replica, torch.Tensor, torch.Tensor], _Out],
+                 x: torch.Tensor, y: torch.Tensor) -> _Out:
+        """Run one training step on this replica under its precision's autocast.
+
+        Under ``"16-mixed"`` the loss must reach the gradients through :meth:`backward`, which
+        scales it: a step that changed the gradients without calling it (a plain
+        ``loss.backward()``) would push them divided by the loss scale, 65536 times too small.
+        That raises :class:`~psdist.errors.ModelError`. Under the other precisions a plain
+        ``loss.backward()`` is fine.
         """
-        if model not in self.models:
+        self._backward_calls = 0
+        # the flat vectors' version counters move with every in-place write through a view,
+        # backward's accumulation into .grad included: an O(1) test that gradients changed
+        before = self._grad_versions() if self.precision.scaler is not None else ()
+        with self.autocast():
+            out = step(self, x, y)
+        if self.precision.scaler is not None and self._backward_calls == 0 and self._grad_versions() != before:
+            raise ModelError(
+                "under precision='16-mixed' a step must send its loss through replica.backward(loss) "
+                "(or replica.backward(loss, model)), which scales it for float16; this step changed the "
+                "gradients without it (loss.backward()?), so they would reach the server divided by the "
+                "loss scale"
+            )
+        return out
+
+    def _grad_versions(self) -> tuple[int, ...]:
+        return tuple(b.grads._version for b in self.bindings.values() if b.grads is not None)
+
+    def grads_finite(self) -> bool:
+        """Whether every accumulated gradient is finite (one reduction per model, one sync).
+
+        A sum is NaN or Inf when any term is; a finite float32 gradient sum cannot overflow
+        before the scaled gradients themselves would.
+        """
+        sums = [b.grads.sum() for b in self.bindings.values() if b.grads is not None]
+        return bool(torch.isfinite(torch.stack(sums).sum()))
+
+    @torch.no_grad()
+    def scale_grads(self, factor: float) -> None:
+        """Multiply the accumulated gradients by ``factor`` (the loss scale changed by it)."""
+        if factor != 1.0:
+            for b in self.bindings.values():
+                assert b.grads is not None
+                b.grads.mul_(factor)
+
+    @contextlib.contextmanager
+    def true_grads(self) -> Iterator[None]:
+        """Inside, the flat gradients are true gradients (the loss scale divided out), then
+        scaled back: for a rule's local optimizer steps (elastic averaging), which read
+        ``.grad`` directly. Exact with power-of-two scales."""
+        unscale = self.grad_unscale
+        self.scale_grads(unscale)
+        try:
+            yield
+        finally:
+            self.scale_grads(1.0 / unscale)
+
+    def backward(self, loss: torch.Tensor, model: str | None = None) -> None:
+        """Accumulate the gradient of ``loss`` into the flat gradients; what a step calls.
+
+        ``model=None``: into every model's parameters (a plain backward pass). A model's name:
+        into that model's parameters only — for steps with several models (a GAN's generator
+        loss flows through the discriminator too, but must only train the generator); other
+        models' gradients are left untouched.
+
+        Under ``"16-mixed"`` the loss is multiplied by the replica's loss scale first (in
+        float32, so the scaled loss itself cannot overflow); psdist divides the scale out
+        before pushing. The backward pass runs outside autocast, as torch recommends.
+        """
+        if model is not None and model not in self.models:
             raise ModelError(f"no model {model!r} in this training; models are {list(self.models)}")
-        params = [p for p in self.models[model].parameters() if p.requires_grad]
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        self._backward_calls += 1
+        scaler = self.precision.scaler
+        if scaler is not None:
+            loss = loss.float() * scaler.scale
+        off = (torch.autocast(self.device.type, enabled=False) if self.precision.mixed
+               else contextlib.nullcontext())
+        with off:
+            if model is None:
+                loss.backward()
+                return
+            params = [p for p in self.models[model].parameters() if p.requires_grad]
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
         with torch.no_grad():
             for p, g in zip(params, grads, strict=True):
                 if g is None:

@@ -16,8 +16,8 @@ from psdist.replica.loop import ChunkResult
 
 __all__ = ["FAULT_FIELDS", "EpochProgress", "summarize"]
 
-#: Per-chunk counters that some ChunkResults carry (bad data, NaN); summed when present.
-OPTIONAL_COUNTS = ("nonfinite_batches", "pushes_nonfinite", "bad_chunks", "chunks_read_ahead")
+#: Per-chunk counters that some ChunkResults carry (bad data, NaN, fp16 overflow); summed when present.
+OPTIONAL_COUNTS = ("nonfinite_batches", "pushes_nonfinite", "bad_chunks", "chunks_read_ahead", "overflow_batches")
 
 #: Record fields that say what went wrong and what it cost (0 on a clean epoch).
 FAULT_FIELDS = ("chunks_rerun", "workers_lost", "chunks_hung", "ps_restarts", "versions_lost",
@@ -45,6 +45,9 @@ def summarize(r: ChunkResult) -> dict[str, Any]:
     }
     for name in OPTIONAL_COUNTS:
         out[name] = int(getattr(r, name, 0) or 0)
+    scale = getattr(r, "loss_scale", None)
+    if scale is not None:  # "16-mixed" only
+        out["loss_scale"] = float(scale)
     return out
 
 
@@ -123,6 +126,9 @@ class EpochProgress:
             **{k: sum(s.get(k, 0) for s in done) for k in OPTIONAL_COUNTS},
             **self.faults,
         }
+        scales = [s["loss_scale"] for s in done if "loss_scale" in s]
+        if scales:  # "16-mixed": the smallest of the workers' loss scales at the end of a chunk
+            rec["loss_scale"] = min(scales)
         if self.resumed:
             rec["resumed"] = True
         return rec

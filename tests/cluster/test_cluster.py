@@ -195,3 +195,20 @@ def test_save_load_fit_equals_uninterrupted_run(small_blobs, tmp_path):
     assert [r["epoch"] for r in resumed.history] == [1, 2]
     assert resumed.history.last["val_loss"] == pytest.approx(straight.history.last["val_loss"], rel=1e-6)
     assert straight.history.last["val_accuracy"] >= 0.9
+
+
+def test_mixed_precision_on_cpu_workers_matches_float32(client, blob_data):
+    """precision= reaches the workers: bf16-mixed trains within a point of float32 on the same
+    task, and 16-mixed runs its loss scaler there (the epoch record carries the scale)."""
+    def run(precision: str):
+        trainer = psdist.Trainer(MLP_BN, CE, blob_data, psdist.optim.SGD(lr=0.05, momentum=0.9), batch_size=64,
+                                 client=client, seed=3, precision=precision)
+        return trainer.fit(epochs=2)
+
+    fp32, bf16 = run("32"), run("bf16-mixed")
+    assert fp32.last["val_accuracy"] >= 0.95
+    assert abs(bf16.last["val_accuracy"] - fp32.last["val_accuracy"]) <= 0.01
+    assert "loss_scale" not in bf16.last and bf16.last["overflow_batches"] == 0
+    fp16 = run("16-mixed")
+    assert fp16.last["loss_scale"] >= 1.0  # the scaler ran on the workers (2**16 unless it backed off)
+    assert fp16.last["val_accuracy"] >= 0.95

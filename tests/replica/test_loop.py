@@ -162,6 +162,7 @@ def test_push_accounting() -> None:
     assert res.applied == expected_pushes
     assert res.samples_applied == 1000
     assert res.rejected == {}
+    assert res.overflow_batches == 0 and res.loss_scale is None  # precision "32": nothing scaled
     assert res.staleness == [0] * expected_pushes
     assert res.version == replica.version == expected_pushes
     assert state.applied == expected_pushes
