@@ -1,9 +1,12 @@
 """Turning the suite's result document into Markdown tables and the target checks.
 
     python -m benchmarks.suite.report benchmarks/results/<date>-<host>.json   # reprint the tables
+    python -m benchmarks.suite.report benchmarks/results/device-<date>-<host>.json   # a device check
 
 Ratios are always against rows measured by the same command (the baselines are in the same
-document); a skipped or failed row shows its reason instead of a number.
+document); a skipped or failed row shows its reason instead of a number. The suite's report
+ends with the newest device check (``benchmarks/bench_device.py``'s ``device-*.json`` in
+``benchmarks/results``), when there is one: its own command measured it, so it stands apart.
 """
 
 from __future__ import annotations
@@ -11,10 +14,13 @@ from __future__ import annotations
 import json
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 CNN_WORKLOADS = ("jet_cnn", "calo_cnn")  # the "CNN models" of the issue's throughput target
 PSDIST = "psdist-downpour"  # psdist's default rule stands for psdist in the targets
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+DEVICE_CHECK = "device-check"  # the "kind" of bench_device.py's documents
 
 
 def _f(v: Any, spec: str = ".0f", dash: str = "—") -> str:
@@ -209,7 +215,7 @@ def targets_table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def markdown(doc: dict[str, Any], figures: list[str]) -> str:
+def markdown(doc: dict[str, Any], figures: list[str], device_dir: Path | None = RESULTS) -> str:
     m = doc["machine"]
     s = doc["settings"]
     allcores = s["all_cores_contender"]
@@ -235,13 +241,104 @@ def markdown(doc: dict[str, Any], figures: list[str]) -> str:
     ]
     if figures:
         parts += ["", "**Figures**", "", *[f"![{f}]({f})" for f in figures]]
+    found = latest_device_check(device_dir) if device_dir is not None else None
+    if found is not None:
+        parts += ["", device_markdown(found[1], found[0].name)]
     return "\n".join(parts) + "\n"
+
+
+# ---------------------------------------------------------------------------- device check
+def latest_device_check(folder: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest ``device-*.json`` of ``folder`` (by its recorded date), or None."""
+    found = []
+    for path in Path(folder).glob("device-*.json"):
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):  # a file being written, or not ours: not a device check
+            continue
+        if isinstance(doc, dict) and doc.get("kind") == DEVICE_CHECK:
+            found.append((str(doc.get("date", "")), path.name, path, doc))
+    if not found:
+        return None
+    _, _, path, doc = max(found)
+    return path, doc
+
+
+def _mark(met: bool | None) -> str:
+    return "—" if met is None else ("✓" if met else "✗")
+
+
+def _run_cell(r: dict[str, Any] | None, key: str = "samples_per_s", spec: str = ".0f") -> str:
+    if not r:
+        return "missing"
+    if r.get("status") != "ok":  # one line, no "|": it sits in a table cell
+        return f"{r.get('status')}: " + " ".join(str(r.get("reason")).split()).replace("|", "/")[:200]
+    return _f(r.get(key), spec)
+
+
+def _acc(r: dict[str, Any] | None) -> str:
+    """A run's validation accuracy; a dash where it has none (its reason is in the samples/s cell)."""
+    return _f(r.get("val_accuracy"), ".3f") if r and r.get("status") == "ok" else "—"
+
+
+def device_gpu_table(doc: dict[str, Any]) -> str:
+    """psdist with one GPU worker against plain PyTorch, per workload and precision."""
+    gpu = doc.get("gpu") or {}
+    target = gpu.get("target_ratio", 0.9)
+    title = "**GPU: psdist with one GPU worker vs plain PyTorch on the same GPU**"
+    if gpu.get("status") != "ok":
+        return f"{title}: {gpu.get('status', 'missing')}: {gpu.get('reason')}"
+    head = [f"{title} (samples/s; target ≥ {target:.2f}×)", ""]
+    lines = [*head, "| workload | precision | plain | psdist | psdist / plain | target | val acc plain | "
+             "val acc psdist |", "|---" * 8 + "|"]
+    for r in gpu.get("rows", []):
+        p, q = r.get("plain"), r.get("psdist")
+        lines.append(f"| {r['workload']} | {r['precision']} | {_run_cell(p)} | {_run_cell(q)} | "
+                     f"{_f(r.get('ratio'), '.2f')} | {_mark(r.get('target_met'))} | "
+                     f"{_acc(p)} | {_acc(q)} |")
+    return "\n".join(lines)
+
+
+def device_cpu_table(doc: dict[str, Any]) -> str:
+    """psdist's CPU scaling: N single-threaded workers and one PS against 1-thread PyTorch."""
+    cpu = doc.get("cpu") or {}
+    if cpu.get("status") != "ok":
+        return f"**CPU scaling**: {cpu.get('status', 'missing')}: {cpu.get('reason')}"
+    head = [f"**CPU scaling: {cpu['workload']}, psdist N workers × 1 thread + 1 PS vs plain PyTorch 1 thread** "
+            f"(batch {cpu['batch_size']}; efficiency = speedup / N)", ""]
+    lines = [*head, "| run | samples/s | speedup vs plain | efficiency | × psdist 1 worker | val acc |",
+             "|---" * 6 + "|"]
+    plain = cpu.get("plain")
+    lines.append(f"| plain 1 thread | {_run_cell(plain)} | 1.00 | — | — | {_acc(plain)} |")
+    for r in cpu.get("rows", []):
+        lines.append(f"| psdist {r['workers']} worker(s) | {_run_cell(r)} | {_f(r.get('speedup'), '.2f')} | "
+                     f"{_f(r.get('efficiency'), '.2f')} | {_f(r.get('vs_psdist_1'), '.2f')} | "
+                     f"{_acc(r)} |")
+    notes = [f"- {s['workers']} workers: {s['reason']}" for s in cpu.get("skipped_workers", [])]
+    return "\n".join(lines + (["", *notes] if notes else []))
+
+
+def device_markdown(doc: dict[str, Any], name: str | None = None) -> str:
+    """A device check's two tables under one heading (the suite's report and bench_device.py)."""
+    m = doc.get("machine") or {}
+    gpu = m.get("gpu") or "no GPU"
+    src = f" (`{name}`)" if name else ""
+    # bold, not a heading: the section also lands inside docs/benchmarks.md's "Latest run" block
+    parts = [f"**Device check — {doc.get('date', '?')} on {doc.get('host', '?')}**{src}", "",
+             f"{gpu}, {m.get('cores', '?')} CPU cores, torch {m.get('torch', '?')} (CUDA build {m.get('torch_cuda') or 'none'}); "
+             f"command `{doc.get('command', '?')}` ({_f(doc.get('wall_s'), '.0f')} s"
+             f"{'' if doc.get('complete') else ', incomplete'})."]
+    if doc.get("quick"):
+        parts += ["", "*Quick run: tiny sizes; the numbers only show that everything runs.*"]
+    parts += ["", device_gpu_table(doc), "", device_cpu_table(doc)]
+    return "\n".join(parts)
 
 
 def main(argv: list[str] | None = None) -> None:
     path = (argv or sys.argv[1:])[0]
     with open(path) as f:
-        print(markdown(json.load(f), []))
+        doc = json.load(f)
+    print(device_markdown(doc, Path(path).name) if doc.get("kind") == DEVICE_CHECK else markdown(doc, []))
 
 
 if __name__ == "__main__":
