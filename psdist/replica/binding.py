@@ -142,12 +142,16 @@ class FlatBinding:
         self._point(weights, grads)
         return old
 
-    def load(self, flat: np.ndarray | torch.Tensor) -> None:
-        """Set every tensor from a flat vector (one host-to-device copy)."""
+    def load(self, flat: np.ndarray | torch.Tensor, non_blocking: bool = False) -> None:
+        """Set every tensor from a flat vector (one host-to-device copy).
+
+        ``non_blocking``: ``flat`` is pinned host memory and the copy is queued on the current
+        stream (the one that then computes with the weights) without waiting for it.
+        """
         assert self.weights is not None, "call bind() first"
         src = torch.as_tensor(flat)
         with torch.no_grad():
-            self.weights.copy_(src, non_blocking=False)
+            self.weights.copy_(src, non_blocking=non_blocking)
             for e, owner, attr in self._int_buffers:
                 b = owner._buffers[attr]
                 assert b is not None  # bind() kept only the spec's buffers, never None slots

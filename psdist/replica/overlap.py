@@ -62,6 +62,11 @@ class InFlight:
         # the answer to the push in flight once it is settled (``_fresh``), the gradients are zero
         self._spare: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._fresh = False
+        # CUDA (psdist.replica.transfer): the thread's copies run on a side stream after the step
+        # that filled the set handed over (``_handed``); the compute stream waits for ``_ready``
+        # (the spare set zeroed and refilled) before the module uses that set
+        self._handed: torch.cuda.Event | None = None
+        self._ready: torch.cuda.Event | None = None
 
     def _spares(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         if not self._spare:
@@ -86,6 +91,7 @@ class InFlight:
         # computed on the weights in force before the previous push left: that version is its base
         push = Push(replica.worker, replica.version, update, samples, loss)
         spares = self._spares()
+        self._wait_ready()
         out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for g in replica.layout.groups:
             b = replica.bindings[g.name]
@@ -100,6 +106,9 @@ class InFlight:
             replica.version = previous.pull.version
         replica.buffers_sent()  # the change so far is in this push; count anew from here
         self._spare, self._fresh = out, False
+        if replica.staging is not None:  # after the last kernel that wrote the set handed over
+            self._handed = torch.cuda.Event()
+            self._handed.record(torch.cuda.current_stream(replica.device))
         # the set handed over is in units of the loss scale in force now ("16-mixed"); the
         # scale may change while the thread reads it (the next window's minibatches), so its
         # unscaling factor is fixed here, at the hand-over
@@ -110,16 +119,12 @@ class InFlight:
         """On the communication thread: the trained set's gradient into the push, sent; the
         answer's weights into the spare set. ``scale``: 1 / (minibatches × loss scale), which
         makes the mean true gradient."""
+        if self.replica.staging is not None:
+            return self._send_cuda(push, scale)
         update = torch.from_numpy(push.update)
         for g in self.replica.layout.groups:
             _, grads = self._spare[g.name]
-            section = update[g.params]
-            if grads.device.type == "cpu":
-                torch.mul(grads, scale, out=section)
-            else:
-                section.copy_(grads)  # device to host; the stream orders it after the backward
-                if scale != 1.0:
-                    section.mul_(scale)
+            torch.mul(grads, scale, out=update[g.params])
             grads.zero_()
         reply = self.server.push(push, True)
         weights = reply.pull.weights if reply.pull is not None else None
@@ -132,9 +137,47 @@ class InFlight:
             self._fresh = True
         return reply
 
+    def _send_cuda(self, push: Push, scale: float) -> PushReply:
+        """:meth:`_send` for a GPU replica: every copy on the side stream, through pinned memory,
+        overlapping the next window's kernels (see :mod:`psdist.replica.transfer`)."""
+        staging, groups = self.replica.staging, self.replica.layout.groups
+        assert staging is not None and self._handed is not None
+        side = staging.stream
+        hosts = []
+        with torch.cuda.stream(side):
+            side.wait_event(self._handed)
+            for g in groups:
+                _, grads = self._spare[g.name]
+                host = staging.host(f"push:{g.name}", grads.numel())
+                host.copy_(grads, non_blocking=True)
+                grads.zero_()
+                hosts.append(host)
+        side.synchronize()  # the gradients are on the host (and every earlier upload done)
+        for g, host in zip(groups, hosts, strict=True):
+            np.multiply(host.numpy(), np.float32(scale), out=push.update[g.params])
+        reply = self.server.push(push, True)
+        weights = reply.pull.weights if reply.pull is not None else None
+        with torch.cuda.stream(side):
+            if weights is not None:
+                for g in groups:
+                    src = staging.upload(f"pull:{g.name}", weights[g.whole])
+                    self._spare[g.name][0].copy_(src, non_blocking=True)
+                    staging.queued(f"pull:{g.name}", side)
+                self._fresh = True
+            self._ready = torch.cuda.Event()
+            self._ready.record(side)
+        return reply
+
+    def _wait_ready(self) -> None:
+        """The compute stream waits (on the GPU, not the host) until the spare set is ready."""
+        if self._ready is not None:
+            torch.cuda.current_stream(self.replica.device).wait_event(self._ready)
+            self._ready = None
+
     def finish(self) -> PushReply | None:
         """The reply to the last push (its weights in force), ``None`` if nothing was sent."""
         last = self._settle()
+        self._wait_ready()
         if last is not None and self._fresh:
             assert last.pull is not None
             for g in self.replica.layout.groups:

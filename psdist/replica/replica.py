@@ -23,6 +23,7 @@ from psdist.errors import ModelError
 from psdist.replica.binding import FlatBinding, spec_of
 from psdist.replica.local_optim import TorchLocalOptimizer, local_optimizer
 from psdist.replica.precision import Precision
+from psdist.replica.transfer import Staging
 
 __all__ = ["Replica", "as_model_dict", "layout_of"]
 
@@ -82,6 +83,8 @@ class Replica:
         }
         self.version = -1
         self._buffers_at_pull = np.zeros(self.layout.size, dtype=np.float32)
+        # pinned host buffers and a side stream for the host <-> GPU copies (CUDA only)
+        self.staging = Staging(self.device) if self.device.type == "cuda" else None
 
     @property
     def module(self) -> torch.nn.Module:
@@ -110,7 +113,11 @@ class Replica:
                 warnings.simplefilter("ignore", UserWarning)
                 src = torch.from_numpy(w)
             for g in self.layout.groups:
-                self.bindings[g.name].load(src[g.whole])
+                if self.staging is None:
+                    self.bindings[g.name].load(src[g.whole])
+                else:  # from pinned memory, queued on the compute stream: the host goes on at once
+                    self.bindings[g.name].load(self.staging.upload(f"w:{g.name}", w[g.whole]), non_blocking=True)
+                    self.staging.queued(f"w:{g.name}")
                 self._buffers_at_pull[g.buffers] = w[g.buffers]
         self.version = pull.version
 
@@ -144,7 +151,10 @@ class Replica:
             b = self.bindings[g.name]
             b.check_grads()
             assert b.grads is not None
-            grads = b.grads.detach().cpu().numpy()
+            if self.staging is None:
+                grads = b.grads.detach().numpy()
+            else:  # one DMA copy into pinned memory, after the step's kernels
+                grads = self.staging.download(f"g:{g.name}", b.grads.detach())
             np.multiply(grads, np.float32(scale), out=out[g.params])
             if g.spec.n_buffers:
                 np.subtract(b.buffer_vector(), self._buffers_at_pull[g.buffers], out=out[g.buffers])
