@@ -41,7 +41,7 @@ __version__ = "0.1.0"
 _LAZY: dict[str, tuple[str, str | None]] = {
     "Trainer": ("psdist.trainer", "Trainer"),
     "ZarrDataset": ("psdist.data.dataset", "ZarrDataset"),
-    "write_zarr": ("psdist.data.dataset", "write_zarr"),
+    "write_zarr": ("psdist.data.write", "write_zarr"),
     "History": ("psdist.run.history", "History"),
     "Checkpoints": ("psdist.run.recovery", "Checkpoints"),
     "EarlyStopping": ("psdist.run.stopping", "EarlyStopping"),

@@ -8,6 +8,7 @@ meaningless validation metrics.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import Sequence
@@ -16,10 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from psdist.core.tree import tree_map
 from psdist.data.dataset import Chunk, DatasetInfo, ZarrDataset, holdout_chunks
+from psdist.data.fields import Fields
 from psdist.errors import BadChunkError, DataError, ModelError
 from psdist.replica.loop import as_labels
 from psdist.replica.replica import Replica
+from psdist.replica.steps import SupervisedStep, forward
 
 __all__ = ["check_validation_classes", "chunk_classes", "dry_run", "label_max"]
 
@@ -53,7 +57,9 @@ def dry_run(step: Any, data: ZarrDataset, models: dict[str, torch.nn.Module], in
     if x is None or y is None:
         raise DataError(f"no chunk of {os.fspath(data.path)!r} can be read; list them with {data._code()}.scan()")
     replica = Replica("dry-run", models, precision=precision)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(as_labels(y))
+    xt, yt = tree_map(torch.from_numpy, x), tree_map(torch.from_numpy, as_labels(y))
+    if isinstance(step, SupervisedStep) and len(models) == 1:
+        check_signature(replica.module, data.input_fields, xt)
     try:
         replica.run_step(step, xt, yt)
         replica.train(False)
@@ -64,18 +70,25 @@ def dry_run(step: Any, data: ZarrDataset, models: dict[str, torch.nn.Module], in
         if len(models) == 1:
             with torch.no_grad():
                 try:
-                    shape = f", the model outputs {tuple(replica.module(xt).shape)}"
+                    shape = f", the model outputs {_shapes(forward(replica.module, xt))}"
                 except Exception:
                     shape = ", and the model fails on them"
         under = "" if replica.precision.name == "32" else f" under precision={replica.precision.name!r}"
+        rows_of = (f"rows of shape {tuple(xt.shape)}" if isinstance(xt, torch.Tensor)
+                   else f"inputs {_shapes(xt)} ({data.input_fields.call()})")
+        labels = (f"labels {tuple(yt.shape)} {yt.dtype}" if isinstance(yt, torch.Tensor) else f"targets {_shapes(yt)}")
         raise ModelError(
-            f"the model and loss do not fit the data{under}: rows of shape {tuple(xt.shape)} with "
-            f"labels {tuple(yt.shape)} {yt.dtype}{shape} — {type(e).__name__}: {e}"
+            f"the model and loss do not fit the data{under}: {rows_of} with {labels}{shape} — {type(e).__name__}: {e}"
         ) from e
-    if np.dtype(info.y_dtype).kind not in "iub":
-        return  # regression targets: no classes to check
-    classes = chunk_classes(data, (*info.train, *info.val))
-    check_validation_classes(data, info, classes)
+    targets = data.target_fields
+    classes: dict[int, np.ndarray] = {}
+    for t, name in enumerate(targets.names):
+        if np.dtype(info.dtype(name)).kind not in "iub":
+            continue  # a regression target: no classes to check
+        classes = chunk_classes(data, (*info.train, *info.val), t)
+        check_validation_classes(data, info, classes)
+    if not targets.single or np.dtype(info.y_dtype).kind not in "iub":
+        return
     if y.dtype.kind in "iu" and isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[1] > 1:
         top = max((int(c.max()) for c in classes.values() if c.size), default=0)
         if top >= out.shape[1]:
@@ -85,6 +98,36 @@ def dry_run(step: Any, data: ZarrDataset, models: dict[str, torch.nn.Module], in
             )
 
 
+def _shapes(tree: Any) -> Any:
+    """Shapes and dtypes of a batch's arrays, for messages (one tensor: its shape)."""
+    if isinstance(tree, torch.Tensor):
+        return tuple(tree.shape)
+    described = tree_map(lambda t: f"{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}", tree)
+    return described if isinstance(described, dict) else list(described)
+
+
+def check_signature(model: torch.nn.Module, inputs: Fields, batch: Any) -> None:
+    """Refuse a model whose ``forward`` cannot take the dataset's inputs as psdist will pass them
+    (``model(*inputs)`` or ``model(**inputs)``), showing the signature and the call."""
+    if inputs.single:
+        return  # one array: the model's own error says it best (the dry run reports it)
+    try:
+        sig = inspect.signature(model.forward)
+    except (TypeError, ValueError):  # a compiled or scripted forward: nothing to read
+        return
+    try:
+        if isinstance(batch, dict):
+            sig.bind(**batch)
+        else:
+            sig.bind(*batch)
+    except TypeError as e:
+        raise ModelError(
+            f"the model's forward{sig} cannot take the inputs: psdist calls {inputs.call()} "
+            f"({type(model).__name__}: {e}); name the arrays in the order of forward's arguments, "
+            "or pass inputs={argument: array} to call it with keywords"
+        ) from None
+
+
 def label_max(data: ZarrDataset, info: DatasetInfo | None = None) -> int:
     """Largest integer label of the training and validation chunks (reads labels only)."""
     chunks = info if info is not None else data.describe()
@@ -92,13 +135,14 @@ def label_max(data: ZarrDataset, info: DatasetInfo | None = None) -> int:
     return max((int(c.max()) for c in classes.values() if c.size), default=0)
 
 
-def chunk_classes(data: ZarrDataset, chunks: Sequence[Chunk]) -> dict[int, np.ndarray]:
-    """The distinct labels of each chunk, by :attr:`~psdist.data.dataset.Chunk.index` (labels only).
+def chunk_classes(data: ZarrDataset, chunks: Sequence[Chunk], target: int = 0) -> dict[int, np.ndarray]:
+    """The distinct labels of each chunk, by :attr:`~psdist.data.dataset.Chunk.index` (labels only);
+    ``target``: which of several targets.
 
     Chunks that cannot be read are missing from the result when the dataset skips bad chunks
     (:attr:`~psdist.data.dataset.ZarrDataset.skip_bad_chunks`); otherwise they raise.
     """
-    return {c.index: np.unique(y) for c, y in data.read_labels(chunks)}
+    return {c.index: np.unique(y) for c, y in data.read_labels(chunks, target=target)}
 
 
 def _union(classes: dict[int, np.ndarray], chunks: Sequence[Chunk]) -> set[int]:
@@ -129,9 +173,9 @@ def check_validation_classes(data: ZarrDataset, info: DatasetInfo, classes: dict
         return
     path = os.fspath(data.path)
     (only,) = val
-    held_out = all(c.y == data.y for c in info.val)
+    held_out = all(c.y == data.target_fields for c in info.val)
     if held_out:
-        where = (f"the held-out chunks {[c.index for c in info.val]} of {data.y!r} hold class {only} only: "
+        where = (f"the held-out chunks {[c.index for c in info.val]} of {data.target_fields} hold class {only} only: "
                  "a store written one class after another keeps each class in its own chunks")
         fixes = []
         fraction = _covering_fraction(data, info, classes)

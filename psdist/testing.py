@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from psdist.core.tree import rows, tree_map
 from psdist.data.dataset import ZarrDataset
 from psdist.errors import ConfigError
 from psdist.optim.resolve import as_optimizer
@@ -55,8 +56,9 @@ def train_plain(
         step = SupervisedStep(loss_fn)
     info = data.describe()
     g = data.open_group()
-    x = np.concatenate([np.asarray(g[c.x][c.start : c.stop]) for c in info.train])
-    y = as_labels(np.concatenate([np.asarray(g[c.y][c.start : c.stop]) for c in info.train]))
+    parts = [data.read(c, g) for c in info.train]  # several inputs/targets: tuples or dicts, aligned
+    x = concat_outputs([p[0] for p in parts])
+    y = as_labels(concat_outputs([p[1] for p in parts]))
     torch.manual_seed(seed)
     models = as_model_dict(model_fn())
     # same flat binding and autocast as the workers: same .grad handling
@@ -71,13 +73,14 @@ def train_plain(
         recipe = as_optimizer(opt)
         t, sched = recipe.build(named)
         torch_opts[name] = (t, sched, recipe.clip_norm, [p for _, p in named])
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    xt, yt = tree_map(torch.from_numpy, x), tree_map(torch.from_numpy, y)
     rng = np.random.default_rng(seed)
     for _ in range(epochs):
         replica.train(True)
-        for idx in np.array_split(rng.permutation(len(x)), max(1, len(x) // batch_size)):
+        for idx in np.array_split(rng.permutation(rows(x)), max(1, rows(x) // batch_size)):
+            pick = torch.from_numpy(idx)
             replica.zero_grad()
-            replica.run_step(step, xt[idx], yt[idx])
+            replica.run_step(step, _pick(xt, pick), _pick(yt, pick))
             if scaler is not None:
                 finite = replica.grads_finite()
                 factor = scaler.update(finite)
@@ -95,19 +98,24 @@ def train_plain(
     loss_sum, outs, targets = 0.0, [], []
     with torch.no_grad():
         for c in info.val:
-            xv = torch.from_numpy(np.asarray(g[c.x][c.start : c.stop]))
-            yv = np.asarray(g[c.y][c.start : c.stop])
+            xv, yv = data.read(c, g)
             with replica.autocast():
-                ls, out = step.evaluate(replica, xv, torch.from_numpy(as_labels(yv)))
+                ls, out = step.evaluate(replica, tree_map(torch.from_numpy, xv),
+                                        tree_map(torch.from_numpy, as_labels(yv)))
             loss_sum += ls
-            outs.append({k: v.float().numpy() for k, v in out.items()} if isinstance(out, dict) else out.float().numpy())
+            outs.append(tree_map(lambda v: v.float().numpy() if v.is_floating_point() else v.numpy(), out))
             targets.append(yv)
-    n = sum(len(t) for t in targets)
+    n = sum(rows(t) for t in targets)
     result = {"val_loss": loss_sum / max(n, 1)}
     if outs:
-        outputs, target = concat_outputs(outs), np.concatenate(targets)
-        every: dict[str, Callable[[np.ndarray, Any], float]] = {**default_metrics(info.y_dtype), **(metrics or {})}
+        outputs, target = concat_outputs(outs), concat_outputs(targets)
+        defaults = default_metrics(info.y_dtype) if info.single_target else {}
+        every: dict[str, Callable[[Any, Any], float]] = {**defaults, **(metrics or {})}
         for name, fn in every.items():
             result[f"val_{name}"] = float(fn(target, outputs))
     return result
 
+
+def _pick(tree: Any, index: torch.Tensor) -> Any:
+    """The rows ``index`` of every tensor of ``tree`` (one input, or a tuple/dict of them)."""
+    return tree_map(lambda t: t[index], tree)

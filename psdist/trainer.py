@@ -249,13 +249,14 @@ class Trainer:
             self.settings.scaling.data_plane, self.settings.algorithm.overlap, self.settings.scaling.wire_dtype,
             self.settings.scaling.devices, self.settings.training.precision,
         )
-        metrics = {**default_metrics(info.y_dtype), **self.settings.training.metrics}
+        # accuracy by default for one integer target; several targets: the metrics given
+        metrics = {**(default_metrics(info.y_dtype) if info.single_target else {}), **self.settings.training.metrics}
         return info, spec, metrics
 
     def _check_same_split(self, info: DatasetInfo) -> None:
         """A resumed training validates on the chunks it validated on (never on trained rows)."""
         saved = self.run.held_out
-        now = [c.index for c in info.val if c.x == self.data.x]  # held-out chunks of the training arrays
+        now = [c.index for c in info.val if c.x == self.data.input_fields]  # held-out chunks of the training arrays
         if saved is None or saved == now:
             return
         raise DataError(
@@ -426,7 +427,7 @@ class Trainer:
             # the store's name, not its path: the page shows nothing a Dask dashboard would not
             "max_staleness": sess.max_staleness, "data": os.path.basename(str(self.data.path).rstrip("/")),
             "seed": self.settings.training.seed, "parameter_server": sess.placement, "training_workers": sess.slots,
-            "overlap": sess.overlap, "devices": dict(sess.devices), "precision": self.settings.training.precision,
+            "overlap": sess.overlap, "devices": ", ".join(f"{k}: {v}" for k, v in sorted(sess.devices.items())), "precision": self.settings.training.precision,
         }
 
     def _publish(self, sess: Session, record: Event) -> None:
@@ -591,7 +592,7 @@ class Trainer:
         logger.info("psdist: checkpoint %s at version %d", self.settings.faults.checkpoints.path, point.version)
 
     def _write(self, path: str, point: RecoveryPoint) -> None:
-        held_out = [c.index for c in self.data.describe().val if c.x == self.data.x]
+        held_out = [c.index for c in self.data.describe().val if c.x == self.data.input_fields]
         settings = self.settings.to_checkpoint()
         stopping = self.settings.training.early_stopping.state() if self.settings.training.early_stopping else None
         meta, arrays = self.run.checkpoint(point, settings, held_out, stopping)
@@ -615,7 +616,7 @@ class Trainer:
         if "optimizer" in kwargs:  # given again: its settings win over the stored ones
             arrays = adopt_optimizers(t.settings.training.optimizer, server, arrays)
         t.run.restore(meta, arrays)
-        if t.run.held_out is None and any(c.x == t.data.x for c in t.data.describe().val):
+        if t.run.held_out is None and any(c.x == t.data.input_fields for c in t.data.describe().val):
             logger.warning("psdist: %s was written before held-out chunks were recorded; the training then held "
                            "out the last chunks, the resumed run holds out chunks spread over the store", path)
         if t.settings.training.early_stopping is not None and meta.get("early_stopping"):

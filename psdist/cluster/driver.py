@@ -219,7 +219,7 @@ class EpochDriver:
                             + "; ".join(b for r in gathered for b in r.bad[:1]))
         n = sum(r.samples for r in results)
         outputs = concat_outputs([r.outputs for r in results])
-        targets = np.concatenate([r.targets for r in results])
+        targets = concat_outputs([r.targets for r in results])  # an array, or a tuple/dict of them
         out = {"val_loss": sum(r.loss_sum for r in results) / n,
                "val_bad_chunks": sum(r.bad_chunks for r in gathered)}
         for name, fn in self.metrics.items():

@@ -68,7 +68,7 @@ class StatusPanel(Component):
         shown = {"parameter_server": "parameter server", "training_workers": "training slots",
                  "overlap": "push in flight (+1 round of staleness)"}
         for key in ("parameter_server", "training_workers", "rule", "optimizers", "batch_size", "push_every",
-                    "max_staleness", "overlap", "data"):
+                    "max_staleness", "overlap", "devices", "precision", "data"):
             if key in run.config:
                 facts.append((shown.get(key, key), run.config[key]))
         alarm = {"NaN/Inf", "bad chunks skipped", "last bad chunk"} if run.bad_data else set()

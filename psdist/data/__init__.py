@@ -8,16 +8,17 @@ from psdist.data.dataset import (
     DatasetInfo,
     ScanReport,
     ZarrDataset,
-    compressor_codecs,
     nonfinite_rows,
-    write_zarr,
 )
+from psdist.data.fields import Fields
 from psdist.data.split import epoch_order, holdout_chunks, task_seed
+from psdist.data.write import compressor_codecs, write_zarr
 
 __all__ = [
     "EVERY_CHUNK_ATTR",
     "Chunk",
     "DatasetInfo",
+    "Fields",
     "ScanReport",
     "ZarrDataset",
     "compressor_codecs",

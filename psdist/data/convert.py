@@ -8,11 +8,14 @@ arrays:
 ==================  ==========================================================================
 ``x``, ``y``        features (N, ...) and labels (N,): what the trainer reads
 ``x_<name>``        HDF5 with several feature datasets: one array each, and no ``x``; train
-                    on one with ``ZarrDataset(path, x="x_<name>", x_val="x_<name>_val")``
+                    on all with ``ZarrDataset(path, inputs=["x_a", "x_b"])`` (the model is
+                    called ``model(x_a, x_b)``), or on one with ``x="x_<name>", x_val=...``
 ``x`` + ``mask``    ROOT jagged branches: ``x`` (N, max_particles, n_jagged) float32, padded
                     (or truncated) per event; ``mask`` (N, max_particles) bool, True on real
                     particles
-``x_flat``          ROOT flat branches when jagged ones are given too: (N, n_flat) float32
+``x_flat``          ROOT flat branches when jagged ones are given too: (N, n_flat) float32;
+                    ``ZarrDataset(path, inputs=["x", "x_flat", "mask"])`` trains on all three
+                    (YAML ``data: {path: ..., inputs: [x, x_flat, mask]}``), each its own dtype
 ``<name>_val``      the same arrays for validation inputs
 ==================  ==========================================================================
 
@@ -45,7 +48,8 @@ from psdist.data.convert_sources import (
     with_label,
     x_names,
 )
-from psdist.data.dataset import EVERY_CHUNK_ATTR, ZarrDataset, compressor_codecs
+from psdist.data.dataset import EVERY_CHUNK_ATTR, ZarrDataset
+from psdist.data.write import compressor_codecs
 from psdist.errors import ConfigError, DataError
 
 __all__ = ["Progress", "from_hdf5", "from_numpy", "from_root"]

@@ -82,6 +82,11 @@ def _report(path: str) -> None:
     g = zarr.open_group(path, mode="r")
     arrays = ", ".join(f"{k} {tuple(a.shape)} {a.dtype}" for k, a in sorted(g.arrays(), key=lambda ka: ka[0]))
     print(f"wrote {path}: {arrays}")
+    inputs = [k for k in sorted(g.array_keys(), key=lambda k: (k != "x", k != "mask", k))
+              if not k.endswith("_val") and k != "y"]
+    if len(inputs) > 1:  # several inputs: the config that trains on all of them, as the model's arguments
+        print(f"train on all of them (in your model's argument order): data: {{path: {path}, "
+              f"inputs: [{', '.join(inputs)}], targets: y}}")
 
 
 def _common(a: argparse.Namespace) -> dict[str, Any]:

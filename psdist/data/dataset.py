@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from psdist.core.finite import nonfinite_rows  # re-exported: its old home
+from psdist.core.tree import concat, leaves
+from psdist.data.fields import Fields
 from psdist.data.split import epoch_order, holdout_chunks, task_seed  # re-exported: their old home
 from psdist.errors import BadChunkError, ConfigError, DataError
 
@@ -29,13 +31,12 @@ __all__ = [
     "DatasetInfo",
     "ScanReport",
     "ZarrDataset",
-    "compressor_codecs",
     "epoch_order",
     "holdout_chunks",
     "nonfinite_rows",
     "task_seed",
-    "write_zarr",
 ]
+
 
 logger = logging.getLogger(__name__)
 
@@ -49,13 +50,22 @@ EVERY_CHUNK_ATTR = "psdist_every_chunk"
 
 @dataclass(frozen=True)
 class Chunk:
-    """A range of rows of one array pair; the unit of work of one task."""
+    """A range of rows of the inputs' and targets' arrays; the unit of work of one task.
+
+    ``x`` and ``y`` are the :class:`~psdist.data.fields.Fields` read (an array name is one).
+    """
 
     index: int
-    x: str
-    y: str
+    x: Fields
+    y: Fields
     start: int
     stop: int
+
+    def __post_init__(self) -> None:
+        for side in ("x", "y"):
+            value = getattr(self, side)
+            if not isinstance(value, Fields):
+                object.__setattr__(self, side, Fields.of(value, side))
 
     @property
     def rows(self) -> int:
@@ -73,6 +83,15 @@ class DatasetInfo:
     y_dtype: str
     train: tuple[Chunk, ...]
     val: tuple[Chunk, ...]
+    #: every array read, by name: (row shape, dtype); ``x_*``/``y_*`` above are the first input's
+    #: and the first target's
+    arrays: tuple[tuple[str, tuple[int, ...], str], ...] = ()
+    single_target: bool = True
+
+    def dtype(self, name: str) -> str:
+        """The dtype of array ``name`` (a training array, or its validation twin)."""
+        found = dict((n, d) for n, _, d in self.arrays)
+        return found.get(name, found.get(name.removesuffix("_val"), ""))
 
     @property
     def train_rows(self) -> int:
@@ -115,9 +134,17 @@ class ZarrDataset:
     path
         Directory (or URL understood by zarr) of the group.
     x, y
-        Names of the feature and label arrays.
+        Names of the feature and label arrays (one input, one target).
     x_val, y_val
         Names of validation arrays; used when present in the group.
+    inputs
+        Several inputs instead of ``x``: a list of array names (the model is called
+        ``model(*inputs)`` in that order) or a dict ``{argument: array}`` (``model(**inputs)``).
+        Each array keeps its dtype (a bool mask stays bool, integer ids stay integers).
+    targets
+        Several targets instead of ``y``: a name, a list or a dict; the loss (and the metric
+        functions) get a tensor, a tuple or a dict. With ``inputs``/``targets``, validation
+        arrays are ``<name>_val`` for every array named, when all of them exist.
     val_fraction
         Fraction of training chunks held out when there are no validation arrays (0 for none).
         The held-out chunks are spread over the store, one drawn from each of equal stretches
@@ -146,8 +173,15 @@ class ZarrDataset:
     chunk_rows: int | None = None
     skip_bad_chunks: bool = False
     holdout_seed: int = 0
+    inputs: str | list[str] | dict[str, str] | None = None
+    targets: str | list[str] | dict[str, str] | None = None
 
     def __post_init__(self) -> None:
+        for side, given, plain in (("inputs", self.inputs, "x"), ("targets", self.targets, "y")):
+            if given is not None and getattr(self, plain) != plain:
+                raise ConfigError(f"give {side}= or {plain}=, not both ({side}={given!r}, {plain}={getattr(self, plain)!r})")
+            if given is not None:
+                Fields.of(given, side)  # checked now: a bad list fails where it is written
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"val_fraction={self.val_fraction!r} must lie in [0, 1), e.g. 0.1")
         if self.chunk_rows is not None and (not isinstance(self.chunk_rows, int) or self.chunk_rows < 1):
@@ -156,6 +190,21 @@ class ZarrDataset:
             raise ConfigError(f"skip_bad_chunks={self.skip_bad_chunks!r} must be true or false")
         if not isinstance(self.holdout_seed, int) or isinstance(self.holdout_seed, bool) or self.holdout_seed < 0:
             raise ConfigError(f"holdout_seed={self.holdout_seed!r} must be an integer >= 0, e.g. 0")
+
+    @property
+    def input_fields(self) -> Fields:
+        """The arrays the model is called with (``inputs``, else ``x``)."""
+        return Fields.of(self.inputs if self.inputs is not None else self.x, "inputs")
+
+    @property
+    def target_fields(self) -> Fields:
+        """The arrays the loss compares with (``targets``, else ``y``)."""
+        return Fields.of(self.targets if self.targets is not None else self.y, "targets")
+
+    def _val_fields(self) -> tuple[Fields, Fields]:
+        x = Fields((self.x_val,)) if self.inputs is None else self.input_fields.renamed(lambda n: f"{n}_val")
+        y = Fields((self.y_val,)) if self.targets is None else self.target_fields.renamed(lambda n: f"{n}_val")
+        return x, y
 
     def _code(self, **changes: Any) -> str:
         """Python that builds this dataset with ``changes`` (error messages show it)."""
@@ -191,10 +240,15 @@ class ZarrDataset:
                     f"e.g. psdist.write_zarr({os.fspath(self.path)!r}, x, y, overwrite=True)"
                 )
             # an example name for the fix: an array this dataset does not use already
-            spare = [k for k in have if k not in (self.x, self.y)] or have
+            used = {self.x, self.y, *self.input_fields.names, *self.target_fields.names}
+            spare = [k for k in have if k not in used] or have
+            fix: Any = spare[0]
+            if role in ("inputs", "targets"):  # the same list or dict, the missing name replaced
+                fix = (self.input_fields if role == "inputs" else self.target_fields).renamed(
+                    lambda n: spare[0] if n == name else n).to_config()
             raise DataError(
                 f"the Zarr group {os.fspath(self.path)!r} has no array {name!r} (it has {have}); "
-                f"name the {role} array, e.g. {self._code(**{role: spare[0]})}"
+                f"name the {role} array, e.g. {self._code(**{role: fix})}"
             )
         return group[name]
 
@@ -207,17 +261,24 @@ class ZarrDataset:
         :attr:`holdout_seed`; the rest, in store order, is the training set.
         """
         g = self.open_group()
-        xa, ya = self._array(g, self.x, "x"), self._array(g, self.y, "y")
-        _check_pair(self.x, xa, self.y, ya)
-        train = self._chunks(xa, self.x, self.y, 0)
-        if self.x_val in g and self.y_val in g:
-            xv, yv = g[self.x_val], g[self.y_val]
-            _check_pair(self.x_val, xv, self.y_val, yv)
-            if tuple(xv.shape[1:]) != tuple(xa.shape[1:]):
-                raise DataError(
-                    f"{self.x_val!r} rows have shape {xv.shape[1:]}, {self.x!r} rows {xa.shape[1:]}"
-                )
-            val = self._chunks(xv, self.x_val, self.y_val, len(train))
+        xf, yf = self.input_fields, self.target_fields
+        arrays = self._arrays(g, xf, yf, "inputs" if self.inputs is not None else "x",
+                              "targets" if self.targets is not None else "y")
+        train = self._chunks(arrays, xf, yf, 0)
+        xv, yv = self._val_fields()
+        present = [n for n in (*xv.names, *yv.names) if n in g]
+        if present and len(present) == len(xv.names) + len(yv.names):
+            val_arrays = self._arrays(g, xv, yv, "x_val", "y_val")
+            for name, vname, arr in zip((*xf.names, *yf.names), (*xv.names, *yv.names), val_arrays, strict=True):
+                if tuple(arr.shape[1:]) != tuple(g[name].shape[1:]):
+                    raise DataError(f"{vname!r} rows have shape {arr.shape[1:]}, {name!r} rows {g[name].shape[1:]}")
+            val = self._chunks(val_arrays, xv, yv, len(train))
+        elif present and (self.inputs is not None or self.targets is not None):
+            missing = [n for n in (*xv.names, *yv.names) if n not in g]
+            raise DataError(
+                f"{os.fspath(self.path)!r} has validation arrays {present} but not {missing}: write every "
+                f"<name>_val twin, or none (then {self.val_fraction:g} of the chunks are held out)"
+            )
         elif self.val_fraction > 0:
             n = len(train)
             n_val = max(1, round(n * self.val_fraction)) if n > 1 else 0
@@ -238,6 +299,7 @@ class ZarrDataset:
             train, val = [c for c in train if c.index not in held], [c for c in train if c.index in held]
         else:
             val = []
+        xa, ya = arrays[0], arrays[len(xf.names)]
         return DatasetInfo(
             rows=int(xa.shape[0]),
             x_shape=tuple(int(s) for s in xa.shape[1:]),
@@ -246,24 +308,51 @@ class ZarrDataset:
             y_dtype=str(ya.dtype),
             train=tuple(train),
             val=tuple(val),
+            arrays=tuple((n, tuple(int(s) for s in a.shape[1:]), str(a.dtype))
+                         for n, a in zip((*xf.names, *yf.names), arrays, strict=True)),
+            single_target=yf.single,
         )
 
-    def _chunks(self, xa: Any, xname: str, yname: str, first: int) -> list[Chunk]:
-        store_rows = int(xa.chunks[0])
+    def _arrays(self, g: Any, xf: Fields, yf: Fields, xrole: str, yrole: str) -> list[Any]:
+        """The arrays of ``xf`` then ``yf``, checked: present, as long as each other, not empty."""
+        arrays = [self._array(g, n, xrole) for n in xf.names] + [self._array(g, n, yrole) for n in yf.names]
+        names = (*xf.names, *yf.names)
+        lengths = {n: int(a.shape[0]) for n, a in zip(names, arrays, strict=True)}
+        if len(set(lengths.values())) > 1:
+            if xf.single and yf.single:
+                raise DataError(
+                    f"{xf.names[0]!r} has {lengths[xf.names[0]]} rows but {yf.names[0]!r} has "
+                    f"{lengths[yf.names[0]]}: every sample needs exactly one label; rewrite the labels to match"
+                )
+            raise DataError(f"the arrays of one sample must have as many rows each, but they have {lengths}; "
+                            "rewrite them row-aligned (one row per sample in every array)")
+        if arrays[0].shape[0] == 0:
+            raise DataError(f"{xf.names[0]!r} is empty: there is nothing to train on")
+        if xf.single and np.dtype(str(arrays[0].dtype)).kind != "f":
+            raise DataError(f"{xf.names[0]!r} has dtype {arrays[0].dtype}; features must be floating point "
+                            f"(integer ids or masks: name the arrays with inputs=[...], which keeps each dtype)")
+        return arrays
+
+    def _chunks(self, arrays: list[Any], xf: Fields, yf: Fields, first: int) -> list[Chunk]:
+        # every task reads whole store chunks of every array: a multiple of each one's length
+        store_rows = math.lcm(*(int(a.chunks[0]) for a in arrays))
         rows = self.chunk_rows or store_rows
         if rows % store_rows:
+            same = len({int(a.chunks[0]) for a in arrays}) == 1
+            what = repr(xf.names[0]) if same else f"the arrays {list((*xf.names, *yf.names))} (their least common multiple)"
             raise ConfigError(
                 f"chunk_rows={rows} is not a multiple of the store's chunk length {store_rows} "
-                f"of {xname!r}; use {self._code(chunk_rows=store_rows * max(1, rows // store_rows))}"
+                f"of {what}; use {self._code(chunk_rows=store_rows * max(1, rows // store_rows))}"
             )
-        n = int(xa.shape[0])
+        n = int(arrays[0].shape[0])
         return [
-            Chunk(first + i, xname, yname, s, min(s + rows, n))
+            Chunk(first + i, xf, yf, s, min(s + rows, n))
             for i, s in enumerate(range(0, n, rows))
         ]
 
-    def read(self, chunk: Chunk, group: Any | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Read one chunk's rows ``(x, y)``.
+    def read(self, chunk: Chunk, group: Any | None = None) -> tuple[Any, Any]:
+        """Read one chunk's rows ``(x, y)``: each an array, or a tuple/dict of arrays as the
+        dataset's ``inputs``/``targets`` say (every array its own dtype, rows aligned).
 
         Raises
         ------
@@ -292,22 +381,24 @@ class ZarrDataset:
         checksum codec decode without error and cannot be detected here.
         """
         g = group if group is not None else self.open_group()
-        x = self._read_rows(g, chunk.x, chunk, features=True)
-        y = self._read_rows(g, chunk.y, chunk, features=False)
+        x = chunk.x.pack([self._read_rows(g, n, chunk, features=True) for n in chunk.x.names])
+        y = chunk.y.pack([self._read_rows(g, n, chunk, features=False) for n in chunk.y.names])
         return x, y
 
-    def read_labels(self, chunks: Sequence[Chunk], group: Any | None = None) -> Iterator[tuple[Chunk, np.ndarray]]:
+    def read_labels(self, chunks: Sequence[Chunk], group: Any | None = None, target: int = 0
+                    ) -> Iterator[tuple[Chunk, np.ndarray]]:
         """The labels of ``chunks``, each as ``(chunk, y rows)``; never reads the features.
 
-        Adjacent chunks are read together (up to :data:`LABEL_BLOCK_ROWS` rows at once), so
-        reading every label of a store costs a few large reads. A chunk that cannot be read
-        raises :class:`~psdist.errors.BadChunkError`, or is left out with a warning when
+        ``target``: which of several targets (its position in ``targets``). Adjacent chunks are
+        read together (up to :data:`LABEL_BLOCK_ROWS` rows at once), so reading every label of
+        a store costs a few large reads. A chunk that cannot be read raises
+        :class:`~psdist.errors.BadChunkError`, or is left out with a warning when
         :attr:`skip_bad_chunks` is set. Chunks come back grouped by label array, in row order.
         """
         g = group if group is not None else self.open_group()
         by_array: dict[str, list[Chunk]] = {}
         for c in chunks:
-            by_array.setdefault(c.y, []).append(c)
+            by_array.setdefault(c.y.names[target], []).append(c)
         for name, cs in by_array.items():
             run: list[Chunk] = []
             for c in sorted(cs, key=lambda c: c.start):
@@ -319,7 +410,7 @@ class ZarrDataset:
                 yield from self._label_run(g, name, run)
 
     def _label_run(self, g: Any, name: str, run: list[Chunk]) -> Iterator[tuple[Chunk, np.ndarray]]:
-        span = Chunk(run[0].index, run[0].x, name, run[0].start, run[-1].stop)
+        span = Chunk(run[0].index, run[0].x, Fields((name,)), run[0].start, run[-1].stop)
         try:
             y = self._read_rows(g, name, span, features=False)
         except BadChunkError:
@@ -389,13 +480,14 @@ class ZarrDataset:
             except BadChunkError as e:
                 report.bad[c.index] = str(e)
                 continue
-            n = int(nonfinite_rows(x, y).sum())
+            n = int(nonfinite_rows(*leaves(x), *leaves(y)).sum())
             if n:
                 report.nonfinite[c.index] = n
         return report
 
-    def read_validation(self) -> tuple[np.ndarray, np.ndarray]:
-        """All validation rows ``(x, y)`` in memory (for evaluating a trained model)."""
+    def read_validation(self) -> tuple[Any, Any]:
+        """All validation rows ``(x, y)`` in memory (for evaluating a trained model); arrays, or
+        tuples/dicts of them as ``inputs``/``targets`` say."""
         info = self.describe()
         if not info.val:
             raise DataError(
@@ -413,19 +505,7 @@ class ZarrDataset:
                 logger.warning("psdist: skipping a bad validation chunk: %s", e)
         if not parts:
             raise DataError(f"every validation chunk of {os.fspath(self.path)!r} is bad")
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-
-def _check_pair(xname: str, xa: Any, yname: str, ya: Any) -> None:
-    if xa.shape[0] != ya.shape[0]:
-        raise DataError(
-            f"{xname!r} has {xa.shape[0]} rows but {yname!r} has {ya.shape[0]}: every sample "
-            "needs exactly one label; rewrite the labels to match"
-        )
-    if xa.shape[0] == 0:
-        raise DataError(f"{xname!r} is empty: there is nothing to train on")
-    if np.dtype(str(xa.dtype)).kind != "f":
-        raise DataError(f"{xname!r} has dtype {xa.dtype}; features must be floating point")
+        return (concat([p[0] for p in parts], np.concatenate), concat([p[1] for p in parts], np.concatenate))
 
 
 def _grid_shape(arr: Any) -> tuple[int, ...]:
@@ -471,109 +551,3 @@ def _first_unreadable(arr: Any, grid: list[tuple[int, ...]]) -> tuple[int, ...] 
         except Exception:
             return coords
     return None
-
-
-def compressor_codecs(name: str | None) -> list[Any]:
-    """The Zarr compressor codecs for a Blosc name (``None``/``"none"``: uncompressed).
-
-    A CRC32C checksum follows the compressor, so a chunk whose bytes were overwritten or cut
-    short fails to read (:class:`~psdist.errors.BadChunkError`) instead of decoding to garbage:
-    Blosc stores incompressible data verbatim and does not notice either.
-    """
-    from zarr.codecs import BloscCname, BloscCodec, Crc32cCodec
-
-    if name is None or name == "none":
-        return [Crc32cCodec()]
-    if name in ("zstd", "lz4", "lz4hc", "zlib", "blosclz"):
-        blosc = BloscCodec(cname=BloscCname(name), clevel=3 if name == "zstd" else 5, shuffle="shuffle")
-        return [blosc, Crc32cCodec()]
-    raise ConfigError(f"unknown compressor {name!r}; choose zstd, lz4, lz4hc, zlib, blosclz or none")
-
-
-def _blocks(n: int, rows: int) -> Iterator[tuple[int, int]]:
-    for s in range(0, n, rows):
-        yield s, min(s + rows, n)
-
-
-def write_zarr(
-    path: str | os.PathLike[str],
-    x: np.ndarray,
-    y: np.ndarray,
-    x_val: np.ndarray | None = None,
-    y_val: np.ndarray | None = None,
-    *,
-    chunk_rows: int = 1024,
-    compressor: str | None = "lz4",
-    overwrite: bool = False,
-    attrs: dict[str, Any] | None = None,
-    extra: dict[str, np.ndarray] | None = None,
-) -> ZarrDataset:
-    """Write numpy arrays as a psdist dataset and return a :class:`ZarrDataset` over it.
-
-    Parameters
-    ----------
-    path
-        Target directory.
-    x, y
-        Features (float) and labels, same length.
-    x_val, y_val
-        Optional validation arrays.
-    chunk_rows
-        Rows per Zarr chunk (= rows per training task by default).
-    compressor
-        Blosc codec name (``"lz4"`` is fastest to read, ``"zstd"`` smallest) or ``None``.
-    overwrite
-        Replace an existing group; otherwise an existing path is an error.
-    attrs
-        Free-form metadata stored on the group (class names, generator settings...).
-    extra
-        Further row-aligned arrays (masks, other inputs or targets, their ``_val`` twins),
-        stored with the same chunking and compressor, dtypes unchanged.
-    """
-    import zarr
-
-    if not isinstance(chunk_rows, int) or chunk_rows < 1:
-        raise ConfigError(f"chunk_rows={chunk_rows!r} must be a positive integer, e.g. 1024")
-    pairs = [("x", x, "y", y)]
-    if (x_val is None) != (y_val is None):
-        raise DataError("give both x_val and y_val, or neither")
-    if x_val is not None and y_val is not None:  # both or neither, checked above
-        pairs.append(("x_val", x_val, "y_val", y_val))
-    for xn, xa, yn, ya in pairs:
-        if len(xa) != len(ya):
-            raise DataError(f"{xn} has {len(xa)} rows but {yn} has {len(ya)}; they must match")
-    path = os.fspath(path)
-    if os.path.exists(path) and not overwrite:
-        raise DataError(f"{path!r} already exists; replace it with psdist.write_zarr({path!r}, x, y, overwrite=True)")
-    g = zarr.open_group(path, mode="w")
-    if attrs:
-        g.attrs.update(attrs)
-    codecs = compressor_codecs(compressor)
-    arrays: list[tuple[str, np.ndarray]] = []
-    for xn, xa, yn, ya in pairs:
-        for name, arr in ((xn, np.asarray(xa)), (yn, np.asarray(ya))):
-            if name.startswith("x") and arr.dtype.kind != "f":
-                arr = arr.astype(np.float32)
-            if arr.dtype == np.float64:
-                arr = arr.astype(np.float32)
-            arrays.append((name, arr))
-    for name, arr in (extra or {}).items():
-        if name in dict(arrays):
-            raise DataError(f"extra array {name!r} would overwrite the dataset's own {name!r}")
-        arrays.append((name, np.asarray(arr)))
-    for name, arr in arrays:
-        z = g.create_array(
-            name,
-            shape=arr.shape,
-            dtype=arr.dtype,
-            chunks=(min(chunk_rows, max(1, len(arr))), *arr.shape[1:]),
-            compressors=codecs,
-            attributes={EVERY_CHUNK_ATTR: True},
-            # so a chunk missing later was lost (see read). The ignore: zarr types this argument
-            # with a TypedDict built on typing.NotRequired (Python 3.11+), which mypy's
-            # python_version = 3.10 cannot read, so no dict literal matches it
-            config={"write_empty_chunks": True},  # type: ignore[arg-type]
-        )
-        for s, e in _blocks(len(arr), chunk_rows):
-            z[s:e] = arr[s:e]
-    return ZarrDataset(path)

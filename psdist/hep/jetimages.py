@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from psdist.data.dataset import ZarrDataset, write_zarr
+from psdist.data.dataset import ZarrDataset
+from psdist.data.write import write_zarr
 from psdist.errors import ConfigError
 
 __all__ = ["JetModel", "generate", "main", "write_dataset"]

@@ -203,7 +203,7 @@ def _write(
 ) -> Any:
     from importlib.metadata import version
 
-    from psdist.data.dataset import write_zarr
+    from psdist.data.write import write_zarr
 
     n_val = n_val if n_val is not None else max(1, n // 5)
     plan = _plan(classes, n, seed, tasks)

@@ -36,7 +36,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from psdist.data.dataset import ZarrDataset, write_zarr
+from psdist.data.dataset import ZarrDataset
+from psdist.data.write import write_zarr
 from psdist.errors import ConfigError
 
 __all__ = [

@@ -20,6 +20,7 @@ import torch
 from psdist.core.finite import nonfinite_rows
 from psdist.core.protocol import PushReply, RejectKind, ServerHandle
 from psdist.core.rules import WorkerRule
+from psdist.core.tree import concat, leaves, rows, tree_map
 from psdist.replica.overlap import InFlight
 from psdist.replica.replica import Replica
 from psdist.replica.steps import reported_loss
@@ -90,7 +91,7 @@ class EvalResult:
     samples: int
     loss_sum: float
     outputs: Any
-    targets: np.ndarray
+    targets: Any  # an array, or a tuple/dict of them (several targets)
     version: int
     worker: str = ""
     start: float = 0.0  # wall-clock span of the evaluation (timeline)
@@ -107,16 +108,18 @@ class EvalResult:
 
 def _numpy(out: Any) -> Any:
     """Outputs as numpy float32: metric functions and ``np.concatenate`` know no bfloat16 (and
-    a mixed-precision forward pass answers bfloat16 or float16)."""
-    if isinstance(out, dict):
-        return {k: _numpy(v) for k, v in out.items()}
-    return out.detach().float().cpu().numpy()
+    a mixed-precision forward pass answers bfloat16 or float16). Tuples and dicts of outputs
+    (a model with several heads, a custom step) keep their structure."""
+    if isinstance(out, (dict, tuple, list)):
+        return tree_map(_numpy, out)
+    out = out.detach().cpu()
+    return (out.float() if out.is_floating_point() else out).numpy()
 
 
 def concat_outputs(parts: list[Any]) -> Any:
-    """Concatenate per-batch outputs: arrays, or dicts of arrays (custom steps)."""
-    if isinstance(parts[0], dict):
-        return {k: concat_outputs([p[k] for p in parts]) for k in parts[0]}
+    """Concatenate per-batch outputs (or targets): arrays, or tuples/dicts of them."""
+    if isinstance(parts[0], (dict, tuple, list)):
+        return concat(parts, concat_outputs)
     return np.concatenate(parts)
 
 
@@ -129,14 +132,25 @@ def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def as_labels(y: np.ndarray) -> np.ndarray:
-    """Integer labels as int64 (what torch's classification losses expect)."""
-    return y.astype(np.int64) if y.dtype.kind in "iub" and y.dtype != np.int64 else y
+def as_labels(y: Any) -> Any:
+    """Integer labels as int64 (what torch's classification losses expect); each target of a
+    tuple or dict of them."""
+    def one(a: np.ndarray) -> np.ndarray:
+        return a.astype(np.int64) if a.dtype.kind in "iub" and a.dtype != np.int64 else a
+    return tree_map(one, y)
 
 
-def _to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(a))
-    return t.to(device, non_blocking=True) if device.type != "cpu" else t
+def _to_device(a: Any, device: torch.device) -> Any:
+    """Rows (an array, or a tuple/dict of arrays) as tensors on ``device``, dtypes kept."""
+    def one(arr: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+        return t.to(device, non_blocking=True) if device.type != "cpu" else t
+    return tree_map(one, a)
+
+
+def _rows(tree: Any, index: Any) -> Any:
+    """The rows ``index`` (a permutation, a slice) of every array of ``tree``."""
+    return tree_map(lambda a: a[index], tree)
 
 
 def train_rows(
@@ -144,8 +158,8 @@ def train_rows(
     server: ServerHandle,
     rule: WorkerRule,
     step: Callable[[Replica, torch.Tensor, torch.Tensor], float],
-    x: np.ndarray,
-    y: np.ndarray,
+    x: Any,
+    y: Any,
     *,
     batch_size: int,
     push_every: int,
@@ -174,9 +188,10 @@ def train_rows(
     non-finite instead: scaling does not explain it. ``loss_scale`` is the scale at the end.
     """
     res = ChunkResult(chunk, epoch, replica.worker, str(replica.device))
-    perm = np.random.default_rng(seed).permutation(len(x))
-    xt, yt = _to_device(x[perm], replica.device), _to_device(as_labels(y[perm]), replica.device)
-    bad = nonfinite_rows(x, y)
+    # one permutation for every array: the rows of a sample stay together
+    perm = np.random.default_rng(seed).permutation(rows(x))
+    xt, yt = _to_device(_rows(x, perm), replica.device), _to_device(as_labels(_rows(y, perm)), replica.device)
+    bad = nonfinite_rows(*leaves(x), *leaves(y))  # float arrays only: masks and ids have no NaN
     bad_before = np.concatenate([[0], np.cumsum(bad[perm])]) if bad.any() else None
 
     t0 = time.time()
@@ -277,7 +292,7 @@ def _train_batches(
     # a rule with local optimizer steps (elastic averaging) reads .grad itself: true gradients
     local_steps = (replica.precision.scaler is not None
                    and type(rule).after_backward is not WorkerRule.after_backward)
-    bounds = batch_bounds(len(xt), batch_size)
+    bounds = batch_bounds(rows(xt), batch_size)
     acc_batches = acc_samples = 0
     acc_loss = 0.0
     sent: deque[tuple[int, float]] = deque()  # (samples, loss sum) of pushes not answered yet
@@ -290,7 +305,7 @@ def _train_batches(
             res.nonfinite_inputs += 1
         else:
             saved = _save(replica, grads=acc_batches > 0)
-            loss, named = reported_loss(replica.run_step(step, xt[lo:hi], yt[lo:hi]))
+            loss, named = reported_loss(replica.run_step(step, _rows(xt, slice(lo, hi)), _rows(yt, slice(lo, hi))))
             if not _finite(loss, named):
                 _restore(replica, saved)
                 res.nonfinite_batches += 1
@@ -360,8 +375,8 @@ def evaluate_rows(
     replica: Replica,
     server: ServerHandle,
     evaluate: Callable[[Replica, torch.Tensor, torch.Tensor], tuple[float, Any]],
-    x: np.ndarray,
-    y: np.ndarray,
+    x: Any,
+    y: Any,
     *,
     batch_size: int,
     chunk: int = 0,
@@ -384,14 +399,14 @@ def evaluate_rows(
         replica.train(False)
         xt, yt = _to_device(x, replica.device), _to_device(as_labels(y), replica.device)
         loss_sum, outs = 0.0, []
-        for lo, hi in batch_bounds(len(x), batch_size):
+        for lo, hi in batch_bounds(rows(x), batch_size):
             with replica.autocast():
-                ls, out = evaluate(replica, xt[lo:hi], yt[lo:hi])
+                ls, out = evaluate(replica, _rows(xt, slice(lo, hi)), _rows(yt, slice(lo, hi)))
             loss_sum += float(ls)
             outs.append(_numpy(out))
     finally:
         if saved is not None:
             replica.set_weights(saved[0])
             replica.version = saved[1]
-    return EvalResult(chunk, len(x), loss_sum, concat_outputs(outs), np.asarray(y), version,
+    return EvalResult(chunk, rows(x), loss_sum, concat_outputs(outs), tree_map(np.asarray, y), version,
                       replica.worker, t0, time.time())

@@ -31,9 +31,10 @@ from typing import Any
 
 import torch
 
+from psdist.core.tree import rows
 from psdist.replica.replica import Replica
 
-__all__ = ["Step", "SupervisedStep", "reported_loss"]
+__all__ = ["Step", "SupervisedStep", "forward", "reported_loss"]
 
 
 class Step:
@@ -59,20 +60,34 @@ class Step:
         raise NotImplementedError
 
 
-class SupervisedStep(Step):
-    """The default step: ``loss_fn(model(x), y)``, ``replica.backward(loss)``, return the loss."""
+def forward(model: torch.nn.Module, x: Any) -> Any:
+    """Call ``model`` with a batch's inputs: ``model(x)`` for one array, ``model(*x)`` for a
+    tuple (``inputs=[...]``), ``model(**x)`` for a dict (``inputs={argument: array}``)."""
+    if isinstance(x, dict):
+        return model(**x)
+    if isinstance(x, (tuple, list)):
+        return model(*x)
+    return model(x)
 
-    def __init__(self, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+
+class SupervisedStep(Step):
+    """The default step: ``loss_fn(model(*inputs), targets)``, ``replica.backward(loss)``.
+
+    Several inputs reach the model as positional (a list) or keyword (a dict) arguments
+    (:func:`forward`); several targets reach ``loss_fn`` as a tuple or a dict, as given.
+    """
+
+    def __init__(self, loss_fn: Callable[[Any, Any], torch.Tensor]) -> None:
         self.loss_fn = loss_fn
 
-    def __call__(self, replica: Replica, x: torch.Tensor, y: torch.Tensor) -> float:
-        loss = self.loss_fn(replica.module(x), y)
+    def __call__(self, replica: Replica, x: Any, y: Any) -> float:
+        loss = self.loss_fn(forward(replica.module, x), y)
         replica.backward(loss)  # not loss.backward(): under "16-mixed" the replica scales the loss
         return float(loss.detach())
 
-    def evaluate(self, replica: Replica, x: torch.Tensor, y: torch.Tensor) -> tuple[float, Any]:
-        out = replica.module(x)
-        return float(self.loss_fn(out, y).detach()) * len(x), out
+    def evaluate(self, replica: Replica, x: Any, y: Any) -> tuple[float, Any]:
+        out = forward(replica.module, x)
+        return float(self.loss_fn(out, y).detach()) * rows(x), out
 
 
 def reported_loss(out: float | dict[str, float]) -> tuple[float, dict[str, float]]:

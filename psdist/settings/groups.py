@@ -159,6 +159,11 @@ _ANNOTATION = {
     "int | None": {"anyOf": [{"type": "integer"}, {"type": "null"}]},
     "float | None": {"anyOf": [{"type": "number"}, {"type": "null"}]},
     "str | None": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+    "str | list[str] | dict[str, str] | None": {"anyOf": [
+        {"type": "string", "title": "one array"},
+        {"type": "array", "items": {"type": "string"}, "minItems": 1, "title": "arrays passed in this order"},
+        {"type": "object", "additionalProperties": {"type": "string"}, "title": "{argument: array}"},
+        {"type": "null"}]},
 }
 
 

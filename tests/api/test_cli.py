@@ -72,4 +72,4 @@ def test_bad_flag_is_named(tmp_path):
     cfg.write_text("model: psdist.hep.models:mlp\ndata: x.zarr\n")
     out = run("train", str(cfg), "--workers", "0")
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert f"psdist: error: {cfg}: --workers: 0 must be an integer >= 1; e.g. --workers 2" in out.stderr
+    assert f"psdist: error: {cfg}: --workers: 0 must be an integer >= 1 or null (one per GPU of devices=, else 2); e.g. --workers 2" in out.stderr

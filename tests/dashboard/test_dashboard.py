@@ -48,7 +48,8 @@ def at(msg: dict[str, Any], t: float) -> dict[str, Any]:
 def feed(runs: Runs, run: str = "r1", t0: float = 1000.0) -> None:
     """A short made-up training: start, three server snapshots, chunks, an epoch, an lr change."""
     config = {"rule": {"name": "SSP", "bound": 2}, "batch_size": 32, "optimizers": {"model": {"name": "sgd", "lr": 0.1}},
-              "parameter_server": "tcp://w2:1 (a worker that also trains); 2 worker(s) train", "training_workers": 2}
+              "parameter_server": "tcp://w2:1 (a worker that also trains); 2 worker(s) train", "training_workers": 2,
+              "devices": "0: cuda:0, 1: cuda:0", "precision": "bf16-mixed"}
     runs.consume(at(event("start", run, name="demo", ps="tcp://ps:1", epochs=3, config=config), t0))
     runs.consume(server(run, t0 + 1, version=10, applied=10, rejected=0, samples=320, loss_sum=320 * 1.2,
                         workers={"tcp://w1:1": 160, "tcp://w2:1": 160}, active=("tcp://w1:1", "tcp://w2:1")))
@@ -212,6 +213,7 @@ def test_components_show_the_run_from_the_feed():
     assert "SSP(bound=2)" in text and "model: sgd(lr=0.1)" in text
     assert "parameter server</th><td>tcp://w2:1 (a worker that also trains)" in text  # where the PS lives
     assert "training slots</th><td>2" in text
+    assert "devices</th><td>0: cuda:0, 1: cuda:0" in text and "precision</th><td>bf16-mixed" in text
     # the loss against time instead of version
     page.loss.axis.active = 1
     page.update()

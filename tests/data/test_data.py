@@ -43,7 +43,7 @@ def test_write_and_describe_holds_out_chunks(tmp_path) -> None:
         (0, 100), (200, 300), (300, 400), (400, 500), (500, 600), (600, 700), (800, 900), (900, 1000)
     ]
     assert [(c.start, c.stop) for c in info.val] == [(100, 200), (700, 800)]
-    assert all(c.x == "x" and c.y == "y" for c in info.train + info.val)
+    assert all(c.x.names == ("x",) and c.y.names == ("y",) and c.x.single for c in info.train + info.val)
     # a chunk's index is its position in the store, wherever it goes
     assert [c.index for c in info.train] == [0, 2, 3, 4, 5, 6, 8, 9]
     assert [c.index for c in info.val] == [1, 7]
@@ -75,7 +75,7 @@ def test_describe_uses_validation_arrays(tmp_path) -> None:
     info = ZarrDataset(tmp_path / "d.zarr", val_fraction=0.5).describe()
     # with x_val/y_val present nothing of x is held out
     assert info.train_rows == 400 and len(info.train) == 4
-    assert [(c.x, c.y, c.start, c.stop) for c in info.val] == [
+    assert [(*c.x.names, *c.y.names, c.start, c.stop) for c in info.val] == [
         ("x_val", "y_val", 0, 100),
         ("x_val", "y_val", 100, 150),
     ]
