@@ -164,16 +164,21 @@ def test_16_mixed_with_overlap_learns_too() -> None:
 
 
 # ----------------------------------------------------------------------------- fp16 loss scaling
+def _fp16_linear() -> tuple[torch.nn.Module, Replica, Recorder]:
+    """A seeded Linear(3, 2) under "16-mixed" (scale 2**10): an unbound copy, its replica, a server."""
+    torch.manual_seed(5)
+    model = torch.nn.Linear(3, 2)
+    unbound = copy.deepcopy(model)
+    replica = Replica("w0", {"model": model}, precision=fp16(2.0**10))
+    return unbound, replica, Recorder(server_for(replica, lr=0.1))
+
+
 def test_an_overflowing_minibatch_is_skipped_and_the_rest_of_its_window_kept() -> None:
     """Window of 4 minibatches; the 2nd overflows once scaled: it is taken back, the scale
     halves, the 1st minibatch's kept gradient is halved with it, and the push carries the
     float32 mean gradient of the 3 good ones (unscaled)."""
     x, y, perm = regression(16, huge=slice(4, 8))
-    torch.manual_seed(5)
-    model = torch.nn.Linear(3, 2)
-    unbound = copy.deepcopy(model)
-    replica = Replica("w0", {"model": model}, precision=fp16(2.0**10))
-    server = Recorder(server_for(replica, lr=0.1))
+    unbound, replica, server = _fp16_linear()
     res = train_rows(replica, server, Downpour().worker_side(), SupervisedStep(F.mse_loss), x, y,
                      batch_size=4, push_every=4, seed=5)
     assert (res.batches, res.overflow_batches, res.nonfinite_batches) == (4, 1, 0)
@@ -239,11 +244,7 @@ def test_overlap_unscales_with_the_scale_of_the_hand_over(monkeypatch: pytest.Mo
     """One push in flight while the next minibatch overflows and halves the scale: the push in
     flight still divides by the scale its gradients were computed with."""
     x, y, perm = regression(12, huge=slice(4, 8))
-    torch.manual_seed(5)
-    model = torch.nn.Linear(3, 2)
-    unbound = copy.deepcopy(model)
-    replica = Replica("w0", {"model": model}, precision=fp16(2.0**10))
-    server = Recorder(server_for(replica, lr=0.1))
+    unbound, replica, server = _fp16_linear()
 
     # hold the first push on the communication thread until the overflow has halved the scale
     released = threading.Event()
