@@ -287,7 +287,10 @@ def _jet_record(
 def jet_task(process: str, label: int, n: int, pythia_seed: int, s: GenSettings) -> dict[str, np.ndarray]:
     """One task: ``n`` leading jets of ``process`` labelled ``label`` (arrays as in generate_jets)."""
     d = _stack(_sample(process, n, pythia_seed, s, _jet_record), label)
-    return {"x": d["_0"], "mask": d["_1"], "x_image": d["_2"], "jet": d["_3"], "y": d["y"]}
+    # the (Δη, Δφ) coordinates again, on their own: point-cloud taggers find neighbours in this
+    # plane (padded rows of x are zero, so the points are zero where masked too)
+    points = np.ascontiguousarray(d["_0"][..., 1:3])
+    return {"x": d["_0"], "points": points, "mask": d["_1"], "x_image": d["_2"], "jet": d["_3"], "y": d["y"]}
 
 
 # ----------------------------------------------------------------------------------------- events

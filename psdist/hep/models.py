@@ -218,13 +218,17 @@ def event_classifier(inputs: int, hidden: int = 128, classes: int = 4, depth: in
 class CaloCNN(nn.Module):
     """3D CNN on calorimeter cells: particle-type logits and the energy, one head each.
 
-    Output (N, classes + 1): the last column is the predicted energy in units of ``energy_scale``.
-    Train with :func:`calo_loss` on labels (N, 2) = (class, true energy).
+    Output (N, classes + 1): the last column is the predicted energy in units of
+    :data:`ENERGY_SCALE`; train with :func:`calo_loss` on packed labels (N, 2) = (class, true
+    energy). With ``split=True`` the heads come apart, ``(logits (N, classes), energy (N,))``,
+    for two target arrays (``ZarrDataset(path, targets=["y", "energy"])``); :func:`calo_loss`
+    and the metrics of :mod:`psdist.hep.evaluate` take either form.
     """
 
     def __init__(self, grid: int = 25, classes: int = 3, width: int = 16, hidden: int = 64,
-                 batchnorm: bool = False) -> None:
+                 batchnorm: bool = False, split: bool = False) -> None:
         super().__init__()
+        self.split = split
 
         def norm(c: int) -> list[nn.Module]:
             # off by default: BatchNorm makes asynchronous (stale) updates far less stable
@@ -241,22 +245,73 @@ class CaloCNN(nn.Module):
         # the summed cell energy is a strong energy estimator: give it to the regression head
         self.energy = nn.Linear(hidden + 1, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         h = self.trunk(self.features(torch.log1p(x)))
         total = x.sum(dim=(1, 2, 3, 4)).unsqueeze(1) / 100.0
-        return torch.cat([self.cls(h), self.energy(torch.cat([h, total], dim=1))], dim=1)
+        logits, energy = self.cls(h), self.energy(torch.cat([h, total], dim=1))
+        if self.split:
+            return logits, energy[:, 0]
+        return torch.cat([logits, energy], dim=1)
 
 
-def calo_cnn(grid: int = 25, classes: int = 3, width: int = 16, hidden: int = 64, batchnorm: bool = False) -> nn.Module:
-    """Factory for :class:`CaloCNN`."""
-    return CaloCNN(grid, classes, width, hidden, batchnorm)
+def calo_cnn(grid: int = 25, classes: int = 3, width: int = 16, hidden: int = 64, batchnorm: bool = False,
+             split: bool = False) -> nn.Module:
+    """Factory for :class:`CaloCNN`.
+
+    Parameters
+    ----------
+    grid
+        Cells per side of the (grid³) shower.
+    classes
+        Particle types.
+    width, hidden
+        Channels of the first convolution (the second has twice as many) and the trunk's width.
+    batchnorm
+        BatchNorm after each convolution (off: it destabilises asynchronous updates).
+    split
+        Return ``(logits, energy)`` apart instead of one packed (N, classes + 1) tensor.
+
+    Returns
+    -------
+    nn.Module
+        The network; the energy is in units of :data:`ENERGY_SCALE`.
+    """
+    return CaloCNN(grid, classes, width, hidden, batchnorm, split)
 
 
 ENERGY_SCALE = 100.0  # GeV: energies are regressed in these units to keep the loss O(1)
 
 
-def calo_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy on the particle type plus MSE on energy / 100 GeV; y is (class, energy)."""
-    cls = y[:, 0].long()
-    energy = y[:, 1] / ENERGY_SCALE
-    return nn.functional.cross_entropy(out[:, :-1], cls) + nn.functional.mse_loss(out[:, -1], energy)
+def calo_loss(
+    out: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+    y: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+    energy_weight: float = 1.0,
+) -> torch.Tensor:
+    """Cross-entropy on the particle type plus ``energy_weight`` × MSE on energy / 100 GeV.
+
+    Parameters
+    ----------
+    out
+        The network's output: packed (N, classes + 1) with the energy last, or the pair
+        ``(logits (N, classes), energy (N,))`` of ``calo_cnn(split=True)``.
+    y
+        The targets: packed (N, 2) float = (class, energy in GeV), or the pair ``(class (N,)
+        int64, energy (N,) in GeV)`` that ``ZarrDataset(path, targets=["y", "energy"])`` gives.
+    energy_weight
+        Weight of the regression term in the sum (``functools.partial`` to change it).
+
+    Returns
+    -------
+    torch.Tensor
+        The scalar loss.
+    """
+    if isinstance(out, torch.Tensor):
+        logits, pred = out[:, :-1], out[:, -1]
+    else:
+        logits, pred = out[0], out[1].reshape(-1)
+    if isinstance(y, torch.Tensor):
+        cls, energy = y[:, 0].long(), y[:, 1]
+    else:
+        cls, energy = y[0].reshape(-1).long(), y[1].reshape(-1)
+    energy = energy.to(pred.dtype) / ENERGY_SCALE
+    return nn.functional.cross_entropy(logits, cls) + energy_weight * nn.functional.mse_loss(pred, energy)

@@ -150,8 +150,10 @@ def generate_jets(
     """Leading jets of ``kind`` ("qg", "wqcd", "tqcd"), ``n_per_class`` per class, shuffled.
 
     Returns ``x`` (N, max_particles, 4) float32 constituents sorted by pT with features (pT / jet
-    pT, Δη, Δφ to the jet axis, pid code of :data:`PID_CODES`), zero-padded; ``mask`` (N,
-    max_particles) bool; ``x_image`` (N, 1, P, P) float32, the pT fraction in an η–φ grid over ±R
+    pT, Δη, Δφ to the jet axis, pid code of :data:`PID_CODES`), zero-padded; ``points`` (N,
+    max_particles, 2) float32 the (Δη, Δφ) columns of ``x`` alone (the coordinates a point-cloud
+    tagger such as :func:`psdist.hep.taggers.particlenet` finds neighbours in, zero where masked);
+    ``mask`` (N, max_particles) bool; ``x_image`` (N, 1, P, P) float32, the pT fraction in an η–φ grid over ±R
     (axis 2 η, axis 3 φ); ``jet`` (N, 5) float32 (pT, η, φ, mass, constituents); ``y`` int64
     (index into ``JET_KINDS[kind][0]``, e.g. 1 = quark). ``tasks`` is per class (default
     ceil(n/500)); ``client`` runs them on Dask; ``settings`` are further :class:`GenSettings`
@@ -257,9 +259,10 @@ def write_jets(
 ) -> Any:
     """Generate jets as :func:`generate_jets` and write them to a Zarr group; returns its ZarrDataset.
 
-    Arrays: ``x``/``x_val`` (particle lists), ``y``/``y_val``, and ``mask``, ``x_image``, ``jet``
-    with their ``_val`` twins (train a CNN with ``ZarrDataset(path, x="x_image",
-    x_val="x_image_val")``). Validation uses ``val_seed`` (default seed + 1 000 000) and
+    Arrays: ``x``/``x_val`` (particle lists), ``y``/``y_val``, and ``points``, ``mask``,
+    ``x_image``, ``jet`` with their ``_val`` twins, all chunked alike so that a task reads aligned
+    rows (train a CNN with ``ZarrDataset(path, x="x_image", x_val="x_image_val")``, a point-cloud
+    tagger with ``ZarrDataset(path, inputs=["points", "x", "mask"], targets="y")``). Validation uses ``val_seed`` (default seed + 1 000 000) and
     ``val_per_class`` (default n/5). The group attrs record classes, settings and Pythia seeds.
     """
     classes, s = _jet_settings(

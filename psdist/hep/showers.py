@@ -241,11 +241,13 @@ def write_dataset(
 ) -> ZarrDataset:
     """Write ``x``/``y`` (particle class), ``energy``, ``target`` and ``_val`` twins to Zarr.
 
-    ``target`` is (N, 2) float32 = (particle class, energy): the labels of the calorimeter CNN
-    (:func:`psdist.hep.models.calo_loss`) and of the GAN. Validation showers use ``val_seed``
-    (default seed + 1 000 003) and ``val_n`` (default n/5). For energy regression alone use
-    ``ZarrDataset(path, y="energy", y_val="energy_val")``; for both,
-    ``ZarrDataset(path, y="target", y_val="target_val")``.
+    ``y`` (N,) int64 is the particle class and ``energy`` (N,) float32 the true energy in GeV:
+    the two targets of the calorimeter CNN, ``ZarrDataset(path, targets=["y", "energy"])`` with
+    ``calo_cnn(split=True)`` and :func:`psdist.hep.models.calo_loss`. ``target`` is the same
+    pair packed into one (N, 2) float32 array (class, energy), the labels of the GAN and of the
+    single-target form ``ZarrDataset(path, y="target", y_val="target_val")``. Validation showers
+    use ``val_seed`` (default seed + 1 000 003) and ``val_n`` (default n/5). For energy
+    regression alone use ``ZarrDataset(path, y="energy", y_val="energy_val")``.
     """
     model = model or ShowerModel()
     val_n = val_n if val_n is not None else max(1, n // 5)

@@ -37,6 +37,9 @@ def test_jets_shapes_masks_and_determinism(pythia8mc) -> None:
     assert d["x_image"].shape == (20, 1, 16, 16) and d["x_image"].dtype == np.float32
     assert d["mask"].shape == (20, 20) and d["mask"].dtype == bool
     assert d["jet"].shape == (20, 5) and d["y"].dtype == np.int64
+    # points: the (Δη, Δφ) columns alone, zero where masked (point-cloud taggers' coordinates)
+    assert d["points"].shape == (20, 20, 2) and d["points"].dtype == np.float32
+    assert np.array_equal(d["points"], d["x"][..., 1:3]) and not d["points"][~d["mask"]].any()
     assert np.bincount(d["y"]).tolist() == [10, 10]
     # padding: masked-out rows are all zero, real rows have a pid code 1..5 and pT sorted
     assert np.array_equal(d["mask"], d["x"][..., 3] > 0)
@@ -107,9 +110,12 @@ def test_dask_generation_equals_in_process_and_writes_zarr(pythia8mc, tmp_path) 
         ds = pythia.write_jets(tmp_path / "j.zarr", "qg", 8, 4, seed=21, client=client, **kw)
     train = pythia.generate_jets("qg", 8, seed=21, **kw)
     g = zarr.open_group(str(tmp_path / "j.zarr"), mode="r")
-    for k in ("x", "y", "mask", "x_image", "jet"):
+    for k in ("x", "y", "points", "mask", "x_image", "jet"):
         assert np.array_equal(np.asarray(g[k]), train[k]), k
+        # every array chunked by the same rows: a task's chunk reads aligned rows of each
+        assert g[k].chunks[0] == g["x"].chunks[0] and g[f"{k}_val"].chunks[0] == g["x_val"].chunks[0], k
     assert g["x_val"].shape == (8, 10, 4) and g["x_image_val"].shape == (8, 1, 8, 8)
+    assert g["points_val"].shape == (8, 10, 2) and g["points_val"].dtype == np.float32
     assert g.attrs["classes"] == ["gluon", "quark"] and g.attrs["seed"] == 21
     assert g.attrs["pythia_seeds"] == {"train": [21, 22, 23, 24], "val": [1000021, 1000022, 1000023, 1000024]}
     assert g.attrs["settings"]["mpi"] is False and g.attrs["versions"]["pythia8mc"] == "8.317.2"
