@@ -22,8 +22,11 @@ def progress_bar(epochs: int, first_epoch: int = 0, *, file: Any = None) -> Prog
     out = file if file is not None else sys.stderr
 
     def progress(event: dict[str, Any]) -> None:
-        if event["event"] == "start" and event.get("dashboard"):
-            print(f"psdist: live dashboard {event['dashboard']}", file=out, flush=True)
+        if event["event"] == "start":
+            if event.get("training_on"):  # which device each worker trains on
+                print(f"psdist: {event['training_on']}", file=out, flush=True)
+            if event.get("dashboard"):
+                print(f"psdist: live dashboard {event['dashboard']}", file=out, flush=True)
         elif event["event"] == "chunk":
             if state["bar"] is None:
                 state["bar"] = tqdm(total=event["total"], desc=f"epoch {event['epoch']}/{first_epoch + epochs}",

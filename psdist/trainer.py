@@ -346,7 +346,8 @@ class Trainer:
                 self.run.points.last = None
             self._live.set()
             if progress is not None:
-                progress({"event": "start", "run": sess.run_id, "dashboard": self.dashboard_url or self.dashboard_link})
+                progress({"event": "start", "run": sess.run_id, "dashboard": self.dashboard_url or self.dashboard_link,
+                          "training_on": sess.training_on})
             try:
                 reason = self._epochs(driver, epochs, progress, stop)
             except BaseException as exc:

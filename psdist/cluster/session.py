@@ -124,6 +124,7 @@ class Session:
     overlap: bool = False  # workers keep one push in flight (the setting resolved)
     dedicated: bool = False  # whether a dedicated PS was asked for (kept across restarts)
     devices: dict[str, str] = field(default_factory=dict)  # worker name -> "cpu" | "cuda:N"
+    training_on: str = ""  # the start-up line: each worker's device, and the server's place
 
     @property
     def placement(self) -> str:
@@ -293,8 +294,8 @@ def open_session(spec: SessionSpec, client: Any | None = None) -> Iterator[Sessi
         sess = Session(client, None, ps_address, f"psdist-run-{run_id}", run_id, spec, None, exclusive,
                        size=size, slots=slots, rule=rule, max_staleness=bound, dedicated=dedicated,
                        overlap=overlap, devices=devices)
-        logger.info("psdist: training on %s; the parameter server on %s's CPU", describe(devices, facts),
-                    ps_address)
+        sess.training_on = f"training on {describe(devices, facts)}; the parameter server on {ps_address}'s CPU"
+        logger.info("psdist: %s", sess.training_on)
         sess.ps, sess.future = _start_ps(client, spec, run_id, ps_address, sess, spec.resume)
         # cancel, not release: the Actor handle holds its own reference to the key (kept alive by
         # reference cycles inside distributed until the garbage collector runs), which otherwise

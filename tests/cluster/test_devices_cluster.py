@@ -99,8 +99,11 @@ def test_gpus_asked_of_a_machine_without_any_are_refused_before_a_cluster_starts
 def test_the_start_up_line_names_each_workers_device(client, blob_data, caplog):
     caplog.set_level(logging.INFO, logger="psdist")
     trainer = psdist.Trainer(MLP, CE, blob_data, SGD(lr=0.05), client=client, dedicated_ps=True)
-    history = trainer.fit(epochs=1)
+    events: list[dict] = []
+    history = trainer.fit(epochs=1, progress=events.append)
     assert history.last["devices"] == "cpux2"
+    start = next(e for e in events if e["event"] == "start")  # what the progress bar prints first
+    assert start["training_on"].startswith("training on worker 0 on cpu, worker 1 on cpu; the parameter server on")
     assert "devices" in history.to_pandas().columns
     line = next(r.getMessage() for r in caplog.records if "psdist: training on" in r.getMessage())
     assert "worker 0 on cpu, worker 1 on cpu;" in line and "parameter server on" in line
