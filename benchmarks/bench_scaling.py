@@ -1,0 +1,330 @@
+# The performance model's scaling tables (psdist.sim.perf), calibrated and checked against real runs.
+#
+#   python benchmarks/bench_scaling.py                  # < 5 s; writes benchmarks/results/scaling-<date>-model.{json,md}
+#   python benchmarks/bench_scaling.py --out /tmp/x     # writes /tmp/x.json and /tmp/x.md
+#
+# No cluster, no torch: the model is closed form. What it reads (all under benchmarks/results/):
+#   server-step-2026-12-01-vm.json   the server's own push+pull (torch SGD-momentum, in process) at
+#                                    1e5, 1e6, 4e6 floats -> per-push and per-parameter server cost
+#   the stored JSON with the most data-plane micro sizes (ps_micro[n].plane.shm of a suite result, or
+#                                    scaling-micro-*.json: `python -m benchmarks.suite.ps_micro --spec s.json`
+#                                    with s.json = {"out": ..., "sizes": [1e5, 1e6, 4e6], "reps": 20}, ~30 s)
+#                                    -> the shm round trip; else docs/benchmarks.md's 2026-12-01 figures
+#   scaling-suite-*.json             fresh suite runs (run_suite.py --out benchmarks/results/scaling-suite-...):
+#                                    more checked points (shm data plane)
+#   2026-11-27-vm.json               parameter counts, 1-thread PyTorch step times (VM), the actor micro
+#                                    and psdist-downpour 2-worker rows (checked points)
+#   2026-11-27-h100-cuda.json, cuda-2026-11-27-h100.json   H100 step times of the same models
+# Prints the tables and the checked points with their prediction errors.
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from psdist.sim.perf import (  # noqa: E402
+    Calibration,
+    Cluster,
+    Prediction,
+    Workload,
+    calibrate,
+    local_cluster,
+    micro_points,
+    predict,
+    predict_table,
+    recommend_shards,
+    server_step_points,
+)
+
+RESULTS = ROOT / "benchmarks" / "results"
+SUITE_VM = RESULTS / "2026-11-27-vm.json"
+SUITE_H100 = RESULTS / "2026-11-27-h100-cuda.json"
+CUDA_H100 = RESULTS / "cuda-2026-11-27-h100.json"
+SERVER_STEP = RESULTS / "server-step-2026-12-01-vm.json"
+CAL_SIZES = (100_000, 1_000_000, 4_000_000)  # the micro's sizes (1.6e7 leaves the cache: not linear)
+#: docs/benchmarks.md, "Since the data plane" (2026-12-01 full suite run, whose JSON is not stored):
+#: shm push+pull 1.21 ms at 1e6 floats (micro), 5.3 ms at 4e6 ("in isolation")
+DOC_SHM = [(1e6, 1.21e-3), (4e6, 5.3e-3)]
+BATCH = 128  # the suite's batch per worker
+PUSH_EVERY = (1, 2, 4, 8, 16, 32)
+CNN = ("jet_cnn", "calo_cnn")
+#: HPC presets: line rate × 0.9 (protocol overhead), a network round trip added to the per-push fixed
+#: cost (assumed: TCP over 25 GbE ~50 µs, RDMA over 100 Gbit/s InfiniBand ~10 µs)
+NETS = {"hpc-25GbE": (25e9 / 8 * 0.9, 50e-6), "hpc-100G-IB": (100e9 / 8 * 0.9, 10e-6)}
+
+
+def strict(obj: Any) -> Any:
+    """inf/NaN -> "inf"/None and tuples -> lists: strict JSON."""
+    if isinstance(obj, float):
+        return obj if obj == obj and abs(obj) != float("inf") else (None if obj != obj else str(obj))
+    if isinstance(obj, dict):
+        return {str(k): strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    return obj
+
+
+def load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def suite_rows(doc: dict[str, Any], contender: str) -> dict[str, dict[str, Any]]:
+    return {r["workload"]: r for r in doc["results"] if r["contender"] == contender and r.get("status") == "ok"}
+
+
+def shm_points() -> tuple[list[tuple[float, float]], str]:
+    """The stored shm push+pull points with the most sizes (the newest among equals), else the documented ones."""
+    found = []
+    for path in RESULTS.glob("*.json"):
+        if path.name.endswith("-model.json"):
+            continue
+        try:
+            pts = micro_points(path, "shm")
+        except (ValueError, KeyError, AttributeError, TypeError):
+            continue
+        if len(pts) >= 2:
+            found.append((len(pts), path.stat().st_mtime, path, pts))
+    if not found:
+        return DOC_SHM, ("docs/benchmarks.md 2026-12-01 run: shm push+pull 1.21 ms at 1e6, 5.3 ms at 4e6 "
+                         "(JSON not stored)")
+    _, _, path, pts = max(found, key=lambda f: (f[0], f[1]))
+    return pts, f"{path.relative_to(ROOT)}: ps_micro plane.shm push_pull_ms"
+
+
+def calibrations() -> dict[str, Calibration]:
+    server = [p for p in server_step_points(SERVER_STEP) if p[0] in CAL_SIZES]
+    shm, shm_src = shm_points()
+    return {
+        "server": calibrate(server, f"{SERVER_STEP.relative_to(ROOT)}: torch sgd-momentum push+pull (reused buffer), "
+                                    "median, 1e5/1e6/4e6"),
+        "shm": calibrate(shm, shm_src),
+        "memcpy": calibrate([(float(m["params"]), m["ms"] / 1e3) for m in load(SERVER_STEP)["memcpy"]
+                             if m["params"] in CAL_SIZES],
+                            f"{SERVER_STEP.relative_to(ROOT)}: memcpy (np.copyto) median, 1e5/1e6/4e6"),
+        "actor": calibrate(micro_points(SUITE_VM, "actor"), f"{SUITE_VM.relative_to(ROOT)}: ps_micro psdist_push_pull_ms"),
+        "actor_server": calibrate(micro_points(SUITE_VM, "actor", "server_push"),
+                                  f"{SUITE_VM.relative_to(ROOT)}: ps_micro psdist_server_push_ms (numpy server then)"),
+    }
+
+
+def clusters(cal: dict[str, Calibration]) -> dict[str, Cluster]:
+    copy = 4.0 / cal["memcpy"].b_s  # bytes/s of one float32 copy
+    vm = local_cluster(cal["shm"], cal["server"], "vm-shm", copy)
+    # the actor path's micro already includes the worker's (de)serialisation copies
+    out = {"vm-shm": vm, "vm-actor-2026-11-27": local_cluster(cal["actor"], cal["actor_server"], "vm-actor-2026-11-27")}
+    for name, (bw, rtt) in NETS.items():
+        out[name] = Cluster(name, link_bytes_per_s=bw, nic_bytes_per_s=bw, push_fixed_s=vm.push_fixed_s + rtt,
+                            server_per_param_s=vm.server_per_param_s, server_per_push_s=vm.server_per_push_s)
+    return out
+
+
+def workloads() -> dict[str, dict[str, Workload]]:
+    """CPU (the VM's 1-thread PyTorch) and GPU (one H100, 1-thread PyTorch driver) step times."""
+    vm, h100 = suite_rows(load(SUITE_VM), "torch-1t"), suite_rows(load(SUITE_H100), "torch-1t")
+    cpu = {n: Workload(n, int(r["params"]), BATCH, BATCH / r["samples_per_s"]) for n, r in vm.items()}
+    gpu = {n: Workload(n, int(vm[n]["params"]), BATCH, BATCH / r["samples_per_s"]) for n, r in h100.items() if n in vm}
+    c = load(CUDA_H100)
+    gpu["jet_cnn_w64_b512"] = Workload("jet_cnn_w64_b512", int(c["params"]), int(c["batch_size"]),
+                                       c["batch_size"] / c["plain_samples_s"])
+    return {"cpu-vm": cpu, "gpu-h100": gpu}
+
+
+def checks(cl: dict[str, Cluster], wls: dict[str, dict[str, Workload]]) -> list[dict[str, Any]]:
+    """Real psdist runs on this 2-core VM, each beside the model's prediction."""
+    out: list[dict[str, Any]] = []
+
+    def add(label: str, source: str, wl: Workload, cluster: Cluster, measured: float,
+            round_trip_ms: float | None = None) -> None:
+        p = predict(wl, cluster)
+        out.append({"point": label, "source": source, "workload": wl.name, "params": wl.params,
+                    "compute_ms": wl.compute_s * 1e3, "cluster": cluster.name, "workers": cluster.workers,
+                    "overlap": cluster.overlap, "measured": measured, "predicted": p.samples_per_s,
+                    "error": p.samples_per_s / measured - 1, "bottleneck": p.bottleneck,
+                    "round_trip_ms_measured": round_trip_ms,
+                    "round_trip_ms_predicted": 1e3 * (p.fixed_s + max(p.link_s, p.nic_s) + p.cpu_s + p.wait_s)})
+
+    suites = [(SUITE_VM, "suite 2026-11-27", "actor path", cl["vm-actor-2026-11-27"])]
+    suites += [(p, p.stem, "shm data plane", cl["vm-shm"]) for p in sorted(RESULTS.glob("scaling-suite-*.json"))]
+    for path, label, transport, cluster in suites:
+        doc = load(path)
+        solo_rows, workers = suite_rows(doc, "torch-1t"), int(doc["settings"]["workers"])
+        for name, r in suite_rows(doc, "psdist-downpour").items():
+            if name not in solo_rows:
+                continue
+            src = f"{path.name} ({transport})"
+            solo = Workload(name, int(r["params"]), BATCH, BATCH / solo_rows[name]["samples_per_s"])
+            add(f"{label} psdist-downpour {workers}×1, {name} (t_c: torch-1t alone)", src, solo,
+                cluster.with_(workers=workers), r["samples_per_s"])
+            # the same run's own compute and read spans per minibatch: the cores shared by two workers
+            # and a server compute slower than one process alone; the model then predicts the rest
+            prof, minibatches = r["profile"], r["timed_samples"] / BATCH
+            if prof.get("compute_share", 0.0) + prof.get("read_share", 0.0) > 1.0:
+                continue  # spans longer than the training time × workers: the profile is not usable here
+            in_run = Workload(name, solo.params, BATCH, (prof["compute_s"] + prof["read_s"]) / minibatches)
+            add(f"{label} psdist-downpour {workers}×1, {name} (t_c: the run's compute+read)", src, in_run,
+                cluster.with_(workers=workers), r["samples_per_s"], prof.get("ms_per_push_round_trip"))
+    # bench_gpu_like (docs/benchmarks.md, 2026-12-01): MLP 256-1024-512-512-2, batch 8, plain 1,923 samples/s
+    gl = Workload("gpu_like_mlp", 256 * 1024 + 1024 + 1024 * 512 + 512 + 512 * 512 + 512 + 512 * 2 + 2, 8, 8 / 1923)
+    src = "docs/benchmarks.md bench_gpu_like (2026-12-01, shm)"
+    for w, ov, measured in ((1, False, 1016), (1, True, 1829), (2, False, 1910), (2, True, 1896)):
+        add(f"bench_gpu_like {w} worker{'s' if w > 1 else ''}, overlap {'on' if ov else 'off'}", src, gl,
+            cl["vm-shm"].with_(workers=w, overlap=ov), measured)
+    return out
+
+
+def summary(tables: dict[str, list[Prediction]], cl: dict[str, Cluster],
+            wls: dict[str, dict[str, Workload]]) -> list[dict[str, Any]]:
+    """Efficiency at 8/32/64/256 workers, 1 shard and the shards recommended for 90 % at 64."""
+    rows = []
+    for net in NETS:
+        for device, wl in [("H100", w) for w in wls["gpu-h100"].values()] + [("CPU 1 thread", w) for w in wls["cpu-vm"].values()]:
+            for ov, wire in ((False, 4), (True, 4), (True, 2)):
+                base = cl[net].with_(overlap=ov, wire_bytes=wire)
+                s_rec, p_rec = recommend_shards(wl, base.with_(workers=64), 0.9)
+                eff = {str(w): {str(s): predict(wl, base.with_(workers=w, shards=s)).efficiency for s in (1, s_rec)}
+                       for w in (8, 32, 64, 256)}
+                k_min = next((k for k in PUSH_EVERY if recommend_shards(
+                    Workload(wl.name, wl.params, wl.batch_size, wl.compute_s, k), base.with_(workers=64), 0.9)[1].efficiency
+                    >= 0.9), None)
+                k_shards = None if k_min is None else recommend_shards(
+                    Workload(wl.name, wl.params, wl.batch_size, wl.compute_s, k_min), base.with_(workers=64), 0.9)[0]
+                rows.append({"cluster": net, "device": device, "workload": wl.name, "params": wl.params, "compute_ms": wl.compute_s * 1e3,
+                             "overlap": ov, "wire": "bf16" if wire == 2 else "float32", "shards_for_90_at_64": s_rec,
+                             "efficiency_at_64_with_them": p_rec.efficiency, "bottleneck_at_64": p_rec.bottleneck,
+                             "efficiency": eff, "push_every_for_90_at_64": k_min, "shards_with_that_push_every": k_shards})
+    return rows
+
+
+#: Horovod's published benchmark (docs/benchmarks.rst of github.com/horovod/horovod): ResNet-101, batch 64 per
+#: GPU, 16 Pascal GPUs: 1656.82 images/s in all with Horovod -> t_c <= 64 / (1656.82 / 16) s per step (an upper
+#: bound: that figure includes Horovod's own communication). 44.5 M parameters: the commonly quoted count.
+PUBLISHED = Workload("resnet101 (Horovod's P100 figure)", 44_500_000, 64, 64 / (1656.82 / 16))
+
+
+def published(cl: dict[str, Cluster]) -> list[dict[str, Any]]:
+    """The model on Horovod's ResNet-101 step at its 512 GPUs over 25 Gbit/s (Horovod measured 90 %)."""
+    rows = []
+    for ov in (False, True):
+        for wire in (4, 2):
+            base = cl["hpc-25GbE"].with_(workers=512, overlap=ov, wire_bytes=wire)
+            for max_s in (16, 128):
+                s, p = recommend_shards(PUBLISHED, base, 0.9, max_shards=max_s)
+                rows.append({"workload": PUBLISHED.name, "workers": 512, "overlap": ov,
+                             "wire": "bf16" if wire == 2 else "float32", "max_shards": max_s, "shards": s,
+                             "efficiency": p.efficiency, "bottleneck": p.bottleneck,
+                             "efficiency_1_shard": predict(PUBLISHED, base).efficiency})
+    return rows
+
+
+def shard_advice(cl: dict[str, Cluster]) -> list[dict[str, Any]]:
+    """ps_shards for 90 % at 64 workers by model size, step time and NIC (overlap on, float32): at push_every=1,
+    and the smallest push_every (with its shards) that reaches it."""
+    rows = []
+    for net in NETS:
+        for params in (1e5, 1e6, 4e6, 2.5e7, 1e8):
+            for step_ms in (2.0, 20.0, 100.0):
+                base = cl[net].with_(workers=64, overlap=True)
+                s, p = recommend_shards(Workload("m", int(params), BATCH, step_ms / 1e3), base, 0.9)
+                k_s = next(((k, r[0]) for k in PUSH_EVERY
+                            for r in [recommend_shards(Workload("m", int(params), BATCH, step_ms / 1e3, k), base, 0.9)]
+                            if r[1].efficiency >= 0.9), (None, None))
+                rows.append({"cluster": net, "params": int(params), "step_ms": step_ms, "shards": s,
+                             "efficiency": p.efficiency, "met": p.efficiency >= 0.9,
+                             "push_every": k_s[0], "shards_with_push_every": k_s[1]})
+    return rows
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    lines = [f"# psdist scaling model ({doc['date']})", "", f"`{doc['command']}` — model: `psdist.sim.perf`.", "",
+             "## Calibration", "", "| fit | a (ms) | b (ns/param) | max residual | source |", "|---|---|---|---|---|"]
+    for k, c in doc["calibration"].items():
+        lines.append(f"| {k} | {c['a_s'] * 1e3:.3f} | {c['b_s'] * 1e9:.3f} | {c['max_rel_error']:.0%} | {c['source']} |")
+    lines += ["", "## Clusters", "", "| cluster | link GB/s | shard NIC GB/s | fixed µs/push | server µs/push | "
+              "server ns/param |", "|---|---|---|---|---|---|"]
+    for k, c in doc["clusters"].items():
+        lines.append(f"| {k} | {c['link_bytes_per_s'] / 1e9:.2f} | {c['nic_bytes_per_s'] / 1e9:.2f} | "
+                     f"{c['push_fixed_s'] * 1e6:.0f} | {c['server_per_push_s'] * 1e6:.0f} | {c['server_per_param_s'] * 1e9:.3f} |")
+    lines += ["", "## Checked against real runs (2-core VM)", "",
+              "| point | params | step ms | measured samples/s | predicted | error | round trip ms measured / predicted | "
+              "bottleneck |", "|---|---|---|---|---|---|---|---|"]
+    for c in doc["checks"]:
+        rt = c["round_trip_ms_measured"]
+        rts = f"{rt:.1f} / {c['round_trip_ms_predicted']:.1f}" if rt else f"— / {c['round_trip_ms_predicted']:.1f}"
+        lines.append(f"| {c['point']} | {c['params']:,} | {c['compute_ms']:.2f} | {c['measured']:,.0f} | "
+                     f"{c['predicted']:,.0f} | {c['error']:+.0%} | {rts} | {c['bottleneck']} |")
+    lines += ["", "## Scaling efficiency, push_every=1 (cells: 1 shard / the shards recommended for 90 % at 64)", "",
+              "| cluster | device | workload | params | step ms | overlap | wire | 8 | 32 | 64 | 256 | shards for 90 % at 64 | "
+              "bottleneck at 64 | push_every (shards) for 90 % at 64 |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in doc["summary"]:
+        s = str(r["shards_for_90_at_64"])
+        cells = " | ".join(f"{r['efficiency'][w]['1']:.0%} / {r['efficiency'][w][s]:.0%}" for w in ("8", "32", "64", "256"))
+        met = "" if r["efficiency_at_64_with_them"] >= 0.9 else f" (best: {r['efficiency_at_64_with_them']:.0%})"
+        lines.append(f"| {r['cluster']} | {r['device']} | {r['workload']} | {r['params']:,} | {r['compute_ms']:.2f} | "
+                     f"{'on' if r['overlap'] else 'off'} | {r['wire']} | {cells} | {s}{met} | {r['bottleneck_at_64']} | "
+                     + (f"{r['push_every_for_90_at_64']} ({r['shards_with_that_push_every']})"
+                        if r["push_every_for_90_at_64"] else "> 32") + " |")
+    lines += ["", "## Recommended ps_shards for 90 % at 64 workers (overlap on, float32)", "",
+              "Cell: shards at push_every=1 (efficiency when 90 % is out of reach); then the smallest push_every "
+              "that reaches 90 % with ≤ 16 shards, and those shards.", "",
+              "| cluster | params | step 2 ms | step 20 ms | step 100 ms |", "|---|---|---|---|---|"]
+    adv = doc["shard_advice"]
+    for net in NETS:
+        for params in sorted({a["params"] for a in adv}):
+            advice: list[str] = []
+            for step in (2.0, 20.0, 100.0):
+                a = next(a for a in adv if a["cluster"] == net and a["params"] == params and a["step_ms"] == step)
+                first: str = f"S={a['shards']}" if a["met"] else f"— ({a['efficiency']:.0%} at S=16)"
+                second = "" if a["met"] else (f"; k={a['push_every']}: S={a['shards_with_push_every']}"
+                                              if a["push_every"] else "; k > 32")
+                advice.append(first + second)
+            lines.append(f"| {net} | {params / 1e6:g} M | " + " | ".join(advice) + " |")
+    lines += ["", "## Horovod's ResNet-101 step through the model (512 workers, hpc-25GbE)", "",
+              "| overlap | wire | shards allowed | shards chosen | efficiency | 1 shard | bottleneck |",
+              "|---|---|---|---|---|---|---|"]
+    for r in doc["published"]:
+        lines.append(f"| {'on' if r['overlap'] else 'off'} | {r['wire']} | ≤ {r['max_shards']} | {r['shards']} | "
+                     f"{r['efficiency']:.0%} | {r['efficiency_1_shard']:.0%} | {r['bottleneck']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="psdist's performance model: scaling tables and checked points")
+    ap.add_argument("--out", help="output stem (default benchmarks/results/scaling-<date>-model)")
+    a = ap.parse_args(argv)
+    date = dt.date.today().isoformat()
+    stem = Path(a.out) if a.out else RESULTS / f"scaling-{date}-model"
+    cal = calibrations()
+    cl = clusters(cal)
+    wls = workloads()
+    tables = {f"{net}/gpu-h100": predict_table(wls["gpu-h100"].values(), cl[net]) for net in NETS}
+    tables["vm-shm/cpu-vm"] = predict_table(wls["cpu-vm"].values(), cl["vm-shm"], workers=(1, 2, 4, 8), shards=(1, 2))
+    doc: dict[str, Any] = {
+        "benchmark": "scaling-model", "date": date, "command": "python benchmarks/bench_scaling.py",
+        "calibration": {k: {"a_s": c.a_s, "b_s": c.b_s, "points": c.points, "max_rel_error": c.max_rel_error(),
+                            "source": c.source} for k, c in cal.items()},
+        "clusters": {k: {f: getattr(c, f) for f in ("link_bytes_per_s", "nic_bytes_per_s", "push_fixed_s",
+                                                     "server_per_param_s", "server_per_push_s")} for k, c in cl.items()},
+        "workloads": {g: {n: w.__dict__ for n, w in ws.items()} for g, ws in wls.items()},
+        "checks": checks(cl, wls), "summary": summary(tables, cl, wls), "shard_advice": shard_advice(cl),
+        "published": published(cl),
+        "tables": {k: [p.as_dict() for p in v] for k, v in tables.items()},
+    }
+    text = markdown(doc)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{stem}.json").write_text(json.dumps(strict(doc), separators=(",", ":"), allow_nan=False) + "\n")
+    Path(f"{stem}.md").write_text(text)
+    print(text)
+    print(f"wrote {stem}.json and {stem}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
