@@ -24,7 +24,12 @@ from psdist.core.rules import Downpour, Rule
 from psdist.core.snapshots import SnapshotPool
 from psdist.errors import ConfigError, InvalidServerState, ServerError
 
-__all__ = ["InvalidServerState", "ServerState", "WorkerStats"]
+__all__ = ["NONFINITE_ELSEWHERE", "WHOLE_NORMS", "InvalidServerState", "ServerState", "WorkerStats"]
+
+#: ``Push.info`` key: the worker found NaN/Inf in the whole update (a sharded server's push)
+NONFINITE_ELSEWHERE = "nonfinite"
+#: ``Push.info`` key: each model's parameter norm over the whole update, for clipping on shards
+WHOLE_NORMS = "norms"
 
 
 @dataclass
@@ -229,6 +234,11 @@ class ServerState:
                 raise ServerError(f"push names unknown model groups {sorted(unknown)}")
 
     def _admission(self, push: Push, tau: int) -> Rejection | None:
+        if push.info.get(NONFINITE_ELSEWHERE):
+            # a sharded server: the worker found NaN/Inf in another shard's slice, and every
+            # shard refuses the push, so none applies part of what another rejects
+            return Rejection(RejectKind.NONFINITE, "the update holds NaN/Inf (in another shard's slice); "
+                                                   "lower the learning rate or check the data")
         if not math.isfinite(push.loss) or not self._finite(push.update):
             overflow = math.isfinite(push.loss) and bool(np.isfinite(push.update).all())
             why = ("the update's norm overflows float32 (values beyond ~1e19)" if overflow
@@ -346,6 +356,8 @@ class ServerState:
         """
         measured = self._measured
         norms = measured[1] if measured is not None and measured[0] is push.update else {}
+        # a sharded server: clipping needs the norm over the whole model, which the worker measured
+        norms = push.info.get(WHOLE_NORMS) or norms
         for g in self._groups(push):
             params, buffers = self._sections[g.name]
             self.optimizers[g.name].step(push.update[params], lr_scale, norms.get(g.name))
