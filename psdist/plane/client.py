@@ -198,7 +198,9 @@ class PlaneClient:
         u = push.update
         if u.shape != (self.size,) or u.dtype != np.float32:
             raise ServerError(f"a push of {u.dtype}{list(u.shape)}; the data plane carries float32[{self.size}]")
-        meta = {"groups": list(push.groups)} if push.groups is not None else None
+        meta: dict[str, Any] | None = {"groups": list(push.groups)} if push.groups is not None else None
+        if push.info:  # a sharded server's whole-update facts (psdist.plane.sharded)
+            meta = {**(meta or {}), "info": push.info}
         frame = Frame(Kind.PUSH, wire.WANT_PULL if pull else 0, a=push.base_version, b=push.samples, x=push.loss,
                       meta=meta)
         try:

@@ -70,6 +70,20 @@ class _Counters:
     reasons: list[str] = field(default_factory=list)  # the last few, for tests and logs
 
 
+def _info(info: Any) -> dict[str, Any]:
+    """A push's rule numbers from its frame (a sharded server's: ``nonfinite``, per-model ``norms``),
+    checked: small, plain and finite, or the frame is refused."""
+    if info is None:
+        return {}
+    ok = isinstance(info, dict) and len(info) <= 8 and all(
+        isinstance(k, str) and (isinstance(v, (bool, int, float)) or (
+            isinstance(v, dict) and len(v) <= 64 and all(isinstance(n, (int, float)) for n in v.values())))
+        for k, v in info.items())
+    if not ok:
+        raise FrameError(f"push info {str(info)[:200]!r} is not a small mapping of numbers")
+    return info
+
+
 class PlaneServer:
     """Listens for workers' data-plane connections; see :meth:`start`.
 
@@ -246,7 +260,8 @@ class PlaneServer:
                     raise FrameError(f"groups {groups!r} is not a list of model names")
                 if frame.b < 0:
                     raise FrameError(f"samples {frame.b} < 0")
-                push = Push(who, frame.a, update, frame.b, frame.x, None if groups is None else tuple(groups))
+                push = Push(who, frame.a, update, frame.b, frame.x, None if groups is None else tuple(groups),
+                            _info((frame.meta or {}).get("info")))
                 reply = self._state().push(push, bool(frame.flags & wire.WANT_PULL), into)
                 self._reply(conn, reply.pull, reply, slots is not None, narrow)
                 with self._lock:
