@@ -26,7 +26,7 @@ from psdist.dashboard.components import (
     StalenessPlot,
     WorkerRatePlot,
 )
-from psdist.dashboard.panels import StatusPanel, WorkerTable
+from psdist.dashboard.panels import ShardTable, StatusPanel, WorkerTable
 from psdist.dashboard.state import Runs, RunState
 
 __all__ = ["FOLLOW", "RunPage", "document", "requested_run"]
@@ -63,8 +63,10 @@ class RunPage:
         self.staleness = StalenessPlot()
         self.lr = LrPlot()
         self.workers = WorkerTable()
+        self.shards = ShardTable()
         self.components: list[Component] = [
             self.status, self.loss, self.metrics, self.pushes, self.rates, self.staleness, self.lr, self.workers,
+            self.shards,
         ]
         header = Div(text="<b>psdist</b> — parameter-server training monitor", name="psdist-header")
         wide = {"sizing_mode": "stretch_width"}
@@ -74,6 +76,7 @@ class RunPage:
             row(self.loss.root, self.metrics.root, **wide),
             row(self.pushes.root, self.rates.root, **wide),
             self.workers.root,
+            self.shards.root,  # below the workers: hidden unless the server is sharded
             name="psdist-page",
             **wide,
         )

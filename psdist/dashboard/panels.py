@@ -1,17 +1,23 @@
-"""The text panel and the worker table of the psdist page (see :mod:`psdist.dashboard.components`)."""
+"""The text panel and the tables of the psdist page (see :mod:`psdist.dashboard.components`).
+
+The worker table is always there; the shard table (one row per parameter-server shard: its
+place, size, push rate and bytes in) only while the shown run's server is sharded.
+"""
 
 from __future__ import annotations
 
 import html
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from bokeh.layouts import column
 from bokeh.models import ColumnDataSource, DataTable, Div, NumberFormatter, StringFormatter, TableColumn
 
 from psdist.dashboard.components import Component, set_data
 from psdist.dashboard.state import RunState
 
-__all__ = ["StatusPanel", "WorkerTable"]
+__all__ = ["ShardTable", "StatusPanel", "WorkerTable"]
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
@@ -35,7 +41,7 @@ class StatusPanel(Component):
     """
 
     SUMMARY = ("run", "status", "version", "lr", "applied", "rejected", "samples_applied",
-               "pushes_nonfinite", "nonfinite_batches", "bad_chunks")
+               "pushes_nonfinite", "nonfinite_batches", "bad_chunks", "shards")
 
     def __init__(self) -> None:
         super().__init__()
@@ -58,6 +64,7 @@ class StatusPanel(Component):
             ("samples applied", run.samples_applied), ("staleness mean / max",
                                                        f"{_fmt(run.staleness_mean, 3)} / {run.staleness_max}"),
             ("workers training", len(run.active)),
+            *([("server shards", run.shard_count)] if run.sharded else []),
             ("NaN/Inf", f"{run.nonfinite_batches} minibatches skipped, {run.nonfinite} pushes rejected"),
             ("bad chunks skipped", run.bad_chunks),
         ]
@@ -86,11 +93,47 @@ class StatusPanel(Component):
             return
         lr = run.lr if run.lr is not None else math.nan
         values = (run.run, run.status, run.version, lr, run.applied, run.rejected_total, run.samples_applied,
-                  run.nonfinite, run.nonfinite_batches, run.bad_chunks)
+                  run.nonfinite, run.nonfinite_batches, run.bad_chunks, run.shard_count)
         set_data(self.source, {k: [v] for k, v in zip(self.SUMMARY, values, strict=True)})
 
 
-class WorkerTable(Component):
+class _Table(Component):
+    """A ``DataTable`` of :attr:`COLUMNS` (field, title, number format or ``None`` for text) over one source.
+
+    Parameters
+    ----------
+    source
+        Name of the source (``psdist-...``).
+    table
+        Name of the table model.
+    height
+        Its height in pixels.
+    """
+
+    COLUMNS: tuple[tuple[str, str, str | None], ...] = ()
+
+    def __init__(self, source: str, table: str, height: int) -> None:
+        super().__init__()
+        self.source = ColumnDataSource({k: [] for k, _, _ in self.COLUMNS}, name=source)
+        columns = [
+            TableColumn(field=k, title=title, formatter=StringFormatter() if fmt is None
+                        else NumberFormatter(format=fmt, nan_format="–", null_format="–"))
+            for k, title, fmt in self.COLUMNS
+        ]
+        self.table = DataTable(source=self.source, columns=columns, index_position=None, height=height,
+                               sizing_mode="stretch_width", name=table)
+        self._redraws = 0
+
+    def show(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Put ``rows`` in the table (nothing is sent when they are unchanged)."""
+        if set_data(self.source, {k: [r.get(k) for r in rows] for k, _, _ in self.COLUMNS}):
+            # BokehJS (3.9) redraws a table on new data only when its row count changes (the
+            # view's indices stay equal otherwise); any change to the table model redraws it
+            self._redraws += 1
+            self.table.tags = [self._redraws]
+
+
+class WorkerTable(_Table):
     """One row per worker: host, device, chunks done, pushes, NaN/bad data, samples/s, last push age, state."""
 
     COLUMNS = (
@@ -104,22 +147,37 @@ class WorkerTable(Component):
     )
 
     def __init__(self) -> None:
-        super().__init__()
-        self.source = ColumnDataSource({k: [] for k, _, _ in self.COLUMNS}, name="psdist-workers")
-        columns = [
-            TableColumn(field=k, title=title, formatter=StringFormatter() if fmt is None
-                        else NumberFormatter(format=fmt, nan_format="–", null_format="–"))
-            for k, title, fmt in self.COLUMNS
-        ]
-        self.root = DataTable(source=self.source, columns=columns, index_position=None, height=180,
-                              sizing_mode="stretch_width", name="psdist-worker-table")
-        self._redraws = 0
+        super().__init__("psdist-workers", "psdist-worker-table", height=180)
+        self.root = self.table
 
     def update(self, run: RunState | None, now: float | None = None) -> None:
         # every tick, not only on new messages: the age of the last push grows by itself
-        rows = run.worker_rows(now) if run is not None else []
-        if set_data(self.source, {k: [r.get(k) for r in rows] for k, _, _ in self.COLUMNS}):
-            # BokehJS (3.9) redraws a table on new data only when its row count changes (the
-            # view's indices stay equal otherwise); any change to the table model redraws it
-            self._redraws += 1
-            self.root.tags = [self._redraws]
+        self.show(run.worker_rows(now) if run is not None else [])
+
+
+class ShardTable(_Table):
+    """One row per parameter-server shard: address, size, version, pushes/s, MB/s in, totals, staleness.
+
+    Shown only while the run's server has more than one shard; a single server's load is the
+    push-rate plot and the status panel already.
+    """
+
+    COLUMNS = (
+        ("shard", "shard", "0"), ("worker", "address", None), ("size", "values", "0,0"),
+        ("version", "version", "0"), ("pushes_per_s", "pushes/s", "0.0"), ("mb_per_s", "MB/s in", "0.00"),
+        ("applied", "applied", "0"), ("rejected", "rejected", "0"), ("staleness_mean", "staleness mean", "0.00"),
+    )
+
+    def __init__(self) -> None:
+        super().__init__("psdist-shards", "psdist-shard-table", height=150)
+        title = Div(text="<b>parameter-server shards</b> (each shard's own counters and clock)",
+                    name="psdist-shards-title")
+        self.root = column(title, self.table, visible=False, sizing_mode="stretch_width", name="psdist-shards-panel")
+
+    def update(self, run: RunState | None) -> None:
+        if not self.stale(run):
+            return
+        sharded = run is not None and run.sharded
+        self.show([s.row() for s in run.shards] if run is not None and sharded else [])
+        if self.root.visible != sharded:
+            self.root.visible = sharded

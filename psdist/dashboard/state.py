@@ -10,6 +10,11 @@ Times on the plots are seconds since the run's first message. Rates (pushes/s, s
 differences of the server's cumulative counters between two snapshots, over the difference of
 the snapshots' own timestamps (the parameter server's clock), so clock skew between the
 machines of a cluster does not distort them.
+
+A server sharded over several actors sends one snapshot per shard. The run's figures come from
+shard 0's snapshots alone (every push reaches every shard, so its counters are the run's, and
+two shards' clocks and counters must never be differenced against each other); each shard's own
+load is kept apart (:class:`ShardLoad`, :attr:`RunState.shards`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from psdist.core.protocol import NONFINITE
@@ -37,12 +43,80 @@ from psdist.run.events import (
     from_message,
 )
 
-__all__ = ["RunState", "Runs"]
+__all__ = ["BYTES_PER_VALUE", "RunState", "Runs", "ShardLoad"]
 
 logger = logging.getLogger(__name__)
 
 #: Bad-chunk messages a run keeps for the page.
 BAD_KEPT = 5
+
+#: Bytes of one weight value on the wire (the server's vector is float32).
+BYTES_PER_VALUE = 4
+
+
+@dataclass(frozen=True)
+class ShardLoad:
+    """One parameter-server shard as its latest snapshot shows it: a row of the shard table.
+
+    Parameters
+    ----------
+    shard
+        The shard's index (0 for a server that is not sharded).
+    worker
+        Address of the worker its actor runs on (``""``: not known yet).
+    size
+        float32 values it holds (0: the server did not say).
+    version
+        Its version (each shard counts its own).
+    applied, rejected
+        Pushes it applied and rejected, in total.
+    staleness_mean
+        Mean staleness of the pushes it received (NaN: not said).
+    pushes_per_s
+        Pushes (applied and rejected) per second between its last two snapshots, on its own
+        clock (NaN until it has sent two).
+    time
+        Its clock when it took the latest snapshot (NaN: none yet).
+    """
+
+    shard: int
+    worker: str = ""
+    size: int = 0
+    version: int = 0
+    applied: int = 0
+    rejected: int = 0
+    staleness_mean: float = math.nan
+    pushes_per_s: float = math.nan
+    time: float = math.nan
+
+    @property
+    def mb_per_s(self) -> float:
+        """Megabytes (10⁶ bytes) of updates per second pushed into it: pushes/s × size × 4 bytes.
+
+        NaN while its size or its rate is not known. Only the update vector counts (the part
+        that grows with the model), not the few bytes of each push's header.
+        """
+        if self.size <= 0:
+            return math.nan
+        return self.pushes_per_s * self.size * BYTES_PER_VALUE / 1e6
+
+    def row(self) -> dict[str, Any]:
+        """Its fields and :attr:`mb_per_s`, as a table row."""
+        return {**asdict(self), "mb_per_s": self.mb_per_s}
+
+    def after(self, e: ServerSnapshot, t: float) -> ShardLoad:
+        """This shard once ``e`` (one of its snapshots, taken at ``t``) arrived; itself if ``e`` is older."""
+        if t < self.time:  # out of order: older than what is shown (a NaN time compares False)
+            return self
+        rejected = sum(e.rejected.values())
+        rate = self.pushes_per_s
+        if t > self.time:
+            # max(0, ...): a restarted shard counts from its recovery point, which may be lower
+            rate = max(0, e.applied + rejected - self.applied - self.rejected) / (t - self.time)
+        return replace(
+            self, worker=e.worker or self.worker, size=e.size or self.size, version=e.version,
+            applied=e.applied, rejected=rejected, staleness_mean=e.staleness_mean, pushes_per_s=rate, time=t,
+        )
 
 
 class RunState:
@@ -89,7 +163,9 @@ class RunState:
         self.nonfinite_batches = 0  # minibatches skipped on the workers for NaN/Inf inputs or loss
         self.bad_chunks = 0  # chunks that could not be read and were skipped
         self.bad: list[str] = []  # the last few bad-chunk messages, newest last
-        self.server: ServerSnapshot | None = None  # the last snapshot as received
+        self.server: ServerSnapshot | None = None  # the last snapshot of shard 0 as received
+        self.shard_count = 1  # shards of the run's parameter server (the most any snapshot said)
+        self._shards: dict[int, ShardLoad] = {}  # shard index -> its latest load
         self.recoveries = 0  # parameter-server restarts
         self._server_time: float | None = None  # PS clock of the last snapshot
         self._server_seen = 0.0  # local clock when it arrived
@@ -184,7 +260,17 @@ class RunState:
         )
 
     def _on_server(self, e: ServerSnapshot, t: float) -> None:
-        """Rates from the difference to the previous snapshot; counters unless it is older."""
+        """Rates from the difference to the previous snapshot; counters unless it is older.
+
+        Every snapshot updates its shard's row; only shard 0's make the run's figures.
+        """
+        if e.shard < 0:  # a producer's bug: there is no row to put it in
+            logger.debug("psdist dashboard: ignoring a snapshot of shard %d of run %s", e.shard, self.run)
+            return
+        self.shard_count = max(self.shard_count, e.shards, e.shard + 1)
+        self._shards[e.shard] = self._shards.get(e.shard, ShardLoad(e.shard)).after(e, t)
+        if e.shard != 0:
+            return
         self.server = e
         self.ps = self.ps or e.worker
         workers = e.workers
@@ -252,6 +338,16 @@ class RunState:
         row["last_push"] = last if last > 0 else math.nan
 
     # ------------------------------------------------------------------ reading
+    @property
+    def shards(self) -> list[ShardLoad]:
+        """The load of each shard that has reported, by index (one row for a server not sharded)."""
+        return [self._shards[k] for k in sorted(self._shards)]
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the run's parameter server is split over several shards."""
+        return self.shard_count > 1
+
     @property
     def rejected_total(self) -> int:
         return sum(self.rejected.values())

@@ -118,6 +118,11 @@ class ServerSnapshot(Event):
 
     Cumulative; the dashboard takes differences between two snapshots (on ``time``, the
     server's clock). Counters an older server did not send read as 0 (NaN for floats).
+
+    A server sharded over several actors (``ps_shards``) sends one snapshot per shard, each
+    with that shard's own counters and ``shard``, ``shards`` and ``size`` set; every push
+    reaches every shard, so shard 0's counters stand for the run. A single server (and an
+    older one) reads as shard 0 of 1, of unknown size.
     """
 
     KIND: ClassVar[str] = "server"
@@ -139,6 +144,9 @@ class ServerSnapshot(Event):
     evicted: int = 0
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)  # WorkerStats as dicts
     worker: str | None = None  # the PS address: added by the scheduler to worker events
+    shard: int = 0  # this shard's index (0 to shards - 1)
+    shards: int = 1  # how many shards the run's server has
+    size: int = 0  # float32 values this shard holds (0: not said)
 
 
 @dataclass(frozen=True, kw_only=True)

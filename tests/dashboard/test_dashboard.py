@@ -166,6 +166,66 @@ def test_tuples_from_msgpack_count_as_lists():
     assert runs.get("r").staleness_hist == [3, 2] and runs.get("r").active == {"w"}
 
 
+def shard_snapshot(run: str, shard: int, t: float, version: int, applied: int, rejected: int, size: int,
+                   samples: int, staleness_mean: float, shards: int = 2) -> dict[str, Any]:
+    """One shard's "server" message: its own counters and clock, its place added as the scheduler does."""
+    table = {"tcp://w1:1": {"pushes": applied + rejected, "applied": applied, "rejected": rejected, "samples": samples}}
+    msg = event("server", run, version=version, applied=applied, rejected={"stale": rejected} if rejected else {},
+                samples_applied=samples, staleness_mean=staleness_mean, workers=table, shard=shard, shards=shards,
+                size=size)
+    return {**msg, "time": t, "worker": f"tcp://ps{shard}:1"}
+
+
+def sharded_feed(runs: Runs, run: str = "s") -> None:
+    """Two shards whose clocks are 100 s apart; shard 1 reports first, and once out of order."""
+    runs.consume(at(event("start", run, name="sharded"), 1000.0))
+    runs.consume(shard_snapshot(run, 1, 1101.5, version=9, applied=9, rejected=0, size=400, samples=288,
+                                staleness_mean=0.5))
+    runs.consume(shard_snapshot(run, 0, 1001.0, version=10, applied=10, rejected=0, size=600, samples=320,
+                                staleness_mean=0.25))
+    runs.consume(shard_snapshot(run, 0, 1003.0, version=30, applied=30, rejected=4, size=600, samples=960,
+                                staleness_mean=0.4))
+    runs.consume(shard_snapshot(run, 1, 1102.5, version=29, applied=29, rejected=3, size=400, samples=928,
+                                staleness_mean=0.5))
+    runs.consume(shard_snapshot(run, 1, 1102.0, version=20, applied=20, rejected=1, size=400, samples=640,
+                                staleness_mean=0.5))  # older than the last one: changes nothing
+
+
+def test_each_shard_keeps_its_own_load_and_only_shard_0_makes_the_runs_figures():
+    runs = Runs(clock=Clock())
+    sharded_feed(runs)
+    r = runs.get("s")
+    assert r is not None and r.sharded and r.shard_count == 2
+    # the run's figures: shard 0's snapshots, differenced only against each other
+    assert (r.version, r.applied, r.rejected_total, r.samples_applied) == (30, 30, 4, 960)
+    assert r.pushes.data() == {"t": [3.0], "applied": [10.0], "rejected": [2.0]}
+    assert r.server is not None and r.server.shard == 0 and r.server.time == 1003.0
+    assert r.ps == "tcp://ps0:1" and r.workers["tcp://w1:1"]["samples"] == 960
+    s0, s1 = r.shards
+    assert (s0.shard, s0.worker, s0.size, s0.version, s0.applied, s0.rejected) == (0, "tcp://ps0:1", 600, 30, 30, 4)
+    assert s0.pushes_per_s == 12.0 and s0.mb_per_s == pytest.approx(12 * 600 * 4 / 1e6)  # (34 - 10) pushes in 2 s
+    assert s0.staleness_mean == 0.4 and s0.time == 1003.0
+    assert (s1.shard, s1.worker, s1.size, s1.version, s1.applied, s1.rejected) == (1, "tcp://ps1:1", 400, 29, 29, 3)
+    assert s1.pushes_per_s == 23.0 and s1.mb_per_s == pytest.approx(23 * 400 * 4 / 1e6)  # its own clock: 1 s
+    assert s1.row()["mb_per_s"] == s1.mb_per_s and s1.row()["worker"] == "tcp://ps1:1"
+    # a restarted shard counts from a lower point: no negative rate
+    runs.consume(shard_snapshot("s", 1, 1104.5, version=25, applied=25, rejected=0, size=400, samples=800,
+                                staleness_mean=0.5))
+    assert r.shards[1].pushes_per_s == 0.0 and r.shards[1].version == 25 and r.version == 30
+    runs.consume({**shard_snapshot("s", 1, 1105.0, 26, 26, 0, 400, 832, 0.5), "shard": -1})  # junk: ignored
+    assert len(r.shards) == 2 and r.shards[1].version == 25
+
+
+def test_a_single_server_is_one_shard_of_unknown_size():
+    runs = Runs(clock=Clock(1005.0))
+    feed(runs)
+    r = runs.get("r1")
+    assert not r.sharded and r.shard_count == 1 and r.server is not None and r.server.shards == 1
+    (row,) = r.shards
+    assert (row.shard, row.worker, row.size, row.version, row.applied, row.rejected) == (0, "", 0, 50, 50, 4)
+    assert row.pushes_per_s == 10.0 and math.isnan(row.mb_per_s)  # (54 - 34) pushes in 2 s; size not said
+
+
 def test_out_of_order_snapshot_does_not_rewind_the_counters():
     runs = Runs()
     runs.consume(server("r", 10.0, 5, 5, 0, 100, 50.0, {"w": 100}))
@@ -220,6 +280,25 @@ def test_components_show_the_run_from_the_feed():
     assert data(doc, "psdist-loss")["x"] == [2.0, 4.0]
     assert doc.get_model_by_name("psdist-loss-figure").xaxis[0].axis_label.startswith("time")
     assert len(doc.callbacks.session_callbacks) == 1  # the periodic refresh
+    # one server: no shard table (hidden and empty), the page as it was
+    assert not page.shards.root.visible and data(doc, "psdist-shards")["shard"] == []
+    assert data(doc, "psdist-summary")["shards"] == [1] and "server shards" not in text
+
+
+def test_a_sharded_run_shows_one_table_row_per_shard():
+    runs = Runs(clock=Clock())
+    doc = Document()
+    page = document(runs, doc)
+    sharded_feed(runs)
+    page.update()
+    assert doc.get_model_by_name("psdist-shards-panel").visible
+    table = data(doc, "psdist-shards")
+    assert table["shard"] == [0, 1] and table["worker"] == ["tcp://ps0:1", "tcp://ps1:1"]
+    assert table["size"] == [600, 400] and table["pushes_per_s"] == [12.0, 23.0]
+    assert table["mb_per_s"] == pytest.approx([0.0288, 0.0368])
+    assert data(doc, "psdist-summary")["shards"] == [2]
+    assert "server shards</th><td>2" in doc.get_model_by_name("psdist-status").text
+    assert len(data(doc, "psdist-pushes")["t"]) == 1  # the run's rate: shard 0 alone
 
 
 def test_page_follows_the_newest_run_or_the_one_asked_for():
