@@ -16,7 +16,7 @@ A config file (``jobqueue/slurm-cpu.yaml``)::
     system: slurm          # slurm | pbs | lsf | sge | htcondor | oar
     gpus: 0                # GPUs per data job; checked against the batch system
     cluster: {...}         # keyword arguments of dask_jobqueue.SLURMCluster, unchanged
-    ps: {...}              # overrides of those for the parameter server's job
+    ps: {...}              # overrides of those for the parameter server's job; shards: S starts S of them
     security: {ca_file: ~/.psdist/ca.pem, cert: ~/.psdist/cert.pem, key: ~/.psdist/key.pem}   # optional: TLS
 
 **Where the parameter server lives.** An actor cannot move: a retired worker would take the
@@ -26,6 +26,12 @@ kept out of the cluster's worker spec, so ``cluster.scale`` and ``cluster.adapt`
 and stop data jobs only. :class:`KeepParameterServer` keeps the scheduler from ever proposing
 that worker (or any worker holding an actor) for retirement; closing the cluster cancels the
 job.
+
+**Sharded parameter servers.** ``ps: {shards: S}`` (or ``batch_cluster(..., ps={"shards": S})``)
+submits S such jobs instead of one, each with the resource ``psdist-ps`` and a name of its own
+(:func:`ps_name`: ``psdist-ps``, ``psdist-ps-1``, ...), so S parameter-server actors each find a
+worker of their own (:func:`ps_worker_addresses`). ``shards`` is psdist's key: it never reaches
+the dask-jobqueue job class. ``BatchConfig.shards`` and ``cluster.ps_shards`` say how many.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ from psdist.errors import ClusterError, ConfigError
 __all__ = [
     "PS_NAME",
     "PS_RESOURCE",
+    "PS_SHARDS_KEY",
     "SYSTEMS",
     "BatchConfig",
     "DataAdaptive",
@@ -63,13 +70,41 @@ __all__ = [
     "load_cluster_config",
     "make_cluster",
     "preflight",
+    "ps_job_scripts",
+    "ps_name",
     "ps_worker_address",
+    "ps_worker_addresses",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: Worker name of the parameter server's dedicated worker (its resource: ``PS_RESOURCE``).
+#: Worker name of the parameter server's dedicated worker (its resource: ``PS_RESOURCE``); with
+#: several shards, the first one's (the others: :func:`ps_name`).
 PS_NAME = "psdist-ps"
+
+#: The key of ``ps:`` that is psdist's, not dask-jobqueue's: how many parameter-server jobs.
+PS_SHARDS_KEY = "shards"
+
+
+def ps_name(shard: int = 0) -> str:
+    """Worker and job name of parameter-server shard ``shard``: ``psdist-ps``, ``psdist-ps-1``, ...
+
+    Shard 0 keeps the unsharded name, so a one-shard config submits exactly the job it always did
+    (same script, same ``squeue`` name). The others never clash with data workers, which
+    dask-jobqueue names ``<name>-<n>`` (``psdist-0``, ``psdist-1``, ...).
+    """
+    return PS_NAME if shard == 0 else f"{PS_NAME}-{shard}"
+
+
+def _check_shards(value: Any, where: str) -> int:
+    """``value`` as a number of parameter-server shards, or a :class:`ConfigError` saying the fix."""
+    # bool is an int in Python: ``shards: true`` is a typo for a count, not 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f"{where}: ps: shards={value!r} must be a whole number >= 1 (parameter-server jobs, one shard "
+            "each; 1, the default, is one server): write shards: 2 under ps:, or pass ps={'shards': 2}"
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -109,7 +144,13 @@ def _jobqueue() -> Any:
 
 @dataclass(frozen=True)
 class BatchConfig:
-    """One ``jobqueue/*.yaml``: the batch system and the dask-jobqueue keyword arguments."""
+    """One ``jobqueue/*.yaml``: the batch system and the dask-jobqueue keyword arguments.
+
+    ``ps`` is the ``ps:`` section as written, ``shards`` included (psdist's key, see
+    :attr:`shards`); :meth:`ps_kwargs` leaves it out of what reaches dask-jobqueue. Every way of
+    making one (:meth:`from_dict`, the constructor, ``dataclasses.replace``) checks it, so a bad
+    value fails before any job is submitted.
+    """
 
     system: str
     cluster: dict[str, Any]
@@ -119,11 +160,22 @@ class BatchConfig:
     #: TLS: ``None`` (none), ``True`` (a temporary certificate) or ``{ca_file, cert, key}`` PEM files
     security: Any = None
 
+    def __post_init__(self) -> None:
+        _check_shards(self.ps.get(PS_SHARDS_KEY, 1), self.source)
+
+    @property
+    def shards(self) -> int:
+        """Parameter-server jobs to start (``ps: {shards: S}``; 1 when not given)."""
+        shards: int = self.ps.get(PS_SHARDS_KEY, 1)  # checked in __post_init__
+        return shards
+
     @classmethod
     def from_dict(cls, raw: Any, source: str = "<dict>") -> BatchConfig:
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: a batch config is a mapping with system: and cluster:")
         unknown = set(raw) - {"system", "cluster", "ps", "gpus", "security"}
+        if PS_SHARDS_KEY in unknown:  # the likely slip: a psdist key one level too high
+            raise ConfigError(f"{source}: shards: belongs under ps: (ps: {{shards: {raw[PS_SHARDS_KEY]!r}}})")
         if unknown:
             raise ConfigError(
                 f"{source}: unknown keys {sorted(unknown)}; a batch config has system, gpus, cluster, ps, security "
@@ -160,6 +212,11 @@ class BatchConfig:
     def cluster_kwargs(self, **overrides: Any) -> dict[str, Any]:
         """The cluster's keyword arguments with ``overrides`` applied, checked (no batch system needed)."""
         kwargs = {**self.cluster, **overrides}
+        if PS_SHARDS_KEY in kwargs:  # else dask-jobqueue refuses an unknown keyword, without the fix
+            raise ConfigError(
+                f"{self.source}: shards={kwargs[PS_SHARDS_KEY]!r} is not a dask-jobqueue setting: it belongs under "
+                "ps: (ps: {shards: 2}), or pass ps={'shards': 2}"
+            )
         if self.security is not None and "security" not in overrides:
             kwargs["security"] = self._security()
         kwargs.setdefault("name", "psdist")  # workers psdist-0, psdist-1, ...; the PS is psdist-ps
@@ -194,9 +251,23 @@ class BatchConfig:
         except ConfigError as e:
             raise ConfigError(f"{self.source}: {e}") from e
 
-    def ps_kwargs(self, job_kwargs: dict[str, Any]) -> dict[str, Any]:
-        """The parameter server's job: the data jobs' settings, the ``ps:`` overrides, one process."""
-        kwargs = {**job_kwargs, **self.ps, "processes": 1, "name": PS_NAME, "job_name": PS_NAME}
+    def ps_kwargs(self, job_kwargs: dict[str, Any], shard: int = 0) -> dict[str, Any]:
+        """One parameter-server job's keyword arguments: the data jobs' settings, the ``ps:``
+        overrides (less ``shards``, which dask-jobqueue does not know), one process.
+
+        Parameters
+        ----------
+        job_kwargs
+            The data jobs' keyword arguments (the cluster's ``_job_kwargs``).
+        shard
+            Which of the :attr:`shards` jobs (0 to ``shards - 1``): it sets the job's name
+            (:func:`ps_name`); every shard gets the same resource, ``psdist-ps=1``.
+        """
+        if not 0 <= shard < self.shards:
+            raise ValueError(f"shard={shard} is not one of this config's {self.shards} parameter-server shard(s)")
+        overrides = {k: v for k, v in self.ps.items() if k != PS_SHARDS_KEY}
+        name = ps_name(shard)
+        kwargs = {**job_kwargs, **overrides, "processes": 1, "name": name, "job_name": name}
         args = list(kwargs.get("worker_extra_args") or [])
         kwargs["worker_extra_args"] = [*_drop_resources(args), "--resources", f"{PS_RESOURCE}=1"]
         return kwargs
@@ -302,14 +373,33 @@ def _psdist_class(system: str) -> type:
     base = getattr(_jobqueue(), SYSTEMS[system].cluster)
 
     class PsdistCluster(base):  # type: ignore[misc,valid-type]
-        #: the parameter server's job (a dask-jobqueue Job), started by :func:`batch_cluster`
-        ps_job: Any = None
+        #: the parameter servers' jobs (dask-jobqueue Jobs), shard 0 first, started by
+        #: :func:`batch_cluster`; a tuple, so the class default is not one list shared by all
+        ps_jobs: tuple[Any, ...] = ()
 
-        def new_ps_job(self, cfg: BatchConfig) -> Any:
-            """The parameter server's job, not yet submitted: the data jobs' settings + ``cfg.ps``."""
+        @property
+        def ps_job(self) -> Any:
+            """The first parameter server's job (the only one without sharding), or ``None``."""
+            return self.ps_jobs[0] if self.ps_jobs else None
+
+        @ps_job.setter
+        def ps_job(self, job: Any) -> None:  # the attribute this used to be
+            self.ps_jobs = () if job is None else (job,)
+
+        @property
+        def ps_shards(self) -> int:
+            """How many parameter-server jobs this cluster started (``cfg.shards`` once running)."""
+            return len(self.ps_jobs)
+
+        def new_ps_job(self, cfg: BatchConfig, shard: int = 0) -> Any:
+            """Parameter-server shard ``shard``'s job, not yet submitted: the data jobs' settings + ``cfg.ps``."""
             address = (getattr(self.scheduler, "contact_address", None) or getattr(self.scheduler, "address", None)
                        or "tcp://<insert-scheduler-address-here>:8786")
-            return self.job_cls(address, **cfg.ps_kwargs(self._job_kwargs))
+            return self.job_cls(address, **cfg.ps_kwargs(self._job_kwargs, shard))
+
+        def new_ps_jobs(self, cfg: BatchConfig) -> list[Any]:
+            """All ``cfg.shards`` parameter-server jobs, shard 0 first, none submitted."""
+            return [self.new_ps_job(cfg, shard) for shard in range(cfg.shards)]
 
         def adapt(self, *args: Any, **kwargs: Any) -> Any:
             kwargs.setdefault("Adaptive", DataAdaptive)
@@ -319,8 +409,16 @@ def _psdist_class(system: str) -> type:
             try:
                 await super()._close()
             finally:
-                if self.ps_job is not None:  # its worker left with the scheduler; make sure the job ends
-                    await self.ps_job.close()
+                # their workers left with the scheduler; make sure every job ends, even when
+                # cancelling one of them fails (then the first failure is raised after the rest)
+                failed: list[BaseException] = []
+                for job in self.ps_jobs:
+                    try:
+                        await job.close()
+                    except Exception as e:
+                        failed.append(e)
+                if failed:
+                    raise failed[0]
 
     PsdistCluster.__name__ = PsdistCluster.__qualname__ = f"Psdist{base.__name__}"
     return PsdistCluster
@@ -338,11 +436,28 @@ def make_cluster(config: str | os.PathLike[str] | BatchConfig, **overrides: Any)
 
 
 def job_scripts(config: str | os.PathLike[str] | BatchConfig, **overrides: Any) -> tuple[str, str]:
-    """The job scripts (data worker, parameter server) a config submits; nothing is submitted."""
+    """The job scripts (data worker, parameter server) a config submits; nothing is submitted.
+
+    With ``ps: {shards: S}``, the parameter server's script is shard 0's; :func:`ps_job_scripts`
+    gives all of them.
+    """
     cfg = load_cluster_config(config)
     cluster = make_cluster(cfg, **overrides)
     try:
         return cluster.job_script(), cluster.new_ps_job(cfg).job_script()
+    finally:
+        cluster.close()
+
+
+def ps_job_scripts(config: str | os.PathLike[str] | BatchConfig, **overrides: Any) -> list[str]:
+    """The parameter servers' job scripts, one per shard (shard 0 first); nothing is submitted.
+
+    ``overrides`` are dask-jobqueue keyword arguments, as for :func:`job_scripts`.
+    """
+    cfg = load_cluster_config(config)
+    cluster = make_cluster(cfg, **overrides)
+    try:
+        return [job.job_script() for job in cluster.new_ps_jobs(cfg)]
     finally:
         cluster.close()
 
@@ -401,10 +516,15 @@ def _check_slurm(cfg: BatchConfig, kwargs: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- the cluster
 
 
-def ps_worker_address(client: Any) -> str | None:
-    """Address of the dedicated parameter-server worker (resource ``psdist-ps``), if any."""
+def ps_worker_addresses(client: Any) -> list[str]:
+    """Addresses of every dedicated parameter-server worker (resource ``psdist-ps``), sorted."""
     info = client.scheduler_info(n_workers=-1)["workers"]
-    found = sorted(a for a, w in info.items() if PS_RESOURCE in (w.get("resources") or {}))
+    return sorted(a for a, w in info.items() if PS_RESOURCE in (w.get("resources") or {}))
+
+
+def ps_worker_address(client: Any) -> str | None:
+    """Address of the dedicated parameter-server worker (the first of several shards'), if any."""
+    found = ps_worker_addresses(client)
     return found[0] if found else None
 
 
@@ -427,7 +547,7 @@ def batch_cluster(
     check: bool = True,
     **overrides: Any,
 ) -> tuple[Any, Any]:
-    """Start a batch-system cluster for psdist: a parameter-server job plus ``jobs`` data jobs.
+    """Start a batch-system cluster for psdist: ``shards`` parameter-server jobs plus ``jobs`` data jobs.
 
     Parameters
     ----------
@@ -438,9 +558,10 @@ def batch_cluster(
     adapt
         ``(minimum_jobs, maximum_jobs)``: let the data jobs follow the load (the PS job never does).
     ps
-        Overrides for the parameter server's job (on top of the config's ``ps:``).
+        Overrides for the parameter server's job (on top of the config's ``ps:``);
+        ``{"shards": S}`` starts S parameter-server jobs (default: the config's, else 1).
     wait
-        Return only once the PS worker and the data workers of ``jobs`` have joined.
+        Return only once the PS workers (one per shard) and the data workers of ``jobs`` have joined.
     timeout
         Seconds to wait for them (the batch queue may be slow).
     check
@@ -449,11 +570,14 @@ def batch_cluster(
         dask-jobqueue keyword arguments replacing the config's (``queue=``, ``walltime=``, ...).
 
     Returns ``(cluster, client)``; close both (closing the cluster cancels every job).
+    ``cluster.ps_shards`` is the number of parameter-server jobs, ``cluster.ps_jobs`` the jobs.
     """
     from distributed import Client
 
     cfg = load_cluster_config(config)
     if ps:
+        if PS_SHARDS_KEY in ps:  # name the argument, not the config file, when the value is bad
+            _check_shards(ps[PS_SHARDS_KEY], "batch_cluster(ps=...)")
         cfg = dataclasses.replace(cfg, ps={**cfg.ps, **ps})
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 0:
         raise ConfigError(f"jobs={jobs!r} must be a whole number >= 0 (data jobs to start)")
@@ -462,12 +586,16 @@ def batch_cluster(
     cluster = make_cluster(cfg, **overrides)
     client = None
     try:
-        cluster.ps_job = job = cluster.new_ps_job(cfg)
-        try:
-            cluster.sync(job.start)
-        except RuntimeError as e:  # dask-jobqueue: the submission command failed
-            raise ClusterError(f"{cfg.source}: the batch system refused the parameter server's job: {e}") from e
-        logger.info("psdist: parameter-server job %s submitted", job.job_id)
+        for shard, job in enumerate(cluster.new_ps_jobs(cfg)):
+            cluster.ps_jobs = (*cluster.ps_jobs, job)  # before submitting: closing the cluster cancels it
+            try:
+                cluster.sync(job.start)
+            except RuntimeError as e:  # dask-jobqueue: the submission command failed
+                which = "" if cfg.shards == 1 else f" (shard {shard} of {cfg.shards})"
+                raise ClusterError(
+                    f"{cfg.source}: the batch system refused the parameter server's job{which}: {e}"
+                ) from e
+            logger.info("psdist: parameter-server job %s submitted (%s)", job.job_id, job.name)
         client = Client(cluster)
         client.register_plugin(KeepParameterServer(), name=KeepParameterServer.name)
         if jobs:
@@ -475,11 +603,13 @@ def batch_cluster(
         if adapt is not None:
             cluster.adapt(minimum_jobs=adapt[0], maximum_jobs=adapt[1])
         if wait:
-            hint = f"the batch queue may be busy ({SYSTEMS[cfg.system].submit} job {job.job_id}); raise timeout=..."
-            _wait("the parameter server's worker", lambda: ps_worker_address(client) is not None, timeout, hint)
-            n = jobs * int(cluster._dummy_job.worker_processes) + 1
-            _wait(f"{n - 1} data worker(s)", lambda: len(client.scheduler_info(n_workers=-1)["workers"]) >= n,
-                  timeout, hint)
+            ids = ", ".join(str(j.job_id) for j in cluster.ps_jobs)
+            hint = f"the batch queue may be busy ({SYSTEMS[cfg.system].submit} job(s) {ids}); raise timeout=..."
+            what = "the parameter server's worker" if cfg.shards == 1 else f"the {cfg.shards} parameter servers' workers"
+            _wait(what, lambda: len(ps_worker_addresses(client)) >= cfg.shards, timeout, hint)
+            n = jobs * int(cluster._dummy_job.worker_processes) + cfg.shards
+            _wait(f"{n - cfg.shards} data worker(s)",
+                  lambda: len(client.scheduler_info(n_workers=-1)["workers"]) >= n, timeout, hint)
     except BaseException:
         if client is not None:
             client.close()

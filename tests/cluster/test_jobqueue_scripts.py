@@ -8,6 +8,8 @@ python path) are normalised. After an intended change: PSDIST_UPDATE_GOLDEN=1 py
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import re
 import sys
@@ -179,16 +181,28 @@ def test_missing_dask_jobqueue(monkeypatch: pytest.MonkeyPatch):
         batch._psdist_class.cache_clear()
 
 
-def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, partitions: str, gres: str) -> Path:
+def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, partitions: str, gres: str,
+               accept: bool = False) -> Path:
     """sbatch and sinfo stand-ins on PATH: a SLURM with these partitions and this gres.
 
     Every call is appended to the returned log file, one line each (``sinfo -h -o %P``), so a
-    test can tell which checks ran and that nothing was submitted.
+    test can tell which checks ran and that nothing was submitted. sbatch refuses every job,
+    unless ``accept``: then it keeps each script as ``submitted/<n>.sh`` and answers job id
+    ``<n>`` (1, 2, ...), and scancel logs its call; no job ever runs.
     """
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "calls.log"
-    (bin_dir / "sbatch").write_text(f'#!/bin/sh\necho "sbatch $*" >> {log}\nexit 1\n')
+    if accept:
+        kept = tmp_path / "submitted"
+        kept.mkdir()
+        (bin_dir / "sbatch").write_text(
+            f'#!/bin/sh\necho "sbatch" >> {log}\nn=$(($(ls {kept} | wc -l) + 1))\n'
+            f'cp "$1" {kept}/$n.sh\necho "Submitted batch job $n"\n'
+        )
+        (bin_dir / "scancel").write_text(f'#!/bin/sh\necho "scancel $*" >> {log}\n')
+    else:
+        (bin_dir / "sbatch").write_text(f'#!/bin/sh\necho "sbatch $*" >> {log}\nexit 1\n')
     (bin_dir / "sinfo").write_text(
         f'#!/bin/sh\necho "sinfo $*" >> {log}\n'
         f'case "$*" in *%G*) echo "{gres}" ;; *) printf "%s\\n" {partitions} ;; esac\n'
@@ -289,3 +303,85 @@ def test_survives_a_reset_of_the_dask_config(monkeypatch: pytest.MonkeyPatch):
 
     monkeypatch.delitem(dask.config.config, "jobqueue")
     assert "#SBATCH -p cpu" in batch.job_scripts("slurm-cpu", **LOCAL)[0]
+
+
+# ----------------------------------------------------------------------------- sharded parameter servers
+
+
+def sharded(name: str, shards: int) -> batch.BatchConfig:
+    cfg = batch.load_cluster_config(name)
+    return dataclasses.replace(cfg, ps={**cfg.ps, "shards": shards})
+
+
+@pytest.mark.parametrize("name", [n for n in CONFIGS if n.endswith("-gpu")])
+def test_ps_shards_are_one_cpu_job_each_with_the_ps_resource(name: str):
+    system = name.split("-")[0]
+    cfg = sharded(name, 3)
+    assert cfg.shards == 3 and batch.load_cluster_config(name).shards == 1  # the default: one server
+    scripts = [normalise(s) for s in batch.ps_job_scripts(cfg, **LOCAL)]
+    assert len(scripts) == 3
+    for shard, script in enumerate(scripts):
+        # each its own worker name, all the same resource (what the PS placement looks for), no GPU
+        assert f"--name {batch.ps_name(shard)} " in script
+        assert "--resources psdist-ps=1" in script
+        assert "GPU=" not in script and GPU_LINES[system] not in script
+        assert "shards" not in script  # psdist's key never reaches dask-jobqueue
+    assert [batch.ps_name(i) for i in range(3)] == ["psdist-ps", "psdist-ps-1", "psdist-ps-2"]
+    # shard 0 is exactly the unsharded job (the golden .ps.sh)
+    assert scripts[0] == (GOLDEN / f"{name}.ps.sh").read_text()
+    kwargs = [cfg.ps_kwargs({"cores": 1}, shard) for shard in range(cfg.shards)]
+    assert all("shards" not in k for k in kwargs)
+    if system == "slurm":
+        assert [re.search(r"#SBATCH -J (\S+)", s).group(1) for s in scripts] == ["psdist-ps", "psdist-ps-1",
+                                                                                "psdist-ps-2"]
+
+
+def test_ps_shards_from_a_yaml_file(tmp_path: Path):
+    path = write(tmp_path, "system: slurm\ncluster: {queue: cpu, cores: 1, memory: 1GiB}\n"
+                           "ps: {cores: 2, shards: 2}\n")
+    cfg = batch.load_cluster_config(path)
+    assert cfg.shards == 2
+    scripts = batch.ps_job_scripts(path, **LOCAL)
+    assert len(scripts) == 2 and all("--cpus-per-task=2" in s and "psdist-ps=1" in s for s in scripts)
+    # the data job and job_scripts' PS script (shard 0) are as without shards
+    data, ps = batch.job_scripts(path, **LOCAL)
+    assert "psdist-ps" not in data and normalise(ps) == normalise(scripts[0])
+
+
+@pytest.mark.parametrize("bad", [0, -1, "two", 1.5, True])
+def test_bad_ps_shards_are_refused_before_anything_is_submitted(bad, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    fix = r"must be a whole number >= 1 .*write shards: 2 under ps:, or pass ps=\{'shards': 2\}"
+    path = write(tmp_path, "system: slurm\ncluster: {queue: debug, cores: 1, memory: 1GiB}\n"
+                           f"ps: {{shards: {json.dumps(bad)}}}\n")  # JSON scalars are YAML
+    with pytest.raises(ConfigError, match=rf"site\.yaml: ps: shards={re.escape(repr(bad))} {fix}"):
+        batch.load_cluster_config(path)
+    log = fake_slurm(tmp_path, monkeypatch, "debug*", "(null)")
+    with pytest.raises(ConfigError, match=rf"batch_cluster\(ps=...\): ps: shards={re.escape(repr(bad))} {fix}"):
+        batch.batch_cluster("slurm-cpu", jobs=1, ps={"shards": bad}, queue="debug", **LOCAL)
+    assert calls(log) == []  # not even the partition check ran, let alone sbatch
+
+
+def test_shards_outside_ps_is_refused_with_the_fix(tmp_path: Path):
+    path = write(tmp_path, "system: slurm\nshards: 2\ncluster: {queue: cpu, cores: 1, memory: 1GiB}\n")
+    with pytest.raises(ConfigError, match=r"shards: belongs under ps: \(ps: \{shards: 2\}\)"):
+        batch.load_cluster_config(path)
+    with pytest.raises(ConfigError, match=r"shards=2 is not a dask-jobqueue setting: it belongs under ps:"):
+        batch.job_scripts("slurm-cpu", shards=2, **LOCAL)
+
+
+def test_batch_cluster_submits_one_job_per_shard_and_cancels_them_all(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch):
+    log = fake_slurm(tmp_path, monkeypatch, "debug*", "(null)", accept=True)
+    cluster, client = batch.batch_cluster("slurm-cpu", jobs=0, ps={"shards": 2}, queue="debug", wait=False,
+                                          **LOCAL)
+    try:
+        assert cluster.ps_shards == 2 and cluster.ps_job is cluster.ps_jobs[0]
+        assert [j.job_id for j in cluster.ps_jobs] == ["1", "2"] and not cluster.workers  # no data job
+        assert calls(log) == ["sinfo -h -o %P", "sbatch", "sbatch"]
+        submitted = [(tmp_path / "submitted" / f"{n}.sh").read_text() for n in (1, 2)]
+        assert ["#SBATCH -J psdist-ps\n" in submitted[0], "#SBATCH -J psdist-ps-1\n" in submitted[1]] == [True, True]
+        assert all("--resources psdist-ps=1" in s for s in submitted)
+    finally:
+        client.close()
+        cluster.close()
+    assert calls(log) == ["scancel 1", "scancel 2"]
