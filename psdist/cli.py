@@ -112,7 +112,11 @@ def _train(a: argparse.Namespace) -> int:
         from psdist.cluster.batch import batch_cluster
 
         jobs = a.jobs if a.jobs is not None else settings.scaling.workers or 2
-        cluster, client = batch_cluster(a.cluster, jobs=jobs)
+        # ps_shards > 1 (the run's YAML or --ps-shards) starts that many PS jobs; otherwise the
+        # batch config's `ps: {shards: S}` says, and the training shards over those jobs
+        shards = settings.scaling.ps_shards
+        cluster, client = batch_cluster(a.cluster, jobs=jobs, ps={"shards": shards} if shards > 1 else None)
+        settings = settings.replace(ps_shards=cluster.ps_shards)
     elif a.scheduler:
         from distributed import Client
 

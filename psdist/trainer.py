@@ -177,6 +177,7 @@ class Trainer:
         self.run = RunState(self.settings.faults.checkpoints)
         self.dashboard_link: str | None = None
         self._ps_address: str | None = None  # where the last fit's parameter server was
+        self._ps_addresses: list[str] = []  # and its shards'
         self.dashboard_url: str | None = None  # the psdist page of the current/last training
         self.run_id: str | None = None
         self._sess: Session | None = None  # the live session of a running fit
@@ -247,7 +248,7 @@ class Trainer:
             self.settings.algorithm.max_staleness, self.settings.scaling.workers, self.settings.scaling.threads_per_worker, self.settings.scaling.malloc_fix,
             self.settings.faults.timeout, self.settings.scaling.ps_worker, self.run.server_state, self.settings.scaling.security, self.settings.scaling.dedicated_ps,
             self.settings.scaling.data_plane, self.settings.algorithm.overlap, self.settings.scaling.wire_dtype,
-            self.settings.scaling.devices, self.settings.training.precision,
+            self.settings.scaling.devices, self.settings.training.precision, self.settings.scaling.ps_shards,
         )
         # accuracy by default for one integer target; several targets: the metrics given
         metrics = {**(default_metrics(info.y_dtype) if info.single_target else {}), **self.settings.training.metrics}
@@ -410,6 +411,7 @@ class Trainer:
                     logger.error(note)
             finally:
                 self._ps_address = sess.ps_address  # a restarted server's, if it was replaced
+                self._ps_addresses = [s.address for s in sess.servers]
                 self._sess = None
 
     @property
@@ -496,6 +498,12 @@ class Trainer:
         """The worker of the running fit's parameter server (after a restart, the new one's)."""
         sess = self._sess
         return sess.ps_address if sess is not None else self._ps_address
+
+    @property
+    def ps_addresses(self) -> list[str]:
+        """The workers of the running fit's parameter-server shards, shard 0 first (one for ``ps_shards=1``)."""
+        sess = self._sess
+        return [s.address for s in sess.servers] if sess is not None else list(self._ps_addresses)
 
     @property
     def history(self) -> History:

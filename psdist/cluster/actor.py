@@ -33,7 +33,10 @@ from psdist.core.server import ServerState
 from psdist.plane.server import PlaneServer
 from psdist.run.events import TOPIC, ServerSnapshot, Throttle
 
-__all__ = ["ParameterServer"]
+__all__ = ["HOLD_LIMIT", "ParameterServer"]
+
+#: seconds a cut over shards may hold pushes before they go on without it
+HOLD_LIMIT = 60.0
 
 
 class ParameterServer:
@@ -52,6 +55,8 @@ class ParameterServer:
         max_staleness: int | None,
         run_id: str | None = None,
         publish_every: float = 0.5,
+        shard: int = 0,
+        shards: int = 1,
     ) -> None:
         # the server step is torch's fused kernels: give them the threads of this worker (torch
         # would take every core of the machine, which the other workers of the host share)
@@ -65,19 +70,72 @@ class ParameterServer:
         self._lock = threading.RLock()  # the actor thread and the data plane's threads
         self._changes = threading.Condition(self._lock)  # data-plane waits sleep on it
         self._plane: PlaneServer | None = None
+        self.shard, self.shards = shard, shards  # this server's slice of a sharded training (0 of 1: all)
+        # a consistent cut over shards (hold_at): None lets pushes through; a dict admits each
+        # worker's pushes until it has pushed that many times here, and holds the rest
+        self._hold: dict[str, int] | None = None
 
     def pull(self, worker: str, have_version: int = -1, into: np.ndarray | None = None) -> Pull:
         with self._lock:
             return self.state.pull(worker, have_version, into)
 
     def push(self, push: Push, pull: bool = True, into: np.ndarray | None = None) -> PushReply:
-        with self._lock:
+        with self._changes:
+            if self._hold is not None:  # a sharded checkpoint is being cut (data-plane threads only)
+                self._held(push.worker)
             reply = self.state.push(push, pull, into)
             due = self._throttle.due()
         self._notify()
         if due:
             self.publish()
         return reply
+
+    # ------------------------------------------------------------------ consistent cuts over shards
+    def _pushes(self, worker: str) -> int:
+        stats = self.state.workers.get(worker)
+        return stats.pushes if stats is not None else 0
+
+    def _held(self, worker: str) -> None:
+        """Block this data-plane thread while a cut holds ``worker``'s next push (under ``_changes``).
+
+        A cut that is never resumed (its caller died) lets pushes go after :data:`HOLD_LIMIT`
+        seconds: training goes on, and that cut's counts show it was not kept."""
+        deadline = time.monotonic() + HOLD_LIMIT
+        while self._hold is not None and self._pushes(worker) >= self._hold.get(worker, 0):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._hold = None
+                self._changes.notify_all()
+                break
+            self._changes.wait(left)
+
+    def pause(self) -> dict[str, int]:
+        """Hold every push from now on (the first step of a cut); the pushes counted per worker."""
+        with self._changes:
+            self._hold = {}
+            return {w: s.pushes for w, s in self.state.workers.items()}
+
+    def hold_at(self, target: dict[str, int], timeout: float) -> tuple[dict[str, int], tuple[dict[str, Any], dict[str, np.ndarray]]]:
+        """Admit each worker's pushes until it has pushed ``target[worker]`` times, then the state.
+
+        Every shard is cut at the same per-worker counts, so each push is in all of the shards'
+        states or in none. A worker whose push never arrives (it died between two shards) is
+        waited for ``timeout`` seconds; the counts returned say where this shard was cut.
+        """
+        deadline = time.monotonic() + timeout
+        with self._changes:
+            self._hold = dict(target)
+            self._changes.notify_all()
+            while any(self._pushes(w) < n for w, n in target.items()) and time.monotonic() < deadline:
+                self._changes.wait(max(0.0, deadline - time.monotonic()))
+            counts = {w: s.pushes for w, s in self.state.workers.items()}
+            return counts, self.state.state_dict()
+
+    def resume(self) -> None:
+        """Let held pushes go on (the end of a cut)."""
+        with self._changes:
+            self._hold = None
+            self._changes.notify_all()
 
     def plane_endpoint(self) -> dict[str, Any]:
         """Where this server's data plane listens (started on the first call), with the run's token.
@@ -119,7 +177,8 @@ class ParameterServer:
         if self.run_id is not None:
             if self._worker is None:
                 self._worker = get_worker()
-            self._worker.log_event(TOPIC, ServerSnapshot(run=self.run_id, **metrics).to_message())
+            self._worker.log_event(TOPIC, ServerSnapshot(run=self.run_id, shard=self.shard, shards=self.shards,
+                                                         size=self.state.layout.size, **metrics).to_message())
         return int(metrics["version"])
 
     def _locked(self, fn: Callable[..., Any], *args: Any) -> Any:

@@ -17,7 +17,7 @@ import dask
 from psdist.cluster.worker import PS_RESOURCE
 from psdist.errors import ClusterError
 
-__all__ = ["embedded_cluster", "malloc_config", "pick_ps_worker", "training_slots"]
+__all__ = ["embedded_cluster", "malloc_config", "pick_ps_worker", "pick_ps_workers", "training_slots"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +57,10 @@ def _restore_environ() -> Iterator[None]:
 
 def embedded_cluster(
     workers: int, threads_per_worker: int, malloc_fix: bool = True, dashboard_address: str | None = ":0",
-    security: Any = None, gpus: Sequence[str] = (), **kwargs: Any,
+    security: Any = None, gpus: Sequence[str] = (), ps_workers: int = 1, **kwargs: Any,
 ) -> tuple[Any, Any]:
-    """Start a LocalCluster of ``workers`` data workers plus one for the parameter server.
+    """Start a LocalCluster of ``workers`` data workers plus ``ps_workers`` for the parameter
+    server (one per shard of a sharded server).
 
     ``gpus`` (``CUDA_VISIBLE_DEVICES`` entries, see :func:`psdist.cluster.devices.embedded_devices`)
     starts one data worker per GPU instead, each seeing only its own (``CUDA_VISIBLE_DEVICES``)
@@ -85,10 +86,10 @@ def embedded_cluster(
         if dashboard_address is not None and dashboard_address.startswith(":"):
             # the dashboard is plain HTTP: ":port" would listen on every interface
             dashboard_address = "127.0.0.1" + dashboard_address
-    n = len(gpus) + 1 if gpus else workers + 1 if workers >= 1 else 1
+    n = len(gpus) + ps_workers if gpus else workers + ps_workers if workers >= 1 else ps_workers
     with malloc_config(malloc_fix), _restore_environ():
         if gpus:
-            cluster = _pinned_cluster(gpus, threads_per_worker, dashboard_address, **kwargs)
+            cluster = _pinned_cluster(gpus, threads_per_worker, dashboard_address, ps_workers, **kwargs)
         else:
             cluster = LocalCluster(
                 n_workers=n,
@@ -115,8 +116,8 @@ def embedded_cluster(
 
 
 def _pinned_cluster(gpus: Sequence[str], threads_per_worker: int, dashboard_address: str | None,
-                   **kwargs: Any) -> Any:
-    """A LocalCluster whose worker ``i`` sees only ``gpus[i]``, and whose last worker sees none.
+                   ps_workers: int = 1, **kwargs: Any) -> Any:
+    """A LocalCluster whose worker ``i`` sees only ``gpus[i]``, and whose last ``ps_workers`` see none.
 
     LocalCluster gives all workers one spec; like dask-cuda's ``LocalCUDACluster``, this starts
     it empty and scales it with a spec per worker name (a nanny keeps its worker's environment,
@@ -135,7 +136,7 @@ def _pinned_cluster(gpus: Sequence[str], threads_per_worker: int, dashboard_addr
                 options["resources"] = {**(options.get("resources") or {}), "GPU": 1}
             return {name: {**spec, "options": options}}
 
-    n = len(gpus) + 1
+    n = len(gpus) + ps_workers
     cluster = Pinned(n_workers=0, threads_per_worker=threads_per_worker, processes=True,
                      dashboard_address=dashboard_address, memory_limit=MEMORY_LIMIT // n, **kwargs)
     try:
@@ -195,7 +196,42 @@ def pick_ps_worker(client: Any, preferred: str | None = None, dedicated: bool | 
     return address, exclusive
 
 
-def training_slots(client: Any, ps_address: str, exclusive: bool) -> int:
+def pick_ps_workers(client: Any, shards: int, preferred: str | None = None, dedicated: bool | None = None,
+                    avoid: Collection[str] = ()) -> list[tuple[str, bool]]:
+    """The workers of a sharded parameter server's ``shards`` shards; ``(address, exclusive)`` each.
+
+    Shard 0 goes where :func:`pick_ps_worker` puts a lone server; the others to the next
+    workers started for a server (``psdist-ps``), then to the last workers by name (the embedded
+    cluster starts one worker per shard after its data workers), GPU workers (``avoid``) last.
+    With fewer workers than shards, shards share workers (each is an actor of its own).
+    """
+    first = pick_ps_worker(client, preferred, dedicated, avoid)
+    if shards == 1:
+        return [first]
+    info = client.scheduler_info(n_workers=-1)["workers"]
+
+    def key(item: tuple[str, dict[str, Any]]) -> tuple[int, int, int, str]:
+        w = item[1]
+        name = str(w.get("name"))
+        return (PS_RESOURCE in (w.get("resources") or {}), name not in avoid,
+                int(name) if name.isdigit() else 1 << 30, name)
+
+    rest = [a for a, _ in sorted(info.items(), key=key, reverse=True) if a != first[0]]
+    picked = [first]
+    for k in range(1, shards):
+        if rest:
+            address = rest.pop(0)
+            ps_only = PS_RESOURCE in (info[address].get("resources") or {})
+            picked.append((address, ps_only or (first[1] and len(info) > shards)))
+        else:
+            picked.append(picked[k % len(picked)])
+    if len({a for a, _ in picked}) < shards:
+        logger.warning("psdist: %d parameter-server shards on %d workers: some share a worker", shards,
+                       len({a for a, _ in picked}))
+    return picked
+
+
+def training_slots(client: Any, ps_address: str | Collection[str], exclusive: bool) -> int:
     """Training slots of a cluster for a PS placed at ``ps_address``: now, or as planned if more.
 
     Workers started for a PS (``psdist-ps``) never train, nor does an exclusive PS's worker. A
@@ -203,14 +239,15 @@ def training_slots(client: Any, ps_address: str, exclusive: bool) -> int:
     just called) counts what it plans (``SpecCluster.plan``), so that settings sized from it
     (EASGD's alpha, the default staleness bound) fit the cluster the training will have.
     """
+    servers = {ps_address} if isinstance(ps_address, str) else set(ps_address)
     info = client.scheduler_info(n_workers=-1)["workers"]
     ps_only = {a for a, w in info.items() if PS_RESOURCE in (w.get("resources") or {})}
-    now = sum(1 for a in info if a not in ps_only and not (exclusive and a == ps_address))
+    now = sum(1 for a in info if a not in ps_only and not (exclusive and a in servers))
     plan = getattr(getattr(client, "cluster", None), "plan", None)
     planned = 0
     if plan:
         names = {str(n) for n in plan}
-        ps_name = str(info.get(ps_address, {}).get("name"))
-        # a PS worker in the plan (the embedded cluster's) is no training slot when exclusive
-        planned = len(names) - (1 if (exclusive or ps_address in ps_only) and ps_name in names else 0)
+        # PS workers in the plan (the embedded cluster's) are no training slots when exclusive
+        planned = len(names) - sum(1 for a in servers if (exclusive or a in ps_only)
+                                   and str(info.get(a, {}).get("name")) in names)
     return max(1, now, planned)

@@ -22,7 +22,16 @@ import numpy as np
 
 from psdist.cluster.actor import ParameterServer
 from psdist.cluster.devices import probe
-from psdist.cluster.embedded import embedded_cluster, pick_ps_worker, training_slots
+from psdist.cluster.embedded import embedded_cluster, pick_ps_worker, pick_ps_workers, training_slots
+from psdist.cluster.shards import (
+    ShardServer,
+    call_all,
+    gather_state,
+    merge_metrics,
+    shard_states,
+    start_shard,
+    wait_future,
+)
 from psdist.cluster.waiting import wait_sliced
 from psdist.cluster.worker import MallocFix, RunPlugin
 from psdist.core.devices import (
@@ -37,8 +46,9 @@ from psdist.core.devices import (
 from psdist.core.layout import Layout
 from psdist.core.optim.port import OptimizerSpec
 from psdist.core.rules import Rule
+from psdist.core.shards import ShardPlan
 from psdist.data.dataset import ZarrDataset
-from psdist.errors import ServerError
+from psdist.errors import ConfigError, ServerError
 
 __all__ = ["AUTO", "ParameterServerLost", "Session", "SessionSpec", "auto_staleness", "open_session"]
 
@@ -90,6 +100,7 @@ class SessionSpec:
     wire_dtype: str = "float32"  # what the data plane's TCP connections carry (see the setting)
     devices: Devices = "auto"  # what trains (psdist.core.devices.parse_devices)
     precision: str = "32"  # the workers' autocast (psdist.replica.precision)
+    ps_shards: int = 1  # parameter-server shards (psdist.core.shards)
 
     def sized(self, slots: int, overlap: bool = False) -> tuple[Rule, int | None]:
         """The rule and staleness bound for ``slots`` training slots (EASGD's alpha, ``"auto"``)."""
@@ -125,6 +136,13 @@ class Session:
     dedicated: bool = False  # whether a dedicated PS was asked for (kept across restarts)
     devices: dict[str, str] = field(default_factory=dict)  # worker name -> "cpu" | "cuda:N"
     training_on: str = ""  # the start-up line: each worker's device, and the server's place
+    plan: ShardPlan | None = None  # a sharded server's slices (ps, ps_address, future: shard 0's)
+    extra: list[ShardServer] = field(default_factory=list)  # shards 1..S-1
+
+    @property
+    def servers(self) -> list[ShardServer]:
+        """Every shard's actor, shard 0 first (one entry for an unsharded server)."""
+        return [ShardServer(self.ps, self.ps_address, self.future, self.exclusive), *self.extra]
 
     @property
     def placement(self) -> str:
@@ -137,14 +155,20 @@ class Session:
         return getattr(self.client, "dashboard_link", None)
 
     def ps_alive(self) -> bool:
-        """Whether the parameter server's worker is still one of the scheduler's workers."""
-        return self.ps_address in self.client.scheduler_info(n_workers=-1)["workers"]
+        """Whether the parameter server's workers (every shard's) are still the scheduler's workers."""
+        return self._lost() is None
+
+    def _lost(self) -> str | None:
+        workers = self.client.scheduler_info(n_workers=-1)["workers"]
+        return next((s.address for s in self.servers if s.address not in workers), None)
 
     def check_ps(self, during: str | None = None) -> None:
-        """Raise :class:`ParameterServerLost` if the PS worker left (``during``: the call then)."""
-        if not self.ps_alive():
+        """Raise :class:`ParameterServerLost` if a PS worker left (``during``: the call then)."""
+        lost = self._lost()
+        if lost is not None:
             when = f" during {during}" if during else ""
-            raise ParameterServerLost(f"the parameter server's worker {self.ps_address} left the cluster{when}")
+            which = "the parameter server's worker" if self.plan is None else "a parameter-server shard's worker"
+            raise ParameterServerLost(f"{which} {lost} left the cluster{when}")
 
     def call(self, method: str, *args: Any, timeout: float) -> Any:
         """Call a parameter-server method and wait for it, at most ``timeout`` seconds.
@@ -155,10 +179,31 @@ class Session:
         timeout (a Dask actor call to a dead worker waits for the actor's task to be
         recomputed, which never happens here). Past ``timeout``: :class:`ServerError`.
         """
-        fut = getattr(self.ps, method)(*args)
         what = f"{method}()"
+        if self.plan is not None:
+            return self._call_shards(method, args, timeout)
+        fut = getattr(self.ps, method)(*args)
         return wait_sliced(lambda s: fut.result(timeout=s), what=what, timeout=timeout,
                            alive=lambda: self.check_ps(what))
+
+    def _call_shards(self, method: str, args: tuple[Any, ...], timeout: float) -> Any:
+        """:meth:`call` on a sharded server: a consistent cut for ``state_dict``, each shard its
+        slice for ``load_state_dict``, shard 0's counters (with each shard's) for ``metrics``,
+        and every other call on every shard (shard 0's answer)."""
+        assert self.plan is not None
+        actors = [s.ps for s in self.servers]
+        alive = lambda: self.check_ps(f"{method}()")  # noqa: E731 - one line, used thrice
+        if method == "state_dict":
+            return gather_state(self.plan, actors, timeout, alive)
+        if method == "load_state_dict":
+            parts = shard_states(self.plan, (args[0], args[1]))
+            futures = [ps.load_state_dict(*p) for ps, p in zip(actors, parts, strict=True)]
+            versions = [wait_future(f, "load_state_dict()", timeout, alive) for f in futures]
+            return versions[0]
+        answers = call_all(actors, method, *args, timeout=timeout, alive=alive)
+        if method == "metrics":
+            return merge_metrics(self.plan, [s.address for s in self.servers], answers)
+        return answers[0]
 
     def restart_ps(self, state: tuple[dict[str, Any], dict[str, np.ndarray]], wait_s: float = 30.0) -> int:
         """Start a new parameter server holding ``state``; every worker is pointed at it.
@@ -168,6 +213,8 @@ class Session:
         Returns the version restored.
         """
         assert self.spec is not None
+        if self.plan is not None:  # every shard restarts from the point: they stay one state
+            self._retire_shards()
         if self.future is not None:
             self.client.cancel([self.future], force=True)  # its recompute would wait forever
         try:
@@ -176,16 +223,39 @@ class Session:
             logger.warning("psdist: the cluster did not regain its %d workers in %s s; going on with %d",
                            self.size, wait_s, len(self.client.scheduler_info(n_workers=-1)["workers"]))
         self.restarts += 1
-        self.ps_address, self.exclusive = _place_ps(self.client, None, self.dedicated, self.devices)
-        self.ps, self.future = _start_ps(
-            self.client, self.spec, self.run_id, self.ps_address, self, state, suffix=f"-r{self.restarts}"
-        )
+        _start_servers(self.client, self.spec, self, None, state, suffix=f"-r{self.restarts}")
         # same plugin name: Dask tears the old one down on every worker (its tasks stop waiting
         # on the dead actor) and sets the new one up, with the slots of the new placement
         _register(self.client, self.spec, self, self.future.key)
         logger.warning("psdist: parameter server restarted on %s at version %d", self.ps_address,
                        int(state[0]["version"]))
         return int(state[0]["version"])
+
+
+    def _retire_shards(self) -> None:
+        """Stop the shards that survived a shard's loss (their data planes, their actors)."""
+        workers = self.client.scheduler_info(n_workers=-1)["workers"]
+        for s in self.servers:
+            if s.address in workers:
+                try:
+                    s.ps.close_plane().result(timeout=10)
+                except (OSError, TimeoutError, ServerError) as e:  # a dying worker: its plane goes with it
+                    logger.warning("psdist: the data plane of shard on %s was not closed: %s", s.address, e)
+        self.client.cancel([s.future for s in self.extra], force=True)
+        self.extra = []
+
+
+def _check_shards(spec: SessionSpec) -> None:
+    """Refuse, before any process starts, what a sharded server cannot do as one server would."""
+    if spec.ps_shards == 1:
+        return
+    ShardPlan.balanced(spec.layout, spec.ps_shards)  # enough tensors for the shards
+    clipped = [n for n, o in spec.optimizers.items() if getattr(o, "clip_norm", None) is not None]
+    frozen = [g.name for g in spec.layout.groups if g.frozen and g.name in clipped]
+    if frozen:
+        # a shard would clip by the norm of its own trainable slice only, not the model's
+        raise ConfigError(f"clip_norm with frozen parameters (model {frozen[0]!r}) is not supported with "
+                          f"ps_shards={spec.ps_shards}: use ps_shards=1, or clip on the worker, or unfreeze")
 
 
 def _client_gpus(devices: Devices) -> tuple[tuple[str, ...], str]:
@@ -243,11 +313,35 @@ def _start_ps(
     return ps, future
 
 
+def _start_servers(client: Any, spec: SessionSpec, sess: Session, preferred: str | None,
+                   state: tuple[dict[str, Any], dict[str, np.ndarray]] | None, suffix: str = "") -> None:
+    """Place and start the parameter server (every shard of a sharded one) holding ``state``."""
+    if sess.plan is None:
+        sess.ps_address, sess.exclusive = _place_ps(client, preferred, sess.dedicated, sess.devices)
+        sess.ps, sess.future = _start_ps(client, spec, sess.run_id, sess.ps_address, sess, state, suffix)
+        return
+    plan = sess.plan
+    gpu = {n for n, d in sess.devices.items() if d != CPU}
+    placed = pick_ps_workers(client, plan.shards, preferred, sess.dedicated, avoid=gpu)
+    parts = shard_states(plan, state) if state is not None else [None] * plan.shards
+    assert sess.rule is not None
+    started = []
+    for i, (address, exclusive) in enumerate(placed):
+        ps, future = start_shard(client, plan, i, spec.weights, dict(spec.optimizers), sess.rule, sess.max_staleness,
+                                 sess.run_id, address, parts[i], spec.timeout, suffix)
+        started.append(ShardServer(ps, address, future, exclusive))
+    first = started[0]
+    sess.ps, sess.ps_address, sess.future, sess.exclusive = first.ps, first.address, first.future, first.exclusive
+    sess.extra = started[1:]
+    if state is not None:
+        logger.info("psdist: %d parameter-server shards restored at version %d", plan.shards, int(state[0]["version"]))
+
+
 def _close_plane(sess: Session) -> None:
     """Stop the parameter server's data plane at the end of a training (its port and threads)."""
     try:
         sess.call("close_plane", timeout=10.0)
-    except (ServerError, OSError) as e:  # a lost PS took its data plane with it
+    except (ServerError, OSError, TimeoutError) as e:  # a lost PS took its data plane with it
         logger.warning("psdist: the data plane of %s was not closed: %s", sess.ps_address, e)
 
 
@@ -258,6 +352,8 @@ def _register(client: Any, spec: SessionSpec, sess: Session, ps_key: str) -> str
         spec.optimizers, ps_key=ps_key, data_plane=spec.data_plane, overlap=sess.overlap,
         wire_dtype=spec.wire_dtype, devices=sess.devices, gpu=any(d != CPU for d in sess.devices.values()),
         precision=spec.precision,
+        shards=None if sess.plan is None else (
+            sess.plan, tuple(s.address for s in sess.servers), tuple(s.future.key for s in sess.servers)),
     )
     client.register_plugin(plugin, name=plugin.name)
     return plugin.name
@@ -266,6 +362,7 @@ def _register(client: Any, spec: SessionSpec, sess: Session, ps_key: str) -> str
 @contextlib.contextmanager
 def open_session(spec: SessionSpec, client: Any | None = None) -> Iterator[Session]:
     """Start (or join) a cluster, place the parameter server, register the worker plugins."""
+    _check_shards(spec)
     stack = contextlib.ExitStack()
     with stack:
         embedded = client is None
@@ -274,7 +371,7 @@ def open_session(spec: SessionSpec, client: Any | None = None) -> Iterator[Sessi
             visible, why = _client_gpus(spec.devices)
             gpus, workers = embedded_devices(spec.devices, visible, spec.workers, why)
             cluster, client = embedded_cluster(workers, spec.threads_per_worker, spec.malloc_fix,
-                                               security=spec.security, gpus=gpus)
+                                               security=spec.security, gpus=gpus, ps_workers=spec.ps_shards)
             stack.callback(cluster.close)
             stack.callback(client.close)
         if spec.malloc_fix:  # also fixes workers of an existing cluster, and future ones
@@ -284,24 +381,29 @@ def open_session(spec: SessionSpec, client: Any | None = None) -> Iterator[Sessi
         dedicated = spec.dedicated_ps if spec.dedicated_ps is not None else embedded
         facts = probe(client)
         gpu_workers = _gpu_capable(facts, spec.devices)
-        ps_address, exclusive = _place_ps(client, spec.ps_worker, dedicated, gpu_workers)
-        slots = training_slots(client, ps_address, exclusive)
-        training = [f.address for f in facts if not (exclusive and f.address == ps_address)]
+        plan = ShardPlan.balanced(spec.layout, spec.ps_shards) if spec.ps_shards > 1 else None
+        placed = pick_ps_workers(client, spec.ps_shards, spec.ps_worker, dedicated, avoid=set(gpu_workers))
+        ps_address, exclusive = placed[0]
+        servers = {a for a, excl in placed if excl}
+        slots = training_slots(client, servers or ps_address, exclusive)
+        training = [f.address for f in facts if f.address not in servers]
         devices = assign_devices(facts, training, spec.devices)  # DeviceError before training starts
         overlap = spec.overlaps(devices)
         rule, bound = spec.sized(slots, overlap)
         size = len(client.scheduler_info(n_workers=-1)["workers"])
         sess = Session(client, None, ps_address, f"psdist-run-{run_id}", run_id, spec, None, exclusive,
                        size=size, slots=slots, rule=rule, max_staleness=bound, dedicated=dedicated,
-                       overlap=overlap, devices=devices)
-        sess.training_on = f"training on {describe(devices, facts)}; the parameter server on {ps_address}'s CPU"
+                       overlap=overlap, devices=devices, plan=plan)
+        where = (f"the parameter server on {ps_address}'s CPU" if plan is None else
+                 f"the parameter server in {plan.describe()} on {', '.join(sorted({a for a, _ in placed}))}")
+        sess.training_on = f"training on {describe(devices, facts)}; {where}"
         logger.info("psdist: %s", sess.training_on)
-        sess.ps, sess.future = _start_ps(client, spec, run_id, ps_address, sess, spec.resume)
+        _start_servers(client, spec, sess, spec.ps_worker, spec.resume)
         # cancel, not release: the Actor handle holds its own reference to the key (kept alive by
         # reference cycles inside distributed until the garbage collector runs), which otherwise
         # keeps the parameter server and its weights on the cluster after the training; a
         # restarted server's future is the one cancelled
-        stack.callback(lambda: client.cancel([sess.future]))
+        stack.callback(lambda: client.cancel([s.future for s in sess.servers]))
         stack.callback(_close_plane, sess)  # before the cancel: the data plane's port and threads go now
         name = _register(client, spec, sess, sess.future.key)
         stack.callback(client.unregister_worker_plugin, name)

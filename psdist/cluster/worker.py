@@ -25,10 +25,12 @@ from psdist.cluster.waiting import wait_sliced
 from psdist.core.devices import CPU
 from psdist.core.protocol import Pull, Push, PushReply
 from psdist.core.rules import Rule
+from psdist.core.shards import ShardPlan
 from psdist.data.dataset import Chunk, ZarrDataset
 from psdist.data.prefetch import ReadAhead, Rows
 from psdist.errors import BadChunkError, DeviceError, ServerError
 from psdist.plane.client import PlaneClient
+from psdist.plane.sharded import ShardedClient
 from psdist.replica.loop import ChunkResult, EvalResult, evaluate_rows, train_rows
 from psdist.replica.replica import Replica, as_model_dict
 
@@ -142,6 +144,7 @@ class RunPlugin(WorkerPlugin):
         devices: Mapping[str, str] | None = None,
         gpu: bool = False,
         precision: str = "32",
+        shards: tuple[ShardPlan, tuple[str, ...], tuple[str, ...]] | None = None,
     ) -> None:
         self.name = f"psdist-run-{run_id}"
         self.run_id = run_id
@@ -159,8 +162,11 @@ class RunPlugin(WorkerPlugin):
         self.devices = dict(devices or {})
         self.gpu = gpu
         self.precision = precision
+        # a sharded server: the plan, and each shard's worker address and actor key (shard 0's
+        # are ps_address and ps_key: registration and control go there)
+        self.shards = shards
         self._ps: Any = None
-        self._plane: PlaneClient | None = None
+        self._plane: PlaneClient | ShardedClient | None = None
         self._plane_tried = False  # connected, or auto fell back to the actor (then _plane is None)
         self._replica: Replica | None = None
         self._worker_rule: Any = None
@@ -192,7 +198,8 @@ class RunPlugin(WorkerPlugin):
     async def setup(self, worker: Any) -> None:
         self._worker = worker
         dedicated = worker.state.total_resources.get(PS_RESOURCE, 0) > 0
-        slots = 0 if dedicated or (self.ps_exclusive and worker.address == self.ps_address) else 1
+        servers = self.shards[1] if self.shards is not None else (self.ps_address,)
+        slots = 0 if dedicated or (self.ps_exclusive and worker.address in servers) else 1
         await worker.set_resources(**{SLOT: slots})
 
     def teardown(self, worker: Any) -> None:
@@ -256,7 +263,9 @@ class RunPlugin(WorkerPlugin):
             self._plane, self._plane_tried = self._connect(ps, timeout), True
         return actor if self._plane is None else PlaneServerHandle(ps, timeout, self.closed, self._plane)
 
-    def _connect(self, ps: Any, timeout: float) -> PlaneClient | None:
+    def _connect(self, ps: Any, timeout: float) -> PlaneClient | ShardedClient | None:
+        if self.shards is not None:
+            return self._connect_shards(timeout)
         worker = self._worker
         try:
             # sliced: a server killed meanwhile is replaced and this plugin torn down, which ends
@@ -279,8 +288,38 @@ class RunPlugin(WorkerPlugin):
         logger.info("psdist: %s: data plane over %s (%s)", worker.address, client.backend, client.wire_dtype)
         return client
 
+    def _connect_shards(self, timeout: float) -> ShardedClient:
+        """One data-plane connection per shard (no actor fallback: a sharded server needs the plane)."""
+        from distributed import Actor
+
+        from psdist.cluster.actor import ParameterServer
+
+        assert self.shards is not None
+        plan, addresses, keys = self.shards
+        worker = self._worker
+        clients: list[PlaneClient] = []
+        try:
+            for address, key in zip(addresses, keys, strict=True):
+                actor = Actor(ParameterServer, address, key, worker=worker)
+                endpoint = ActorServer(actor, timeout, self.closed).call("a shard's data-plane endpoint",
+                                                                         actor.plane_endpoint())
+                ssl = worker.security.get_connection_args("worker").get("ssl_context") if endpoint.get("tls") else None
+                backend = "auto" if self.data_plane == "actor" else self.data_plane
+                clients.append(PlaneClient.connect(endpoint, worker.address, backend, timeout, ssl,
+                                                   wire_dtype=self.wire_dtype))
+        except (OSError, ServerError, ValueError) as e:
+            for c in clients:
+                c.close()
+            if self.closed.is_set():
+                raise
+            raise ServerError(f"{worker.address} could not connect to shard {len(clients)} of the parameter server "
+                              f"({addresses[len(clients)]}): {e}; a sharded server needs its data plane") from e
+        logger.info("psdist: %s: data plane to %d shards over %s (%s)", worker.address, len(clients),
+                    clients[0].backend, clients[0].wire_dtype)
+        return ShardedClient(clients, plan)
+
     @property
-    def plane(self) -> PlaneClient | None:
+    def plane(self) -> PlaneClient | ShardedClient | None:
         """This worker's data-plane connection for the run (``None``: not connected, or the actor path)."""
         return self._plane
 
@@ -392,7 +431,8 @@ class ActorServer:
 class PlaneServerHandle(ActorServer):
     """Pushes and pulls over the data plane (one persistent connection), the rest as :class:`ActorServer`."""
 
-    def __init__(self, ps: Any, timeout: float, closed: threading.Event | None, plane: PlaneClient) -> None:
+    def __init__(self, ps: Any, timeout: float, closed: threading.Event | None,
+                 plane: PlaneClient | ShardedClient) -> None:
         super().__init__(ps, timeout, closed)
         self.plane = plane
 

@@ -367,6 +367,12 @@ class Scaling:
         "keep the parameter server's worker free of training; null: the embedded cluster starts one "
         "worker more for it, a given cluster only if it has a psdist-ps worker",
         _or_null({"type": "boolean"}, "chosen by the cluster"), True, checkpoint="record"))
+    ps_shards: int = field(default=1, metadata=plain(
+        "parameter-server shards: the weights are cut into this many contiguous slices (whole tensors, "
+        "balanced by bytes), each served by its own worker; every worker pushes to and pulls from all "
+        "of them at once (docs/scaling.md says how many a model and network need); the embedded "
+        "cluster starts one worker per shard", {"type": "integer", "minimum": 1}, 2,
+        flag="--ps-shards N", checkpoint="record"))
     security: Any = field(default=None, metadata=declared(
         "TLS for the embedded cluster: true (a temporary certificate) or PEM files {ca_file, cert, key}",
         "security=True", "True, a distributed.Security or {'ca_file': ..., 'cert': ..., 'key': ...}", _security,
@@ -393,6 +399,11 @@ class Scaling:
         check_fields(self)
         if self.client is not None:
             self.check_own_cluster()
+        if self.ps_shards > 1 and self.data_plane == "actor":
+            raise ConfigError(
+                f"ps_shards={self.ps_shards} sends each push to every shard over the data plane, "
+                "but data_plane='actor' turns it off: use data_plane='auto' (or 'shm', 'tcp'), or ps_shards=1"
+            )
         if self.data_plane in ("shm", "actor") and self.wire_dtype != "float32":
             raise ConfigError(
                 f"wire_dtype={self.wire_dtype!r} narrows what crosses the data plane's TCP connections, "

@@ -136,7 +136,7 @@ def test_unknown_keyword_names_the_closest_and_all_settings():
     assert str(e.value) == (
         "unknown setting 'batchsize' (did you mean 'batch_size'?); the settings are model_fn, loss_fn, optimizer, "
         "step, metrics, early_stopping, batch_size, seed, precision, rule, max_staleness, push_every, overlap, "
-        "workers, devices, threads_per_worker, client, ps_worker, dedicated_ps, security, malloc_fix, data_plane, wire_dtype, timeout, "
+        "workers, devices, threads_per_worker, client, ps_worker, dedicated_ps, ps_shards, security, malloc_fix, data_plane, wire_dtype, timeout, "
         "chunk_timeout, checkpoints")
 
 
@@ -188,7 +188,8 @@ def test_to_checkpoint_is_json_and_holds_restored_and_recorded_settings():
     assert stored == {
         "batch_size": 64, "seed": 0, "precision": "32", "rule": {"name": "SSP", "bound": 2}, "max_staleness": "auto", "push_every": 1,
         "overlap": None,
-        "workers": 3, "devices": "auto", "threads_per_worker": 1, "ps_worker": None, "dedicated_ps": None, "malloc_fix": True,
+        "workers": 3, "devices": "auto", "threads_per_worker": 1, "ps_worker": None, "dedicated_ps": None, "ps_shards": 1,
+        "malloc_fix": True,
         "data_plane": "auto", "wire_dtype": "float32",
         "timeout": 300.0, "chunk_timeout": None,
         "checkpoints": {"path": "run.ckpt", "every_versions": 500, "every_seconds": 60.0, "max_restarts": 3,
@@ -363,7 +364,7 @@ def test_flags_come_from_the_schema(capsys):
     flagged = [key for keys in yaml_keys().values() for key in keys if key.flag]
     assert [k.flag.split()[0] for k in flagged] == [
         "--batch-size", "--seed", "--precision", "--epochs", "--max-staleness", "--push-every", "--workers",
-        "--devices", "--threads",
+        "--devices", "--threads", "--ps-shards",
         "--timeout", "--chunk-timeout", "--save", "--checkpoint-every-versions", "--checkpoint-every-seconds",
         "--max-restarts"]
     with pytest.raises(SystemExit):
