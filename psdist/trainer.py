@@ -32,6 +32,7 @@ from psdist.errors import ConfigError, DataError, ModelError
 from psdist.export import export_safetensors, plain_state_dict
 from psdist.optim import TorchOptimizer
 from psdist.optim.adopt import adopt_optimizers
+from psdist.optim.sharding import ELEMENTWISE
 from psdist.replica.binding import flatten, unflatten_into
 from psdist.replica.replica import as_model_dict, layout_of
 from psdist.replica.steps import SupervisedStep
@@ -207,10 +208,11 @@ class Trainer:
             raise ConfigError(f"optimizers given for {sorted(given)}, models are {list(layout.names)}")
         return dict(given)
 
-    def _check_optimizers(self, layout: Layout, weights: np.ndarray, optimizers: dict[str, TorchOptimizer]) -> None:
+    def _check_optimizers(self, layout: Layout, weights: np.ndarray, optimizers: dict[str, TorchOptimizer]) -> frozenset[str]:
         """Build each optimizer over the model's real parameter names, as the server will, and
         load the checkpoint's optimizer state into it: a factory's error, a rule that refuses
-        the optimizer or state that does not fit raises here, before any cluster starts."""
+        the optimizer or state that does not fit raises here, before any cluster starts.
+        Returns the models whose optimizer works value by value (a sharded server may cut their tensors)."""
         probe = ServerState(layout, weights.copy(), optimizers)
         if self.run.server_state is not None:
             probe.load_state_dict(*self.run.server_state)
@@ -218,6 +220,7 @@ class Trainer:
         self.settings.algorithm.rule.check(self.settings.algorithm.push_every,
                                            staleness if isinstance(staleness, int) else None,
                                            {n: o.info for n, o in probe.optimizers.items()})
+        return frozenset(n for n, o in probe.optimizers.items() if o.info.name in ELEMENTWISE)
 
     def _build(self) -> tuple[dict[str, torch.nn.Module], Layout]:
         # seeded initial weights, without touching the caller's global RNG
@@ -242,13 +245,14 @@ class Trainer:
         optimizers = self._optimizers(layout)
         if self.run.server_state is not None:
             layout.check_same(Layout.from_dict(self.run.server_state[0]["layout"]))
-        self._check_optimizers(layout, weights, optimizers)
+        splittable = self._check_optimizers(layout, weights, optimizers)
         spec = SessionSpec(
             self.settings.training.model_fn, self.step, self.settings.algorithm.rule, self.data, layout, weights, optimizers,
             self.settings.algorithm.max_staleness, self.settings.scaling.workers, self.settings.scaling.threads_per_worker, self.settings.scaling.malloc_fix,
             self.settings.faults.timeout, self.settings.scaling.ps_worker, self.run.server_state, self.settings.scaling.security, self.settings.scaling.dedicated_ps,
             self.settings.scaling.data_plane, self.settings.algorithm.overlap, self.settings.scaling.wire_dtype,
             self.settings.scaling.devices, self.settings.training.precision, self.settings.scaling.ps_shards,
+            splittable,
         )
         # accuracy by default for one integer target; several targets: the metrics given
         metrics = {**(default_metrics(info.y_dtype) if info.single_target else {}), **self.settings.training.metrics}

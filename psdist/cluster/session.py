@@ -33,7 +33,7 @@ from psdist.cluster.shards import (
     wait_future,
 )
 from psdist.cluster.waiting import wait_sliced
-from psdist.cluster.worker import MallocFix, RunPlugin
+from psdist.cluster.worker import MallocFix, RunPlugin, ShardRoute
 from psdist.core.devices import (
     CPU,
     Devices,
@@ -48,7 +48,7 @@ from psdist.core.optim.port import OptimizerSpec
 from psdist.core.rules import Rule
 from psdist.core.shards import ShardPlan
 from psdist.data.dataset import ZarrDataset
-from psdist.errors import ConfigError, ServerError
+from psdist.errors import ServerError
 
 __all__ = ["AUTO", "ParameterServerLost", "Session", "SessionSpec", "auto_staleness", "open_session"]
 
@@ -101,6 +101,11 @@ class SessionSpec:
     devices: Devices = "auto"  # what trains (psdist.core.devices.parse_devices)
     precision: str = "32"  # the workers' autocast (psdist.replica.precision)
     ps_shards: int = 1  # parameter-server shards (psdist.core.shards)
+    splittable: frozenset[str] = frozenset()  # models whose tensors a shard cut may split (elementwise optimizers)
+
+    def plan(self) -> ShardPlan | None:
+        """How the weights are cut over ``ps_shards`` shards (``None``: one server)."""
+        return ShardPlan.balanced(self.layout, self.ps_shards, self.splittable) if self.ps_shards > 1 else None
 
     def sized(self, slots: int, overlap: bool = False) -> tuple[Rule, int | None]:
         """The rule and staleness bound for ``slots`` training slots (EASGD's alpha, ``"auto"``)."""
@@ -148,6 +153,9 @@ class Session:
     def placement(self) -> str:
         """Where the PS lives and who trains, in words (logs, the dashboard)."""
         how = "its own worker" if self.exclusive else "a worker that also trains"
+        if self.plan is not None:
+            where = ", ".join(s.address for s in self.servers)
+            return f"{self.plan.shards} shards on {where} (shard 0 on {how}); {self.slots} worker(s) train"
         return f"{self.ps_address} ({how}); {self.slots} worker(s) train"
 
     @property
@@ -245,19 +253,6 @@ class Session:
         self.extra = []
 
 
-def _check_shards(spec: SessionSpec) -> None:
-    """Refuse, before any process starts, what a sharded server cannot do as one server would."""
-    if spec.ps_shards == 1:
-        return
-    ShardPlan.balanced(spec.layout, spec.ps_shards)  # enough tensors for the shards
-    clipped = [n for n, o in spec.optimizers.items() if getattr(o, "clip_norm", None) is not None]
-    frozen = [g.name for g in spec.layout.groups if g.frozen and g.name in clipped]
-    if frozen:
-        # a shard would clip by the norm of its own trainable slice only, not the model's
-        raise ConfigError(f"clip_norm with frozen parameters (model {frozen[0]!r}) is not supported with "
-                          f"ps_shards={spec.ps_shards}: use ps_shards=1, or clip on the worker, or unfreeze")
-
-
 def _client_gpus(devices: Devices) -> tuple[tuple[str, ...], str]:
     """This process's GPUs (``CUDA_VISIBLE_DEVICES`` entries; none asked about for
     ``devices="cpu"``) and, when there are none, why."""
@@ -352,8 +347,9 @@ def _register(client: Any, spec: SessionSpec, sess: Session, ps_key: str) -> str
         spec.optimizers, ps_key=ps_key, data_plane=spec.data_plane, overlap=sess.overlap,
         wire_dtype=spec.wire_dtype, devices=sess.devices, gpu=any(d != CPU for d in sess.devices.values()),
         precision=spec.precision,
-        shards=None if sess.plan is None else (
-            sess.plan, tuple(s.address for s in sess.servers), tuple(s.future.key for s in sess.servers)),
+        shards=None if sess.plan is None else ShardRoute(
+            sess.plan, tuple(s.address for s in sess.servers), tuple(s.future.key for s in sess.servers),
+            frozenset(s.address for s in sess.servers if s.exclusive)),
     )
     client.register_plugin(plugin, name=plugin.name)
     return plugin.name
@@ -362,7 +358,7 @@ def _register(client: Any, spec: SessionSpec, sess: Session, ps_key: str) -> str
 @contextlib.contextmanager
 def open_session(spec: SessionSpec, client: Any | None = None) -> Iterator[Session]:
     """Start (or join) a cluster, place the parameter server, register the worker plugins."""
-    _check_shards(spec)
+    spec.plan()  # a shard count with nothing for some shard to hold raises before any process starts
     stack = contextlib.ExitStack()
     with stack:
         embedded = client is None
@@ -381,7 +377,7 @@ def open_session(spec: SessionSpec, client: Any | None = None) -> Iterator[Sessi
         dedicated = spec.dedicated_ps if spec.dedicated_ps is not None else embedded
         facts = probe(client)
         gpu_workers = _gpu_capable(facts, spec.devices)
-        plan = ShardPlan.balanced(spec.layout, spec.ps_shards) if spec.ps_shards > 1 else None
+        plan = spec.plan()
         placed = pick_ps_workers(client, spec.ps_shards, spec.ps_worker, dedicated, avoid=set(gpu_workers))
         ps_address, exclusive = placed[0]
         servers = {a for a, excl in placed if excl}

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from distributed import WorkerPlugin, get_worker
 
 from psdist.cluster.waiting import wait_sliced
 from psdist.core.devices import CPU
-from psdist.core.protocol import Pull, Push, PushReply
+from psdist.core.protocol import Pull, Push, PushReply, run_version
 from psdist.core.rules import Rule
 from psdist.core.shards import ShardPlan
 from psdist.data.dataset import Chunk, ZarrDataset
@@ -34,7 +34,8 @@ from psdist.plane.sharded import ShardedClient
 from psdist.replica.loop import ChunkResult, EvalResult, evaluate_rows, train_rows
 from psdist.replica.replica import Replica, as_model_dict
 
-__all__ = ["PS_RESOURCE", "SLOT", "ActorServer", "MallocFix", "RunPlugin", "evaluate_task", "train_key", "train_task"]
+__all__ = ["PS_RESOURCE", "SLOT", "ActorServer", "MallocFix", "RunPlugin", "ShardRoute", "evaluate_task", "train_key",
+           "train_task"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,15 @@ class MallocFix(WorkerPlugin):
     def setup(self, worker: Any) -> None:
         if not fix_malloc():
             logger.warning("psdist: mallopt not available on %s; malloc fix not applied", worker.address)
+
+
+class ShardRoute(NamedTuple):
+    """Where a sharded server's shards are: what a worker needs to reach every one."""
+
+    plan: ShardPlan
+    addresses: tuple[str, ...]  # each shard's worker, shard 0 first
+    keys: tuple[str, ...]  # each shard's actor key
+    exclusive: frozenset[str]  # shard workers that train nothing
 
 
 class RunPlugin(WorkerPlugin):
@@ -144,7 +154,7 @@ class RunPlugin(WorkerPlugin):
         devices: Mapping[str, str] | None = None,
         gpu: bool = False,
         precision: str = "32",
-        shards: tuple[ShardPlan, tuple[str, ...], tuple[str, ...]] | None = None,
+        shards: ShardRoute | None = None,
     ) -> None:
         self.name = f"psdist-run-{run_id}"
         self.run_id = run_id
@@ -198,8 +208,11 @@ class RunPlugin(WorkerPlugin):
     async def setup(self, worker: Any) -> None:
         self._worker = worker
         dedicated = worker.state.total_resources.get(PS_RESOURCE, 0) > 0
-        servers = self.shards[1] if self.shards is not None else (self.ps_address,)
-        slots = 0 if dedicated or (self.ps_exclusive and worker.address in servers) else 1
+        if self.shards is not None:  # the workers that hold a shard and do not train
+            busy = worker.address in self.shards.exclusive
+        else:
+            busy = self.ps_exclusive and worker.address == self.ps_address
+        slots = 0 if dedicated or busy else 1
         await worker.set_resources(**{SLOT: slots})
 
     def teardown(self, worker: Any) -> None:
@@ -295,7 +308,7 @@ class RunPlugin(WorkerPlugin):
         from psdist.cluster.actor import ParameterServer
 
         assert self.shards is not None
-        plan, addresses, keys = self.shards
+        plan, addresses, keys = self.shards.plan, self.shards.addresses, self.shards.keys
         worker = self._worker
         clients: list[PlaneClient] = []
         try:
@@ -444,6 +457,9 @@ class PlaneServerHandle(ActorServer):
 
     def push_buffer(self) -> np.ndarray | None:
         return self.plane.push_buffer()
+
+    def run_version(self, version: int) -> int:
+        return run_version(self.plane, version)
 
     def join(self, worker: str) -> None:
         self.plane.join(worker)

@@ -22,6 +22,7 @@ __all__ = [
     "Rejection",
     "ServerHandle",
     "push_buffer",
+    "run_version",
 ]
 
 
@@ -169,6 +170,17 @@ def push_buffer(server: object) -> np.ndarray | None:
     """
     offer = getattr(server, "push_buffer", None)
     return offer() if callable(offer) else None
+
+
+def run_version(server: object, version: int) -> int:
+    """The run's version (what the server's counters and recovery points count) for a version
+    ``server`` handed out: the same number, except where the handle speaks for several servers.
+
+    An optional capability: a sharded server's handle answers each shard's versions summed
+    (one number for the loop) and maps it back to shard 0's, which counts the run's updates.
+    """
+    convert = getattr(server, "run_version", None)
+    return int(convert(version)) if callable(convert) else version
 
 
 class ServerHandle(Protocol):

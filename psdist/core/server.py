@@ -28,7 +28,7 @@ __all__ = ["NONFINITE_ELSEWHERE", "WHOLE_NORMS", "InvalidServerState", "ServerSt
 
 #: ``Push.info`` key: the worker found NaN/Inf in the whole update (a sharded server's push)
 NONFINITE_ELSEWHERE = "nonfinite"
-#: ``Push.info`` key: each model's parameter norm over the whole update, for clipping on shards
+#: ``Push.info`` key: each model's norm over the whole update's trainable parameters (clipping on shards)
 WHOLE_NORMS = "norms"
 
 
@@ -357,10 +357,10 @@ class ServerState:
         measured = self._measured
         norms = measured[1] if measured is not None and measured[0] is push.update else {}
         # a sharded server: clipping needs the norm over the whole model, which the worker measured
-        norms = push.info.get(WHOLE_NORMS) or norms
+        whole = push.info.get(WHOLE_NORMS) or {}
         for g in self._groups(push):
             params, buffers = self._sections[g.name]
-            self.optimizers[g.name].step(push.update[params], lr_scale, norms.get(g.name))
+            self.optimizers[g.name].step(push.update[params], lr_scale, norms.get(g.name), whole.get(g.name))
             if buffers is not None:
                 self.weights[buffers] += push.update[buffers]
         self.version += 1

@@ -45,47 +45,59 @@ class ShardPlan:
         The whole training's layout (every model, parameters and buffers).
     bounds
         ``S + 1`` increasing offsets into the vector: shard ``i`` holds
-        ``[bounds[i], bounds[i + 1])``; each is a tensor boundary.
+        ``[bounds[i], bounds[i + 1])``. Each is a tensor's start, or for the models named in
+        ``splittable`` a row boundary inside a tensor.
+    splittable
+        Models whose tensors may be cut between rows: those whose server optimizer works value
+        by value (SGD, Adam, ...: :data:`psdist.optim.sharding.ELEMENTWISE`), for which a
+        tensor's rows on two shards step exactly as the whole tensor would. A cut keeps the
+        tensor's name and number of dimensions (``(rows, *shape[1:])``), so optimizer factories
+        that group parameters by name or dimensions build the same groups.
     """
 
     layout: Layout
     bounds: tuple[int, ...]
+    splittable: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         b = self.bounds
-        cuts = set(self._cuts(self.layout))
         if len(b) < 2 or b[0] != 0 or b[-1] != self.layout.size or any(x >= y for x, y in itertools.pairwise(b)):
             raise ConfigError(f"shard bounds {list(b)} must rise strictly from 0 to the model's {self.layout.size} values")
-        inner = [x for x in b[1:-1] if x not in cuts]
+        allowed = self._allowed()
+        inner = [x for x in b[1:-1] if not allowed(x)]
         if inner:
-            raise ConfigError(f"shard bounds {inner} fall inside a tensor: a parameter lives whole on one shard")
+            raise ConfigError(f"shard bounds {inner} fall inside a tensor that may not be cut (between rows of a "
+                              f"model whose optimizer works value by value only: {sorted(self.splittable)})")
+
+    def _allowed(self) -> Callable[[int], bool]:
+        starts = {s for _, _, s in _tensors(self.layout)}
+        rows = [(s, e.size, _row(e)) for g, e, s in _tensors(self.layout) if g in self.splittable and e.shape]
+
+        def ok(x: int) -> bool:
+            return x in starts or any(s < x < s + n and (x - s) % r == 0 for s, n, r in rows)
+        return ok
 
     @classmethod
-    def balanced(cls, layout: Layout, shards: int) -> ShardPlan:
-        """``shards`` contiguous slices whose largest is as small as whole tensors allow.
+    def balanced(cls, layout: Layout, shards: int, splittable: frozenset[str] = frozenset()) -> ShardPlan:
+        """``shards`` contiguous slices whose largest is as small as the allowed cuts make it.
 
-        Raises :class:`~psdist.errors.ConfigError` when the model has fewer tensors than
-        ``shards`` (a shard would hold nothing).
+        Without ``splittable`` models, slices hold whole tensors (the smallest largest slice
+        over cuts at tensor starts); with them, cuts fall near ``k / shards`` of the vector, at
+        the nearest row boundary of a splittable tensor (or the nearest tensor start) — the
+        better of the two plans is taken. Raises :class:`~psdist.errors.ConfigError` when no
+        plan leaves every shard something to hold.
         """
         if not isinstance(shards, int) or isinstance(shards, bool) or shards < 1:
             raise ConfigError(f"ps_shards={shards!r}: give an integer >= 1 (1: one parameter server)")
-        cuts = cls._cuts(layout)  # tensor starts, then the end
-        sizes = np.diff(np.asarray([*cuts, layout.size], dtype=np.int64))
-        if len(sizes) < shards:
+        plans = [p for p in (_whole_tensors(layout, shards), _near_even(layout, shards, splittable)) if p]
+        if not plans:
+            n = len(_tensors(layout))
             raise ConfigError(
-                f"ps_shards={shards}, but the model has {len(sizes)} tensors: a shard holds whole tensors; "
-                f"use ps_shards <= {len(sizes)}"
+                f"ps_shards={shards}, but the model has {n} tensors that the shards hold whole (its optimizer "
+                f"is not one that works value by value, or the tensors are too small to cut): use ps_shards <= {n}"
             )
-        cap = _min_capacity(sizes, shards)
-        groups = _pack(sizes, cap, shards)
-        starts = np.concatenate([[0], np.cumsum(sizes)])
-        bounds = (0, *(int(starts[g]) for g in groups[1:]), layout.size)
-        return cls(layout, bounds)
-
-    @staticmethod
-    def _cuts(layout: Layout) -> list[int]:
-        """Every tensor's start, in layout coordinates (where a slice may begin)."""
-        return [g.offset + e.offset for g in layout.groups for e in g.spec.entries]
+        best = min(plans, key=lambda b: max(y - x for x, y in itertools.pairwise(b)))
+        return cls(layout, best, frozenset(splittable) & frozenset(layout.names))
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -112,24 +124,41 @@ class ShardPlan:
 
     @cached_property
     def layouts(self) -> tuple[Layout, ...]:
-        """Each shard's own layout: the models it holds part of, with only its tensors, offsets
-        counted from the start of its slice (what its :class:`ServerState` is built on)."""
+        """Each shard's own layout: the models it holds part of, with only its tensors (a cut
+        tensor as its rows here), offsets counted from the start of its slice (what its
+        :class:`ServerState` is built on)."""
         return tuple(self._sub_layout(i) for i in range(self.shards))
 
     def _sub_layout(self, i: int) -> Layout:
         lo, hi = self.bounds[i], self.bounds[i + 1]
         specs: dict[str, FlatSpec] = {}
         for g in self.layout.groups:
-            inside = [e for e in g.spec.entries if lo <= g.offset + e.offset < hi]
-            if not inside:
-                continue
-            base = inside[0].offset
-            entries = tuple(Entry(e.name, e.shape, e.dtype, e.offset - base, e.kind, e.trainable) for e in inside)
-            specs[g.name] = FlatSpec(entries, sum(e.size for e in inside if e.kind == "param"))
+            entries: list[Entry] = []
+            first = None
+            for e in g.spec.entries:
+                s = g.offset + e.offset
+                a, b = max(lo, s), min(hi, s + e.size)
+                if a >= b:
+                    continue
+                first = a if first is None else first
+                shape = e.shape if (a, b) == (s, s + e.size) else ((b - a) // _row(e), *e.shape[1:])
+                entries.append(Entry(e.name, shape, e.dtype, a - first, e.kind, e.trainable))
+            if entries:
+                specs[g.name] = FlatSpec(tuple(entries), sum(e.size for e in entries if e.kind == "param"))
         return Layout.of(specs)
 
+    def rows(self, i: int) -> dict[tuple[str, str], tuple[int, int]]:
+        """The tensors shard ``i`` holds only some rows of: ``(model, name) -> (first, stop)`` row."""
+        lo, hi = self.bounds[i], self.bounds[i + 1]
+        out = {}
+        for g, e, s in _tensors(self.layout):
+            a, b = max(lo, s), min(hi, s + e.size)
+            if a < b and (a, b) != (s, s + e.size):
+                out[(g, e.name)] = ((a - s) // _row(e), (b - s) // _row(e))
+        return out
+
     def names(self, i: int) -> dict[str, tuple[str, ...]]:
-        """The parameter names shard ``i`` holds, per model."""
+        """The parameter names shard ``i`` holds (whole or some rows), per model."""
         return {g.name: tuple(e.name for e in g.spec.entries if e.kind == "param") for g in self.layouts[i].groups}
 
     def to_dict(self) -> dict[str, Any]:
@@ -139,6 +168,48 @@ class ShardPlan:
         """The plan in words (logs, the start-up line)."""
         mb = ", ".join(f"{4 * s / 1e6:.2f}" for s in self.sizes)
         return f"{self.shards} shards of {mb} MB (largest/mean {self.imbalance:.2f})"
+
+
+def _tensors(layout: Layout) -> list[tuple[str, Entry, int]]:
+    """Every tensor as (model, entry, start in layout coordinates), in vector order."""
+    return [(g.name, e, g.offset + e.offset) for g in layout.groups for e in g.spec.entries]
+
+
+def _row(e: Entry) -> int:
+    """Values per row (first-dimension index) of a tensor: where a cut may fall inside it."""
+    return int(np.prod(e.shape[1:], dtype=np.int64)) if e.shape else 1
+
+
+def _whole_tensors(layout: Layout, shards: int) -> tuple[int, ...] | None:
+    """Bounds at tensor starts with the smallest largest slice (``None``: too few tensors)."""
+    starts = [s for _, _, s in _tensors(layout)]
+    sizes = np.diff(np.asarray([*starts, layout.size], dtype=np.int64))
+    if len(sizes) < shards:
+        return None
+    cap = _min_capacity(sizes, shards)
+    groups = _pack(sizes, cap, shards)
+    cum = np.concatenate([[0], np.cumsum(sizes)])
+    return (0, *(int(cum[g]) for g in groups[1:]), layout.size)
+
+
+def _near_even(layout: Layout, shards: int, splittable: frozenset[str]) -> tuple[int, ...] | None:
+    """Bounds near ``k * size / shards``, at the nearest allowed cut (``None``: none without an empty shard)."""
+    if not (splittable & frozenset(layout.names)) or shards == 1:
+        return None
+    tensors = _tensors(layout)
+    bounds = [0]
+    for k in range(1, shards):
+        ideal = k * layout.size / shards
+        g, e, s = next(t for t in tensors if t[2] + t[1].size > ideal)
+        if g in splittable and e.shape:
+            r = _row(e)
+            x = s + min(e.size, max(0, round((ideal - s) / r) * r))
+        else:
+            x = s if ideal - s <= s + e.size - ideal else s + e.size
+        if x <= bounds[-1] or x >= layout.size:
+            return None
+        bounds.append(int(x))
+    return (*bounds, layout.size)
 
 
 def _min_capacity(sizes: np.ndarray, shards: int) -> int:
@@ -207,11 +278,17 @@ def split_state(plan: ShardPlan, i: int, scalars: dict[str, Any], arrays: dict[s
     rule = [k for k in arrays if k.startswith("rule/")]
     if rule:
         raise CheckpointError(f"the server rule keeps state {rule}, which is not split over shards: use ps_shards=1")
-    mine = {f"optim/{g}/{n}/" for g, ns in names.items() for n in ns}
+    mine = {f"optim/{g}/{n}/": (g, n) for g, ns in names.items() for n in ns}
+    rows = plan.rows(i)
     part: dict[str, np.ndarray] = {"weights": np.array(arrays["weights"][plan.range(i)], dtype=np.float32)}
     for key, value in arrays.items():
-        if key.startswith("optim/") and key[: key.rfind("/") + 1] in mine:
-            part[key] = value
+        owner = mine.get(key[: key.rfind("/") + 1]) if key.startswith("optim/") else None
+        if owner is None:
+            continue
+        cut = rows.get(owner)
+        # a tensor's per-value state (momentum, moments) has its shape: this shard's rows of it;
+        # anything else (a 0-d tensor such as ASGD's eta) is the same for every part
+        part[key] = value[cut[0]:cut[1]] if cut is not None and value.ndim >= 1 else value
     return out, part
 
 
@@ -241,11 +318,15 @@ def merge_states(plan: ShardPlan, states: Sequence[tuple[dict[str, Any], dict[st
         {name: o["state"] for name, o in opts.items()} for opts in per_shard]}
     weights = np.empty(plan.layout.size, np.float32)
     arrays: dict[str, np.ndarray] = {"weights": weights}
+    parts: dict[str, list[np.ndarray]] = {}
     for i, (_, a) in enumerate(states):
         weights[plan.range(i)] = a["weights"]
         for key, value in a.items():
             if key.startswith("optim/"):
-                arrays[key] = value
+                parts.setdefault(key, []).append(value)
             elif key != "weights":
                 raise CheckpointError(f"shard {i} keeps state {key!r}, which is not merged over shards: use ps_shards=1")
+    for key, pieces in parts.items():
+        # a cut tensor's state comes in row blocks, in shard order; 0-d state is the same in each
+        arrays[key] = np.concatenate(pieces) if len(pieces) > 1 and pieces[0].ndim >= 1 else pieces[0]
     return scalars, arrays

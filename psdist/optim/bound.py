@@ -110,13 +110,16 @@ class TorchBound:
     def steps(self) -> int:
         return self._steps
 
-    def step(self, update: np.ndarray, lr_scale: float = 1.0, norm: float | None = None) -> None:
+    def step(self, update: np.ndarray, lr_scale: float = 1.0, norm: float | None = None,
+             trainable_norm: float | None = None) -> None:
         self._steps += 1
         if self.torch is None:
             return
         clip = self.spec.clip_norm
         if clip is not None:
-            if norm is None or self.group.frozen:  # the server's norm also covers frozen ranges
+            if trainable_norm is not None:  # a shard: the whole model's, as the worker measured it
+                norm = trainable_norm
+            elif norm is None or self.group.frozen:  # the server's norm also covers frozen ranges
                 norm = self._trainable_norm(update)
             if norm > clip:
                 if self._scratch is None or self._scratch.shape != update.shape:

@@ -15,7 +15,12 @@ from typing import Any
 
 from psdist.errors import CheckpointError
 
-__all__ = ["merge_scalars", "split_scalars"]
+__all__ = ["ELEMENTWISE", "merge_scalars", "split_scalars"]
+
+#: torch.optim classes whose step treats every value on its own (no per-tensor norms, no
+#: matrix structure): a tensor cut between shards steps exactly as the whole tensor would.
+#: LARS/LAMB-style, Adafactor-, Shampoo- or Muon-like optimizers are not: their tensors stay whole.
+ELEMENTWISE = frozenset({"SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam", "Adadelta"})
 
 
 def split_scalars(model: str, scalars: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
@@ -55,8 +60,8 @@ def merge_scalars(model: str, shards: Sequence[dict[str, Any]]) -> dict[str, Any
         merged = []
         for k, first in enumerate(groups[0]):
             g = dict(first)
-            if "param_names" in first:
-                g["param_names"] = [n for gs in groups for n in gs[k].get("param_names", [])]
+            if "param_names" in first:  # a tensor cut between shards is named on each: once here
+                g["param_names"] = list(dict.fromkeys(n for gs in groups for n in gs[k].get("param_names", [])))
             merged.append(g)
         out["param_groups"] = merged
     return out

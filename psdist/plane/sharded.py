@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import numpy as np
+import torch
 
 from psdist.core.protocol import Pull, Push, PushReply
 from psdist.core.server import NONFINITE_ELSEWHERE, WHOLE_NORMS
@@ -72,7 +73,14 @@ class ShardedClient:
         self.wire_dtype = clients[0].wire_dtype
         self._ranges = [plan.range(i) for i in range(plan.shards)]
         self._groups = [frozenset(layout.names) for layout in plan.layouts]
-        self._sections = [(g.name, g.params, g.buffers) for g in plan.layout.groups]
+        # per model: its sections, and where it has frozen parameters the trainable tensors
+        # (clipping measures only those, as the lone server's optimizer does)
+        self._sections = [
+            (g.name, g.params, g.buffers,
+             [slice(g.offset + e.offset, g.offset + e.stop) for e in g.spec.entries if e.kind == "param" and e.trainable]
+             if g.frozen else None)
+            for g in plan.layout.groups
+        ]
         self._weights = np.empty(self.size, np.float32)
         self._view = self._weights.view()
         self._view.flags.writeable = False
@@ -166,14 +174,23 @@ class ShardedClient:
         """What every shard must know of the whole update: whether it is finite, each model's norm."""
         norms: dict[str, float] = {}
         finite = math.isfinite(loss)
-        for name, params, buffers in self._sections:
+        for name, params, buffers, trainable in self._sections:
             sq = float(np.dot(u[params], u[params]))  # as the server's own check: NaN/Inf or overflow
             b = u[buffers]
             finite = finite and math.isfinite(sq) and math.isfinite(float(np.dot(b, b)))
             norms[name] = math.sqrt(sq) if math.isfinite(sq) else math.inf
+            if trainable is not None and finite:  # torch's measure over the trainable tensors, as the server's
+                t = torch.from_numpy(u)
+                parts = [t[sl] for sl in trainable]
+                norms[name] = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(parts)))) if parts else 0.0
         if finite and self.wire_dtype == "fp16" and self.backend == "tcp" and u.size:
             finite = float(np.abs(u).max()) <= _FP16_MAX  # would cross one shard's wire as Inf
         return {WHOLE_NORMS: norms} if finite else {NONFINITE_ELSEWHERE: True}
+
+    def run_version(self, version: int) -> int:
+        """Shard 0's version behind a number this client handed out (its counters are the run's)."""
+        versions = self._versions.get(version)
+        return versions[0] if versions is not None else version
 
     def push_buffer(self) -> np.ndarray | None:
         return None  # the shards' slots are separate: a push is cut into them

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from psdist.core.finite import nonfinite_rows
-from psdist.core.protocol import PushReply, RejectKind, ServerHandle
+from psdist.core.protocol import PushReply, RejectKind, ServerHandle, run_version
 from psdist.core.rules import WorkerRule
 from psdist.core.tree import concat, leaves, rows, tree_map
 from psdist.replica.overlap import InFlight
@@ -207,7 +207,7 @@ def train_rows(
         if inflight is not None:  # the connection quiet before the leave crosses it
             inflight.close()
         server.leave(replica.worker)
-    res.version = replica.version
+    res.version = run_version(server, replica.version)  # the run's count (a sharded handle sums shards)
     res.loss_scale = replica.precision.loss_scale
     if res.overflow_batches:  # expected now and then under fp16 (each growth of the scale probes)
         logger.debug("psdist: chunk %d (epoch %d) on %s: %d of %d minibatches overflowed float16; loss scale %g",
@@ -395,7 +395,7 @@ def evaluate_rows(
     pulled = server.pull(replica.worker, -1 if saved else replica.version)
     try:
         replica.load(pulled)
-        version = replica.version
+        version = run_version(server, replica.version)
         replica.train(False)
         xt, yt = _to_device(x, replica.device), _to_device(as_labels(y), replica.device)
         loss_sum, outs = 0.0, []

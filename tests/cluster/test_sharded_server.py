@@ -69,14 +69,6 @@ def test_killed_shard_worker_restores_every_shard_and_every_chunk_is_accounted(d
 def test_what_shards_cannot_do_is_refused_before_any_process_starts(data: psdist.ZarrDataset) -> None:
     with pytest.raises(psdist.errors.ConfigError, match="data_plane='actor' turns it off"):
         psdist.Trainer(mlp, CE, data, ps_shards=2, data_plane="actor")
-    # the MLP has 4 tensors (2 weights, 2 biases): 5 shards would leave one empty
+    # the MLP has 4 tensors of 804 values: SGD lets rows be cut, but not into 1000 non-empty slices
     with pytest.raises(psdist.errors.ConfigError, match="use ps_shards <= 4"):
-        psdist.Trainer(mlp, CE, data, ps_shards=5).fit(1)
-
-    def frozen() -> torch.nn.Module:
-        net = mlp()
-        net[0].weight.requires_grad_(False)
-        return net
-
-    with pytest.raises(psdist.errors.ConfigError, match="clip_norm with frozen parameters"):
-        psdist.Trainer(frozen, CE, data, optimizer=psdist.optim.SGD(lr=0.1, clip_norm=1.0), ps_shards=2).fit(1)
+        psdist.Trainer(mlp, CE, data, ps_shards=1000).fit(1)

@@ -81,3 +81,52 @@ def test_a_state_cut_for_shards_and_joined_again_is_the_same_state() -> None:
         again.push(Push("w", 3, u, 8, 0.5))
         twin.push(Push("w", 3, u.copy(), 8, 0.5))
         np.testing.assert_array_equal(again.weights, twin.weights)
+
+
+def big_layer() -> Layout:
+    """A jet-CNN-like model: one dense layer holds 90 % of the values."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.Flatten(), torch.nn.Linear(8 * 26 * 26, 64),
+                              torch.nn.ReLU(), torch.nn.Linear(64, 2))
+    return Layout.of({"model": spec_of(net)})
+
+
+def test_elementwise_models_are_cut_between_rows_and_balance() -> None:
+    lay = big_layer()
+    whole = ShardPlan.balanced(lay, 4)
+    cut = ShardPlan.balanced(lay, 4, frozenset({"model"}))
+    assert whole.imbalance > 3.5 and cut.imbalance < 1.02  # one tensor: whole tensors cannot balance
+    names = [(e.name, e.shape) for sub in cut.layouts for e in sub.groups[0].spec.entries]
+    assert [n for n, _ in names].count("2.weight") == 4  # its rows on every shard, name and dimensions kept
+    assert sum(s[0] for n, s in names if n == "2.weight") == 64 and all(
+        len(s) == 2 and s[1] == 8 * 26 * 26 for n, s in names if n == "2.weight")
+    assert set(cut.rows(1)) == {("model", "2.weight")}
+    with pytest.raises(ConfigError, match="may not be cut"):
+        ShardPlan(lay, cut.bounds)  # the same cut for a model whose optimizer is not elementwise
+
+
+def test_a_state_of_cut_tensors_joins_into_the_whole_tensors_state() -> None:
+    lay = big_layer()
+    rng = np.random.default_rng(1)
+    opt = {"model": psdist.optim.Adam(lr=1e-2)}
+    whole = ServerState(lay, rng.standard_normal(lay.size).astype(np.float32), opt)
+    for v in range(2):
+        whole.push(Push("w", v, rng.standard_normal(lay.size).astype(np.float32), 8, 0.5))
+    state = whole.state_dict()
+    plan = ShardPlan.balanced(lay, 3, frozenset({"model"}))
+    shards = []
+    for i in range(3):
+        s = ServerState(plan.layouts[i], np.zeros(plan.sizes[i], np.float32), opt)
+        s.load_state_dict(*split_state(plan, i, *state, split_scalars))
+        shards.append(s)
+    u = rng.standard_normal(lay.size).astype(np.float32)
+    whole.push(Push("w", 2, u, 8, 0.5))  # the shards step on their slices: the same values
+    for i, s in enumerate(shards):
+        s.push(Push("w", 2, u[plan.range(i)].copy(), 8, 0.5))
+        np.testing.assert_array_equal(s.weights, whole.weights[plan.range(i)])
+    scalars, arrays = merge_states(plan, [s.state_dict() for s in shards], merge_scalars)
+    after = whole.state_dict()
+    assert arrays.keys() == after[1].keys()
+    for k, a in after[1].items():
+        np.testing.assert_array_equal(arrays[k], a, err_msg=k)
+    assert scalars["optimizers"]["model"]["state"]["state"] == after[0]["optimizers"]["model"]["state"]["state"]

@@ -361,7 +361,8 @@ class FlatBound:
     def steps(self) -> int:
         return self.optimizer.steps
 
-    def step(self, update: np.ndarray, lr_scale: float = 1.0, norm: float | None = None) -> None:
+    def step(self, update: np.ndarray, lr_scale: float = 1.0, norm: float | None = None,
+             trainable_norm: float | None = None) -> None:
         opt = self.optimizer
         opt.step(self.params, update, opt.steps, lr_scale, frozen=self.group.frozen_in_params)
 

@@ -75,12 +75,15 @@ class BoundOptimizer(Protocol):
     def steps(self) -> int:
         """Updates applied since it was built (or as restored from a checkpoint)."""
 
-    def step(self, update: np.ndarray, lr_scale: float = 1.0, norm: float | None = None) -> None:
+    def step(self, update: np.ndarray, lr_scale: float = 1.0, norm: float | None = None,
+             trainable_norm: float | None = None) -> None:
         """Apply one pushed update (the model's parameter section of it) in place.
 
         ``lr_scale`` multiplies every group's learning rate for this step only (staleness-aware
         rules); ``norm`` is the update's L2 norm when the server already measured it (folded
         into its finite check), so gradient clipping needs no second pass over memory.
+        ``trainable_norm`` is the norm over the whole model's trainable parameters, measured by
+        the worker when this server holds only a slice (a shard): clipping uses it as it is.
         """
 
     def lr(self) -> float:
