@@ -20,6 +20,7 @@ Everything here is numpy and dictionaries: the cluster layer calls it.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -30,7 +31,10 @@ import numpy as np
 from psdist.core.layout import Entry, FlatSpec, Layout
 from psdist.errors import CheckpointError, ConfigError
 
-__all__ = ["ShardPlan", "merge_states", "split_state"]
+__all__ = ["ALIGN", "ShardPlan", "merge_states", "split_state"]
+
+#: values between the cuts a tensor may get (a multiple of every SIMD width torch uses: AVX-512's 16)
+ALIGN = 64
 
 #: keys Trainer.load sets on a whole state's optimizer scalars: every shard gets them
 _LOAD_FLAGS = ("keep_given_hyper", "set_lr")
@@ -71,7 +75,7 @@ class ShardPlan:
 
     def _allowed(self) -> Callable[[int], bool]:
         starts = {s for _, _, s in _tensors(self.layout)}
-        rows = [(s, e.size, _row(e)) for g, e, s in _tensors(self.layout) if g in self.splittable and e.shape]
+        rows = [(s, e.size, _grain(e)) for g, e, s in _tensors(self.layout) if g in self.splittable and e.shape]
 
         def ok(x: int) -> bool:
             return x in starts or any(s < x < s + n and (x - s) % r == 0 for s, n, r in rows)
@@ -180,6 +184,17 @@ def _row(e: Entry) -> int:
     return int(np.prod(e.shape[1:], dtype=np.int64)) if e.shape else 1
 
 
+def _grain(e: Entry) -> int:
+    """Where a cut may fall inside a tensor: every :data:`ALIGN` values that is also a row boundary.
+
+    Why ALIGN: torch's optimizer kernels run SIMD over a tensor from its start and finish its tail
+    one value at a time, and the two paths may round differently (fused multiply-add). A part
+    whose length is a multiple of the vector width is all vector steps, and the last part's tail
+    is the whole tensor's: the parts step bit for bit as the whole tensor does.
+    """
+    return math.lcm(_row(e), ALIGN)
+
+
 def _whole_tensors(layout: Layout, shards: int) -> tuple[int, ...] | None:
     """Bounds at tensor starts with the smallest largest slice (``None``: too few tensors)."""
     starts = [s for _, _, s in _tensors(layout)]
@@ -202,7 +217,7 @@ def _near_even(layout: Layout, shards: int, splittable: frozenset[str]) -> tuple
         ideal = k * layout.size / shards
         g, e, s = next(t for t in tensors if t[2] + t[1].size > ideal)
         if g in splittable and e.shape:
-            r = _row(e)
+            r = _grain(e)
             x = s + min(e.size, max(0, round((ideal - s) / r) * r))
         else:
             x = s if ideal - s <= s + e.size - ideal else s + e.size
