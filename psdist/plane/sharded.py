@@ -124,12 +124,16 @@ class ShardedClient:
             self._versions.popitem(last=False)
         return v
 
+    def _place(self, i: int, pull: Pull | None) -> None:
+        """Copy shard ``i``'s weights into the gathered vector (on its own thread, as its answer comes)."""
+        if pull is not None and pull.weights is not None:
+            self._weights[self._ranges[i]] = pull.weights
+
     def _gather(self, pulls: Sequence[Pull]) -> Pull:
-        """One pull from the shards' pulls: their slices in place, the missing ones current."""
+        """One pull from the shards' pulls (their slices already placed), the missing ones current."""
         came = False
-        for r, p in zip(self._ranges, pulls, strict=True):
+        for p in pulls:
             if p.weights is not None:
-                self._weights[r] = p.weights
                 came = True
         lrs: dict[str, float] = {}
         for p in pulls:
@@ -140,7 +144,13 @@ class ShardedClient:
     # ------------------------------------------------------------------ the handle
     def pull(self, worker: str, have_version: int = -1) -> Pull:
         have = self._per_shard(have_version)
-        return self._gather(self._fan(lambda i: self.clients[i].pull(worker, have[i] if have else -1)))
+
+        def pull(i: int) -> Pull:
+            p = self.clients[i].pull(worker, have[i] if have else -1)
+            self._place(i, p)
+            return p
+
+        return self._gather(self._fan(pull))
 
     def push(self, push: Push, pull: bool = True) -> PushReply:
         u = push.update
@@ -155,7 +165,9 @@ class ShardedClient:
         def send(i: int) -> PushReply:
             groups = None if push.groups is None else tuple(g for g in push.groups if g in self._groups[i])
             part = Push(push.worker, base[i], u[self._ranges[i]], push.samples, push.loss, groups, info)
-            return self.clients[i].push(part, pull)
+            reply = self.clients[i].push(part, pull)
+            self._place(i, reply.pull)
+            return reply
 
         replies = self._fan(send)
         applied = [r.applied for r in replies]
@@ -205,7 +217,13 @@ class ShardedClient:
     def wait(self, worker: str, have_version: int = -1) -> Pull:
         """Wait on every shard at once (a barrier releases a worker on each of them)."""
         have = self._per_shard(have_version)
-        return self._gather(self._fan(lambda i: self.clients[i].wait(worker, have[i] if have else -1)))
+
+        def wait(i: int) -> Pull:
+            p = self.clients[i].wait(worker, have[i] if have else -1)
+            self._place(i, p)
+            return p
+
+        return self._gather(self._fan(wait))
 
     def close(self) -> None:
         try:
