@@ -12,6 +12,8 @@
 #                                    -> the shm round trip; else docs/benchmarks.md's 2026-12-01 figures
 #   scaling-suite-*.json             fresh suite runs (run_suite.py --out benchmarks/results/scaling-suite-...):
 #                                    more checked points (shm data plane)
+#   shards-*.json (the newest)       bench_shards.py: real sharded trainings (1-2 workers x 1-2 shards, the wide
+#                                    MLP) -> checked points, and its round trips -> the shard fan-out of vm-shm
 #   2026-11-27-vm.json               parameter counts, 1-thread PyTorch step times (VM), the actor micro
 #                                    and psdist-downpour 2-worker rows (checked points)
 #   2026-11-27-h100-cuda.json, cuda-2026-11-27-h100.json   H100 step times of the same models
@@ -56,6 +58,7 @@ DOC_SHM = [(1e6, 1.21e-3), (4e6, 5.3e-3)]
 BATCH = 128  # the suite's batch per worker
 PUSH_EVERY = (1, 2, 4, 8, 16, 32)
 CNN = ("jet_cnn", "calo_cnn")
+WIDE = "wide_mlp"
 #: HPC presets: line rate × 0.9 (protocol overhead), a network round trip added to the per-push fixed
 #: cost (assumed: TCP over 25 GbE ~50 µs, RDMA over 100 Gbit/s InfiniBand ~10 µs)
 NETS = {"hpc-25GbE": (25e9 / 8 * 0.9, 50e-6), "hpc-100G-IB": (100e9 / 8 * 0.9, 10e-6)}
@@ -99,9 +102,19 @@ def shm_points() -> tuple[list[tuple[float, float]], str]:
     return pts, f"{path.relative_to(ROOT)}: ps_micro plane.shm push_pull_ms"
 
 
+def newest_shards() -> Path | None:
+    """The newest stored bench_shards.py result (by name: shards-<date>-<host>.json)."""
+    found = sorted(RESULTS.glob("shards-*.json"))
+    return found[-1] if found else None
+
+
 def calibrations() -> dict[str, Calibration]:
     server = [p for p in server_step_points(SERVER_STEP) if p[0] in CAL_SIZES]
     shm, shm_src = shm_points()
+    shards = newest_shards()
+    fanout = {} if shards is None else {
+        "fanout": calibrate(load(shards)["fanout"]["points"], f"{shards.relative_to(ROOT)}: round trips, 2 shards - "
+                                                              "1 shard + the shard CPU the model saves (0.2/0.66/2.4 M)")}
     return {
         "server": calibrate(server, f"{SERVER_STEP.relative_to(ROOT)}: torch sgd-momentum push+pull (reused buffer), "
                                     "median, 1e5/1e6/4e6"),
@@ -112,12 +125,15 @@ def calibrations() -> dict[str, Calibration]:
         "actor": calibrate(micro_points(SUITE_VM, "actor"), f"{SUITE_VM.relative_to(ROOT)}: ps_micro psdist_push_pull_ms"),
         "actor_server": calibrate(micro_points(SUITE_VM, "actor", "server_push"),
                                   f"{SUITE_VM.relative_to(ROOT)}: ps_micro psdist_server_push_ms (numpy server then)"),
+        **fanout,
     }
 
 
 def clusters(cal: dict[str, Calibration]) -> dict[str, Cluster]:
     copy = 4.0 / cal["memcpy"].b_s  # bytes/s of one float32 copy
     vm = local_cluster(cal["shm"], cal["server"], "vm-shm", copy)
+    if "fanout" in cal:  # measured on this host only: the HPC presets below leave it out
+        vm = vm.with_(fanout_per_push_s=max(cal["fanout"].a_s, 0.0), fanout_per_param_s=max(cal["fanout"].b_s, 0.0))
     # the actor path's micro already includes the worker's (de)serialisation copies
     out = {"vm-shm": vm, "vm-actor-2026-11-27": local_cluster(cal["actor"], cal["actor_server"], "vm-actor-2026-11-27")}
     for name, (bw, rtt) in NETS.items():
@@ -149,7 +165,8 @@ def checks(cl: dict[str, Cluster], wls: dict[str, dict[str, Workload]]) -> list[
                     "overlap": cluster.overlap, "measured": measured, "predicted": p.samples_per_s,
                     "error": p.samples_per_s / measured - 1, "bottleneck": p.bottleneck,
                     "round_trip_ms_measured": round_trip_ms,
-                    "round_trip_ms_predicted": 1e3 * (p.fixed_s + max(p.link_s, p.nic_s) + p.cpu_s + p.wait_s)})
+                    "round_trip_ms_predicted": 1e3 * (p.fixed_s + p.fanout_s + max(p.link_s, p.nic_s) + p.cpu_s
+                                                      + p.wait_s)})
 
     suites = [(SUITE_VM, "suite 2026-11-27", "actor path", cl["vm-actor-2026-11-27"])]
     suites += [(p, p.stem, "shm data plane", cl["vm-shm"]) for p in sorted(RESULTS.glob("scaling-suite-*.json"))]
@@ -177,6 +194,19 @@ def checks(cl: dict[str, Cluster], wls: dict[str, dict[str, Workload]]) -> list[
     for w, ov, measured in ((1, False, 1016), (1, True, 1829), (2, False, 1910), (2, True, 1896)):
         add(f"bench_gpu_like {w} worker{'s' if w > 1 else ''}, overlap {'on' if ov else 'off'}", src, gl,
             cl["vm-shm"].with_(workers=w, overlap=ov), measured)
+    # bench_shards.py: the wide MLP at 1-2 workers x 1-2 shards; t_c from plain 1-thread PyTorch in the same
+    # command, or the run's own compute+read per minibatch; vm-shm with the shard fan-out (S > 1)
+    shards = newest_shards()
+    doc = load(shards) if shards is not None else {"points": []}
+    for p in doc["points"]:
+        label = (f"bench_shards {doc['date']} {p['workers']} worker{'s' if p['workers'] > 1 else ''} × {p['shards']} "
+                 f"shard{'s' if p['shards'] > 1 else ''}, "
+                 f"overlap {'on' if p['overlap'] else 'off'}, {WIDE}")
+        at = cl["vm-shm"].with_(workers=p["workers"], shards=p["shards"], overlap=p["overlap"])
+        for t_ms, what, rt in ((doc["plain"]["step_ms"], "plain 1 thread, same command", None),
+                               (p["in_run_step_ms"], "the run's compute+read", p["ms_per_push_measured"])):
+            add(f"{label} (t_c: {what})", f"{shards.name} (shm data plane)",  # type: ignore[union-attr]
+                Workload(WIDE, int(doc["params"]), BATCH, t_ms / 1e3), at, p["measured"], rt)
     return out
 
 
@@ -248,10 +278,11 @@ def markdown(doc: dict[str, Any]) -> str:
     for k, c in doc["calibration"].items():
         lines.append(f"| {k} | {c['a_s'] * 1e3:.3f} | {c['b_s'] * 1e9:.3f} | {c['max_rel_error']:.0%} | {c['source']} |")
     lines += ["", "## Clusters", "", "| cluster | link GB/s | shard NIC GB/s | fixed µs/push | server µs/push | "
-              "server ns/param |", "|---|---|---|---|---|---|"]
+              "server ns/param | shard fan-out µs/push + ns/param (S > 1) |", "|---|---|---|---|---|---|---|"]
     for k, c in doc["clusters"].items():
         lines.append(f"| {k} | {c['link_bytes_per_s'] / 1e9:.2f} | {c['nic_bytes_per_s'] / 1e9:.2f} | "
-                     f"{c['push_fixed_s'] * 1e6:.0f} | {c['server_per_push_s'] * 1e6:.0f} | {c['server_per_param_s'] * 1e9:.3f} |")
+                     f"{c['push_fixed_s'] * 1e6:.0f} | {c['server_per_push_s'] * 1e6:.0f} | {c['server_per_param_s'] * 1e9:.3f} | "
+                     f"{c['fanout_per_push_s'] * 1e6:.0f} + {c['fanout_per_param_s'] * 1e9:.3f} |")
     lines += ["", "## Checked against real runs (2-core VM)", "",
               "| point | params | step ms | measured samples/s | predicted | error | round trip ms measured / predicted | "
               "bottleneck |", "|---|---|---|---|---|---|---|---|"]
@@ -311,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         "calibration": {k: {"a_s": c.a_s, "b_s": c.b_s, "points": c.points, "max_rel_error": c.max_rel_error(),
                             "source": c.source} for k, c in cal.items()},
         "clusters": {k: {f: getattr(c, f) for f in ("link_bytes_per_s", "nic_bytes_per_s", "push_fixed_s",
-                                                     "server_per_param_s", "server_per_push_s")} for k, c in cl.items()},
+                                                     "server_per_param_s", "server_per_push_s", "fanout_per_push_s",
+                                                     "fanout_per_param_s")} for k, c in cl.items()},
         "workloads": {g: {n: w.__dict__ for n, w in ws.items()} for g, ws in wls.items()},
         "checks": checks(cl, wls), "summary": summary(tables, cl, wls), "shard_advice": shard_advice(cl),
         "published": published(cl),

@@ -12,7 +12,11 @@ weights down: ``P × wire_bytes`` each way, split over ``S`` contiguous shards s
 - ``link = 2 P b / link_bandwidth``: the bytes through the worker's own link (or, over shared
   memory, its copies);
 - ``nic = 2 (P/S) b / nic_bandwidth``: the bytes through one shard's NIC;
-- ``cpu = per_push + per_param × P/S``: one shard's step (finite check, optimizer, reply copy).
+- ``cpu = per_push + per_param × P/S``: one shard's step (finite check, optimizer, reply copy);
+- ``fanout = fanout_per_push + fanout_per_param × P`` when ``S > 1`` (else 0): what the worker pays
+  once per push for talking to several shards (cutting the update into their slots, the
+  whole-update check, the fan-out threads, gathering the replies, and on one host the shards'
+  contention for its cores and memory bus), measured as the sharded round trip's excess.
 
 The transfer is cut-through, so a push pays ``max(link, nic)`` for its bytes, not the sum; a
 shard is *occupied* for ``service = nic + cpu`` per push, and every push visits every shard, so
@@ -21,8 +25,8 @@ the per-push costs. The wait at a shard comes from mean value analysis of the cl
 ``W`` workers and one (representative) shard with deterministic service (:func:`_mva`): a lone
 worker never queues behind itself, and throughput tends to the shard's capacity. One cycle is
 
-- without overlap ``k·t_c + fixed + max(link, nic) + cpu + wait``;
-- with overlap (one push in flight) ``max(k·t_c, fixed + max(link, nic) + cpu + wait)``,
+- without overlap ``k·t_c + fixed + fanout + max(link, nic) + cpu + wait``;
+- with overlap (one push in flight) ``max(k·t_c, fixed + fanout + max(link, nic) + cpu + wait)``,
 
 and samples/s = ``W · k · B / cycle`` plateaus at ``k · B / service`` as workers are added. The
 shards are taken as symmetric and the slowest one as the mean one (no fork-join penalty).
@@ -139,6 +143,15 @@ class Cluster:
         Bytes per value on the wire: 4 (float32) or 2 (bf16).
     overlap
         One push in flight while the next window computes (``overlap=True``).
+    fanout_per_push_s, fanout_per_param_s
+        The *shard fan-out* cost: what a worker's push costs beyond one shard's round trip when
+        the server is sharded (``shards > 1``; nothing for one shard), fixed and per parameter of
+        the whole model, paid once per push on the worker's side: the update cut into each
+        shard's slot, the whole-update finiteness check and norms, the threads that talk to the
+        shards at once, the replies gathered into one weight vector, and, with the shards on the
+        worker's host, their contention for its cores and memory bus (the per-parameter work of
+        co-located shards does not divide by ``S``). Calibrate it from the sharded round trip:
+        ``benchmarks/bench_shards.py``.
     """
 
     name: str = "cluster"
@@ -151,6 +164,8 @@ class Cluster:
     server_per_push_s: float = 0.0
     wire_bytes: int = 4
     overlap: bool = False
+    fanout_per_push_s: float = 0.0
+    fanout_per_param_s: float = 0.0
 
     def __post_init__(self) -> None:
         _count("workers", self.workers)
@@ -160,6 +175,8 @@ class Cluster:
         _positive("push_fixed_s", self.push_fixed_s, allow_zero=True)
         _positive("server_per_param_s", self.server_per_param_s, allow_zero=True)
         _positive("server_per_push_s", self.server_per_push_s, allow_zero=True)
+        _positive("fanout_per_push_s", self.fanout_per_push_s, allow_zero=True)
+        _positive("fanout_per_param_s", self.fanout_per_param_s, allow_zero=True)
         if self.wire_bytes not in (2, 4):
             raise ConfigError(f"wire_bytes must be 4 (float32) or 2 (bf16), got {self.wire_bytes!r}")
 
@@ -188,8 +205,9 @@ class Prediction:
     samples_per_s: float  #: all workers together
     efficiency: float     #: samples_per_s / (W · B / t_c)
     utilisation: float    #: ρ of each shard
-    bottleneck: str       #: compute, latency, worker link, shard NIC or shard CPU
+    bottleneck: str       #: compute, latency, shard fan-out, worker link, shard NIC or shard CPU
     bytes_per_push: float = field(default=0.0)  #: up + down, all shards
+    fanout_s: float = field(default=0.0)  #: the worker's shard fan-out per push (0 for one shard)
 
     def as_dict(self) -> dict[str, Any]:
         """The prediction as JSON-ready values."""
@@ -199,8 +217,8 @@ class Prediction:
 def _mva(workers: int, service: float, extra: float, compute: float, overlap: bool) -> tuple[float, float]:
     """Cycle and queueing wait at a shard by mean value analysis (MVA) of the closed system.
 
-    ``W`` workers circulate between their own work (``compute``, and ``extra``: the fixed cost
-    and the link time beyond the shard's NIC time) and one shard station of deterministic
+    ``W`` workers circulate between their own work (``compute``, and ``extra``: the fixed cost,
+    the shard fan-out and the link time beyond the shard's NIC time) and one shard station of deterministic
     ``service``. MVA adds workers one at a time: an arriving push finds the queue that the
     system with one worker fewer had (``q``), the push in service having half its time left on
     average (deterministic service: ``q − u/2`` services ahead). Unlike an open M/D/1 queue, a
@@ -245,11 +263,12 @@ def predict(workload: Workload, cluster: Cluster) -> Prediction:
     link = moved / cluster.link_bytes_per_s
     nic = 2.0 * per_shard * cluster.wire_bytes / cluster.nic_bytes_per_s
     cpu = cluster.server_per_push_s + cluster.server_per_param_s * per_shard
+    fanout = cluster.fanout_per_push_s + cluster.fanout_per_param_s * workload.params if s > 1 else 0.0
     service = nic + cpu  # what occupies a shard per push
     compute = workload.push_every * workload.compute_s
-    # beyond the shard's own time: the transport's fixed cost, and the worker's link where it
-    # is slower than the shard's NIC (the bytes pass cut-through: max(link, nic) in all)
-    extra = cluster.push_fixed_s + max(link - nic, 0.0)
+    # beyond the shard's own time: the transport's fixed cost, the worker's shard fan-out, and
+    # the worker's link where it is slower than the shard's NIC (cut-through: max(link, nic))
+    extra = cluster.push_fixed_s + fanout + max(link - nic, 0.0)
     cycle, wait = _mva(w, service, extra, compute, cluster.overlap)
     rho = w * service / cycle
     samples = w * workload.push_every * workload.batch_size / cycle
@@ -260,12 +279,12 @@ def predict(workload: Workload, cluster: Cluster) -> Prediction:
         nic_s=nic, cpu_s=cpu, wait_s=wait, cycle_s=cycle, samples_per_s=samples,
         efficiency=samples / ideal, utilisation=rho,
         bottleneck=("compute" if cycle <= compute * (1 + 1e-9)  # overlap hides all the rest
-                    else _bottleneck(compute, cluster.push_fixed_s, link, nic, cpu, wait, rho)),
-        bytes_per_push=moved)
+                    else _bottleneck(compute, cluster.push_fixed_s, link, nic, cpu, wait, rho, fanout)),
+        bytes_per_push=moved, fanout_s=fanout)
 
 
 def _bottleneck(compute: float, fixed: float, link: float, nic: float, cpu: float, wait: float,
-                rho: float) -> str:
+                rho: float, fanout: float = 0.0) -> str:
     """Name the resource that limits the cycle.
 
     A shard whose utilisation exceeds 0.9, or whose queue costs more than the compute, is the
@@ -274,7 +293,7 @@ def _bottleneck(compute: float, fixed: float, link: float, nic: float, cpu: floa
     """
     if rho > 0.9 or wait > compute:
         return "shard NIC" if nic > cpu else "shard CPU"
-    terms = {"compute": compute, "latency": fixed, "worker link": link if link >= nic else 0.0,
+    terms = {"compute": compute, "latency": fixed, "shard fan-out": fanout, "worker link": link if link >= nic else 0.0,
              "shard NIC": nic if nic > link else 0.0, "shard CPU": cpu}
     return max(terms, key=lambda k: terms[k])
 

@@ -149,3 +149,16 @@ def test_bad_workload_names_the_value() -> None:
 def test_the_model_imports_without_torch() -> None:
     code = "import sys, psdist.sim.perf; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_shard_fan_out_is_paid_once_per_push_and_only_when_sharded() -> None:
+    fan = NET.with_(workers=1, fanout_per_push_s=2e-4, fanout_per_param_s=5e-10)
+    one, base2 = predict(WL, fan), predict(WL, NET.with_(workers=1, shards=2))
+    assert one.fanout_s == 0.0 and one.cycle_s == predict(WL, NET.with_(workers=1)).cycle_s
+    two = predict(WL, fan.with_(shards=2))
+    assert two.fanout_s == pytest.approx(2e-4 + 5e-10 * WL.params)  # the whole model's P, not P/S
+    assert two.cycle_s == pytest.approx(base2.cycle_s + two.fanout_s)  # a lone worker: serial, no queue
+    assert predict(WL, fan.with_(shards=8)).fanout_s == two.fanout_s  # once per push, not per shard
+    assert predict(WL, fan.with_(shards=2, fanout_per_push_s=1.0)).bottleneck == "shard fan-out"
+    with pytest.raises(ConfigError, match="fanout_per_param_s"):
+        NET.with_(fanout_per_param_s=-1e-9)
