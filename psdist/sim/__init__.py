@@ -1,8 +1,8 @@
 """The simulator (real server state and rules, simulated time) and the analytic performance model.
 
-``psdist.sim.perf`` needs only numpy, so its names load lazily (PEP 562): importing it, or
-``psdist.sim`` for the model alone, does not import torch; the simulator's names load torch on
-first use.
+``psdist.sim.perf`` and ``psdist.sim.contention`` need only numpy, so their names load lazily
+(PEP 562): importing them, or ``psdist.sim`` for the model alone, does not import torch; the
+simulator's names load torch on first use.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from psdist.sim.contention import core_stretch, effective_cores
     from psdist.sim.perf import (
         Calibration,
         Cluster,
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 _WHERE = {
     **dict.fromkeys(("SimResult", "SimWorker", "heterogeneous", "simulate"), "psdist.sim.simulator"),
+    **dict.fromkeys(("core_stretch", "effective_cores"), "psdist.sim.contention"),
     **dict.fromkeys(("Calibration", "Cluster", "Prediction", "Workload", "calibrate", "micro_points",
                      "predict", "predict_table", "recommend_shards", "server_step_points",
                      "local_cluster"), "psdist.sim.perf"),
@@ -41,6 +43,8 @@ __all__ = [
     "SimWorker",
     "Workload",
     "calibrate",
+    "core_stretch",
+    "effective_cores",
     "heterogeneous",
     "local_cluster",
     "micro_points",

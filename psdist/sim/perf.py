@@ -31,6 +31,11 @@ worker never queues behind itself, and throughput tends to the shard's capacity.
 and samples/s = ``W · k · B / cycle`` plateaus at ``k · B / service`` as workers are added. The
 shards are taken as symmetric and the slowest one as the mean one (no fork-join penalty).
 
+Optional, off by default: *per-chunk costs* (``Workload.rows_per_chunk``, ``Cluster.chunk_overhead_s``:
+a chunk task's overhead over its ``n`` pushes, outside any overlap, and with overlap the chunk's
+pipeline drain ``min(k·t_c, round trip) / n`` per push) and *core sharing* (``Cluster.host_cores``:
+CPU times stretched by processor sharing on one host, :mod:`psdist.sim.contention`).
+
 **Scaling efficiency** is ``samples/s ÷ (W · B / t_c)``: the throughput over that of ``W``
 independent workers that never communicate. It is 1 only when communication is free (or fully
 hidden by overlap and never queued) and folds in both the per-push cost and the queueing.
@@ -48,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from psdist.errors import ConfigError
+from psdist.sim.contention import core_stretch
 
 __all__ = [
     "SHARD_COUNTS",
@@ -102,6 +108,12 @@ class Workload:
         Compute time of one minibatch (forward, backward) on the worker's device, in seconds.
     push_every
         Minibatches per push (``k``).
+    rows_per_chunk
+        Rows of one chunk task (a push never spans two: ``m`` minibatches make ``ceil(m / k)``
+        pushes). ``None``: chunks long enough that their costs do not count.
+    host_compute_s
+        The part of ``compute_s`` that keeps a host core busy (``Cluster.host_cores``). ``None``:
+        all of it (a CPU worker); about 0 for a GPU worker whose thread waits for its kernels.
     """
 
     name: str
@@ -109,12 +121,28 @@ class Workload:
     batch_size: int
     compute_s: float
     push_every: int = 1
+    rows_per_chunk: int | None = None
+    host_compute_s: float | None = None
 
     def __post_init__(self) -> None:
         _count("params", self.params)
         _count("batch_size", self.batch_size)
         _count("push_every", self.push_every)
         _positive("compute_s", self.compute_s)
+        if self.rows_per_chunk is not None:
+            _count("rows_per_chunk", self.rows_per_chunk)
+        if self.host_compute_s is not None:
+            _positive("host_compute_s", self.host_compute_s, allow_zero=True)
+            if self.host_compute_s > self.compute_s:
+                raise ConfigError(f"host_compute_s must be ≤ compute_s, got {self.host_compute_s!r}")
+
+    def windows(self) -> tuple[float, float, float]:
+        """Minibatches per push, samples per push and pushes per chunk (``inf`` without chunks)."""
+        if self.rows_per_chunk is None:
+            return float(self.push_every), float(self.push_every * self.batch_size), _INF
+        minibatches = math.ceil(self.rows_per_chunk / self.batch_size)
+        pushes = math.ceil(minibatches / self.push_every)
+        return minibatches / pushes, self.rows_per_chunk / pushes, float(pushes)
 
 
 @dataclass(frozen=True)
@@ -152,6 +180,12 @@ class Cluster:
         worker's host, their contention for its cores and memory bus (the per-parameter work of
         co-located shards does not divide by ``S``). Calibrate it from the sharded round trip:
         ``benchmarks/bench_shards.py``.
+    chunk_overhead_s
+        A worker's time per chunk task outside its compute and pushes (scheduling, reading and
+        shuffling its rows, join, first pull, leave); used when the workload has ``rows_per_chunk``.
+    host_cores
+        Workers and shards share one host of this many cores (a float: effective cores); CPU times
+        stretch by processor sharing (:mod:`psdist.sim.contention`). ``None``: dedicated cores.
     """
 
     name: str = "cluster"
@@ -166,6 +200,8 @@ class Cluster:
     overlap: bool = False
     fanout_per_push_s: float = 0.0
     fanout_per_param_s: float = 0.0
+    chunk_overhead_s: float = 0.0
+    host_cores: float | None = None
 
     def __post_init__(self) -> None:
         _count("workers", self.workers)
@@ -177,6 +213,9 @@ class Cluster:
         _positive("server_per_push_s", self.server_per_push_s, allow_zero=True)
         _positive("fanout_per_push_s", self.fanout_per_push_s, allow_zero=True)
         _positive("fanout_per_param_s", self.fanout_per_param_s, allow_zero=True)
+        _positive("chunk_overhead_s", self.chunk_overhead_s, allow_zero=True)
+        if self.host_cores is not None:
+            _positive("host_cores", self.host_cores)
         if self.wire_bytes not in (2, 4):
             raise ConfigError(f"wire_bytes must be 4 (float32) or 2 (bf16), got {self.wire_bytes!r}")
 
@@ -195,7 +234,7 @@ class Prediction:
     shards: int
     overlap: bool
     wire_bytes: int
-    compute_s: float      #: k · t_c
+    compute_s: float      #: k · t_c (its host part × stretch)
     fixed_s: float        #: the transport's per-push cost
     link_s: float         #: bytes through the worker's link
     nic_s: float          #: bytes through one shard's NIC
@@ -205,38 +244,54 @@ class Prediction:
     samples_per_s: float  #: all workers together
     efficiency: float     #: samples_per_s / (W · B / t_c)
     utilisation: float    #: ρ of each shard
-    bottleneck: str       #: compute, latency, shard fan-out, worker link, shard NIC or shard CPU
+    bottleneck: str       #: compute, latency, shard fan-out, worker link, shard NIC/CPU, per-chunk, host cores
     bytes_per_push: float = field(default=0.0)  #: up + down, all shards
     fanout_s: float = field(default=0.0)  #: the worker's shard fan-out per push (0 for one shard)
+    chunk_s: float = field(default=0.0)   #: per-chunk costs per push (overhead, overlap's drain)
+    stretch: float = field(default=1.0)   #: core sharing: CPU times × this (1: dedicated cores)
+    busy: float = field(default=0.0)      #: runnable processes, were all on one host (core sharing)
 
     def as_dict(self) -> dict[str, Any]:
         """The prediction as JSON-ready values."""
         return dict(self.__dict__)
 
 
-def _mva(workers: int, service: float, extra: float, compute: float, overlap: bool) -> tuple[float, float]:
+def _mva(workers: int, service: float, extra: float, compute: float, overlap: bool,
+         serial: float = 0.0, drain: float = 0.0) -> tuple[float, float]:
     """Cycle and queueing wait at a shard by mean value analysis (MVA) of the closed system.
 
-    ``W`` workers circulate between their own work (``compute``, and ``extra``: the fixed cost,
-    the shard fan-out and the link time beyond the shard's NIC time) and one shard station of deterministic
-    ``service``. MVA adds workers one at a time: an arriving push finds the queue that the
-    system with one worker fewer had (``q``), the push in service having half its time left on
-    average (deterministic service: ``q − u/2`` services ahead). Unlike an open M/D/1 queue, a
-    lone worker never waits behind itself, and throughput tends to the capacity ``1/service``.
+    ``W`` workers circulate between their own work (``compute``, ``serial``: the per-chunk costs
+    per push, and ``extra``: the fixed cost, the shard fan-out and the link time beyond the
+    shard's NIC time) and one shard station of deterministic ``service``. MVA adds workers one
+    at a time: an arriving push finds the queue that the system with one worker fewer had
+    (``q``), the push in service having half its time left on average (deterministic service:
+    ``q − u/2`` services ahead). Unlike an open M/D/1 queue, a lone worker never waits behind
+    itself, and throughput tends to the capacity ``1/service``. With overlap a cycle is
+    ``serial + max(compute, round trip) + drain · min(compute, round trip)`` (``drain``: the
+    chunk's pipeline fill and drain, per push).
 
     Returns
     -------
     tuple of (float, float)
         The cycle of one worker (s) and the mean wait at a shard (s).
     """
+    def cycle_of(trip: float) -> float:
+        return serial + (max(compute, trip) + drain * min(compute, trip) if overlap else compute + trip)
+
+    def trip_of(cycle: float) -> float:  # the inverse of cycle_of, for the round trip
+        if not overlap:
+            return cycle - serial - compute
+        trip = cycle - serial - drain * compute  # when the round trip is the longer
+        return trip if trip >= compute or drain == 0.0 else (cycle - serial - compute) / drain
+
     q = u = 0.0
-    cycle, resp = compute + extra, service
+    cycle, resp = cycle_of(extra), service
     for n in range(1, workers + 1):
         resp = service * (1.0 + q - u / 2.0)
-        cycle = max(compute, extra + resp) if overlap else compute + extra + resp
+        cycle = cycle_of(extra + resp)
         if n * service > cycle:  # past the capacity (the approximation's overshoot): queue longer
             cycle = n * service
-            resp = cycle - extra - (0.0 if overlap else compute)
+            resp = trip_of(cycle) - extra
         x = n / cycle
         q, u = x * resp, x * service
     return cycle, resp - service
@@ -248,9 +303,9 @@ def predict(workload: Workload, cluster: Cluster) -> Prediction:
     Parameters
     ----------
     workload
-        The model, batch and compute time per minibatch.
+        The model, batch and compute time per minibatch (and its chunks, if given).
     cluster
-        Workers, shards, bandwidths, costs, wire dtype and overlap.
+        Workers, shards, bandwidths, costs, wire dtype and overlap (and the host's cores, if shared).
 
     Returns
     -------
@@ -258,43 +313,62 @@ def predict(workload: Workload, cluster: Cluster) -> Prediction:
         The per-push times and the derived figures (see the module docstring for the model).
     """
     w, s = cluster.workers, cluster.shards
+    batches, samples_per_push, pushes_per_chunk = workload.windows()
     per_shard = workload.params / s
     moved = 2.0 * workload.params * cluster.wire_bytes  # gradient up + weights down
-    link = moved / cluster.link_bytes_per_s
-    nic = 2.0 * per_shard * cluster.wire_bytes / cluster.nic_bytes_per_s
-    cpu = cluster.server_per_push_s + cluster.server_per_param_s * per_shard
-    fanout = cluster.fanout_per_push_s + cluster.fanout_per_param_s * workload.params if s > 1 else 0.0
-    service = nic + cpu  # what occupies a shard per push
-    compute = workload.push_every * workload.compute_s
-    # beyond the shard's own time: the transport's fixed cost, the worker's shard fan-out, and
-    # the worker's link where it is slower than the shard's NIC (cut-through: max(link, nic))
-    extra = cluster.push_fixed_s + fanout + max(link - nic, 0.0)
-    cycle, wait = _mva(w, service, extra, compute, cluster.overlap)
-    rho = w * service / cycle
-    samples = w * workload.push_every * workload.batch_size / cycle
+    nic = 2.0 * per_shard * cluster.wire_bytes / cluster.nic_bytes_per_s  # a NIC keeps its speed
+    # the CPU times at full speed; core sharing stretches them all by f
+    link1 = moved / cluster.link_bytes_per_s
+    cpu1 = cluster.server_per_push_s + cluster.server_per_param_s * per_shard
+    fanout1 = cluster.fanout_per_push_s + cluster.fanout_per_param_s * workload.params if s > 1 else 0.0
+    chunk1 = cluster.chunk_overhead_s / pushes_per_chunk
+    drain = 1.0 / pushes_per_chunk if cluster.overlap else 0.0
+    host = workload.compute_s if workload.host_compute_s is None else workload.host_compute_s
+
+    def at(f: float) -> tuple[float, ...]:
+        """(compute, fixed, link, cpu, fan-out, chunk, cycle, wait, busy) with CPU times × f."""
+        compute = batches * (workload.compute_s + (f - 1.0) * host)
+        fixed, link, cpu, fanout, chunk = (f * t for t in (cluster.push_fixed_s, link1, cpu1, fanout1, chunk1))
+        # beyond the shard's own time: the transport's fixed cost, the worker's shard fan-out, and
+        # the worker's link where it is slower than the shard's NIC (cut-through: max(link, nic))
+        extra = fixed + fanout + max(link - nic, 0.0)
+        cycle, wait = _mva(w, nic + cpu, extra, compute, cluster.overlap, chunk, drain)
+        # CPU work per cycle (waits, a device, a NIC and the drain are none): W · D / cycle runnable
+        busy = w * (batches * f * host + chunk + fixed + fanout + link + s * cpu) / cycle
+        return compute, fixed, link, cpu, fanout, chunk, cycle, wait, busy
+
+    stretch = 1.0
+    if cluster.host_cores is not None:
+        stretch, _ = core_stretch(lambda f: at(f)[-1], cluster.host_cores)
+    compute, fixed, link, cpu, fanout, chunk, cycle, wait, busy = at(stretch)
+    trip = fixed + fanout + max(link, nic) + cpu + wait
+    chunk_s = chunk + drain * min(compute, trip)  # per push: the overhead and the pipeline's drain
+    rho = w * (nic + cpu) / cycle
+    samples = w * samples_per_push / cycle
     ideal = w * workload.batch_size / workload.compute_s
     return Prediction(
         workload=workload.name, cluster=cluster.name, workers=w, shards=s, overlap=cluster.overlap,
-        wire_bytes=cluster.wire_bytes, compute_s=compute, fixed_s=cluster.push_fixed_s, link_s=link,
+        wire_bytes=cluster.wire_bytes, compute_s=compute, fixed_s=fixed, link_s=link,
         nic_s=nic, cpu_s=cpu, wait_s=wait, cycle_s=cycle, samples_per_s=samples,
         efficiency=samples / ideal, utilisation=rho,
-        bottleneck=("compute" if cycle <= compute * (1 + 1e-9)  # overlap hides all the rest
-                    else _bottleneck(compute, cluster.push_fixed_s, link, nic, cpu, wait, rho, fanout)),
-        bytes_per_push=moved, fanout_s=fanout)
+        bottleneck=("host cores" if stretch > 1.0 + 1e-9  # out of cores: every CPU time stretched
+                    else "compute" if cycle <= compute * (1 + 1e-9)  # overlap hides all the rest
+                    else _bottleneck(compute, fixed, link, nic, cpu, wait, rho, fanout, chunk_s)),
+        bytes_per_push=moved, fanout_s=fanout, chunk_s=chunk_s, stretch=stretch, busy=busy)
 
 
 def _bottleneck(compute: float, fixed: float, link: float, nic: float, cpu: float, wait: float,
-                rho: float, fanout: float = 0.0) -> str:
-    """Name the resource that limits the cycle.
+                rho: float, fanout: float = 0.0, chunk: float = 0.0) -> str:
+    """Name the resource that limits the cycle (after a host out of cores, and compute filling it).
 
     A shard whose utilisation exceeds 0.9, or whose queue costs more than the compute, is the
     limit (its NIC or its CPU, whichever takes longer per push); otherwise the largest term of
-    the cycle: compute, or one of the communication costs.
+    the cycle: compute, the per-chunk costs, or one of the communication costs.
     """
     if rho > 0.9 or wait > compute:
         return "shard NIC" if nic > cpu else "shard CPU"
     terms = {"compute": compute, "latency": fixed, "shard fan-out": fanout, "worker link": link if link >= nic else 0.0,
-             "shard NIC": nic if nic > link else 0.0, "shard CPU": cpu}
+             "shard NIC": nic if nic > link else 0.0, "shard CPU": cpu, "per-chunk": chunk}
     return max(terms, key=lambda k: terms[k])
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from itertools import pairwise
 
 import pytest
 
 from psdist.errors import ConfigError
+from psdist.sim.contention import core_stretch, effective_cores
 from psdist.sim.perf import (
     Cluster,
     Workload,
@@ -162,3 +164,115 @@ def test_the_shard_fan_out_is_paid_once_per_push_and_only_when_sharded() -> None
     assert predict(WL, fan.with_(shards=2, fanout_per_push_s=1.0)).bottleneck == "shard fan-out"
     with pytest.raises(ConfigError, match="fanout_per_param_s"):
         NET.with_(fanout_per_param_s=-1e-9)
+
+
+# -- per-chunk costs -----------------------------------------------------------------------------
+
+
+def test_the_per_chunk_overhead_is_spread_over_the_pushes_of_a_chunk() -> None:
+    chunked = Workload("cnn", params=WL.params, batch_size=128, compute_s=0.01, rows_per_chunk=512)  # 4 pushes
+    base = predict(WL, NET.with_(workers=1))
+    with_cost = predict(chunked, NET.with_(workers=1, chunk_overhead_s=0.02))
+    assert with_cost.chunk_s == pytest.approx(0.02 / 4)
+    assert with_cost.cycle_s == pytest.approx(base.cycle_s + 0.02 / 4)  # a lone worker: serial, no queue
+    assert with_cost.samples_per_s < base.samples_per_s
+    k2 = predict(replace(chunked, push_every=2), NET.with_(workers=1, chunk_overhead_s=0.02))
+    assert k2.chunk_s == pytest.approx(0.02 / 2)  # 2 pushes per chunk of 4 minibatches
+    # a chunk shorter than a push window pushes at its end: 2 minibatches per push, not 4
+    short = predict(replace(chunked, rows_per_chunk=256, push_every=4), NET.with_(workers=1))
+    assert short.compute_s == pytest.approx(2 * 0.01)
+    assert short.samples_per_s == pytest.approx(256 / short.cycle_s)
+
+
+def test_no_chunks_or_no_overhead_changes_nothing() -> None:
+    for w in (1, 8, 64):
+        for ov in (False, True):
+            base = predict(WL, NET.with_(workers=w, overlap=ov))
+            # chunk overhead without chunks in the workload: unused
+            assert predict(WL, NET.with_(workers=w, overlap=ov, chunk_overhead_s=0.05)) == base
+    # chunks without overhead and without overlap: the same cycle (a push never spans chunks; 512 = 4 windows)
+    chunked = Workload("cnn", params=WL.params, batch_size=128, compute_s=0.01, rows_per_chunk=512)
+    for w in (1, 8, 64):
+        a, b = predict(chunked, NET.with_(workers=w)), predict(WL, NET.with_(workers=w))
+        assert a.cycle_s == pytest.approx(b.cycle_s) and a.samples_per_s == pytest.approx(b.samples_per_s)
+        assert a.chunk_s == 0.0
+
+
+def test_overlap_drains_its_pipeline_once_per_chunk() -> None:
+    # compute 10 ms, round trip of a lone worker: fixed + link + cpu
+    chunked = Workload("cnn", params=WL.params, batch_size=128, compute_s=0.01, rows_per_chunk=512)
+    base = predict(WL, NET.with_(workers=1, overlap=True))
+    on = predict(chunked, NET.with_(workers=1, overlap=True))
+    trip = NET.push_fixed_s + on.link_s + on.cpu_s
+    assert on.chunk_s == pytest.approx(min(0.01, trip) / 4)
+    assert on.cycle_s == pytest.approx(base.cycle_s + min(0.01, trip) / 4)
+    # one push per chunk: overlap hides nothing
+    one = replace(chunked, rows_per_chunk=128)
+    assert predict(one, NET.with_(workers=1, overlap=True)).cycle_s == pytest.approx(
+        predict(one, NET.with_(workers=1)).cycle_s)
+
+
+# -- core sharing --------------------------------------------------------------------------------
+
+CPU_WL = Workload("mlp", params=2_000_000, batch_size=128, compute_s=0.018)
+SHM = Cluster("shm", workers=1, link_bytes_per_s=5e9, server_per_param_s=1e-9, server_per_push_s=1e-4)
+
+
+def test_enough_cores_stretch_nothing() -> None:
+    for w, s, ov in ((1, 1, False), (1, 2, False), (1, 1, True), (2, 1, False)):
+        dedicated = predict(CPU_WL, SHM.with_(workers=w, shards=s, overlap=ov))
+        shared = predict(CPU_WL, SHM.with_(workers=w, shards=s, overlap=ov, host_cores=8))
+        assert shared.stretch == 1.0 and shared.samples_per_s == dedicated.samples_per_s
+        assert dedicated.stretch == 1.0
+    # one worker without overlap never runs beside its shard: 1 busy process on average, 1 core is enough
+    lone = predict(CPU_WL, SHM.with_(host_cores=1))
+    assert lone.stretch == 1.0 and lone.busy == pytest.approx(1.0)
+
+
+def test_an_oversubscribed_host_does_its_cores_worth_of_work() -> None:
+    # two overlapped workers: compute and their communication threads want > 2 cores
+    cl = SHM.with_(workers=2, overlap=True)
+    free, shared = predict(CPU_WL, cl), predict(CPU_WL, cl.with_(host_cores=2))
+    assert shared.stretch > 1.0 and shared.samples_per_s < free.samples_per_s
+    assert shared.busy == pytest.approx(2.0 * shared.stretch)  # f = busy / cores at the fixed point
+    assert shared.bottleneck == "host cores"
+    # all of the cycle is CPU work: the closed form f = W · D / (c · T(1)), the host's capacity in samples/s
+    demand = CPU_WL.compute_s + free.link_s + free.cpu_s  # one worker's CPU seconds per push
+    assert shared.stretch == pytest.approx(2 * demand / (2 * free.cycle_s), rel=1e-6)
+    assert shared.samples_per_s == pytest.approx(2 * 128 / (2 * demand / 2), rel=1e-6)
+    # fewer cores, more stretch; effective cores between
+    assert predict(CPU_WL, cl.with_(host_cores=1.5)).stretch > shared.stretch
+
+
+def test_device_time_does_not_stretch() -> None:
+    cl = SHM.with_(workers=2, overlap=True, host_cores=1)
+    cpu = predict(CPU_WL, cl)
+    gpu = predict(replace(CPU_WL, host_compute_s=0.0), cl)  # the host thread waits for its kernels
+    assert gpu.stretch < cpu.stretch and gpu.samples_per_s > cpu.samples_per_s
+    assert gpu.compute_s == pytest.approx(CPU_WL.compute_s)  # its compute is the device's: not stretched
+    assert cpu.compute_s == pytest.approx(CPU_WL.compute_s * cpu.stretch)
+
+
+def test_core_stretch_solves_the_fixed_point() -> None:
+    # busy(f) = f · 3 / (1 + 0.5 f): half the cycle does not stretch; on 2 cores f = 3 / (2 (0.5 + 0.5 f))
+    f, busy = core_stretch(lambda f: f * 3.0 / (0.5 + 0.5 * f), 2.0)
+    assert f == pytest.approx(2.0, rel=1e-8) and busy == pytest.approx(2.0 * f, rel=1e-8)
+    assert core_stretch(lambda f: 1.5, 2.0) == (1.0, 1.5)
+    assert effective_cores(100.0, 147.0) == pytest.approx(1.47) and effective_cores(100.0, 90.0) == 1.0
+    with pytest.raises(ConfigError, match="host_cores"):
+        core_stretch(lambda f: 1.0, 0.0)
+
+
+@pytest.mark.parametrize(("kwargs", "name"), [
+    ({"chunk_overhead_s": -1e-3}, "chunk_overhead_s"), ({"host_cores": 0}, "host_cores"),
+    ({"host_cores": math.inf}, "host_cores")])
+def test_bad_chunk_and_core_settings_name_the_value(kwargs: dict[str, float], name: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Cluster(**kwargs)  # type: ignore[arg-type]
+
+
+def test_bad_chunk_workload_names_the_value() -> None:
+    with pytest.raises(ConfigError, match="rows_per_chunk"):
+        Workload("x", params=10, batch_size=1, compute_s=1.0, rows_per_chunk=0)
+    with pytest.raises(ConfigError, match="host_compute_s"):
+        Workload("x", params=10, batch_size=1, compute_s=1.0, host_compute_s=2.0)
