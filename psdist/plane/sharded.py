@@ -142,15 +142,19 @@ class ShardedClient:
         return Pull(version, self._view if came else None, pulls[0].lr, lrs or None)
 
     # ------------------------------------------------------------------ the handle
-    def pull(self, worker: str, have_version: int = -1) -> Pull:
+    def _pull_all(self, ask: Callable[[PlaneClient, int], Pull], have_version: int) -> Pull:
+        """``ask(client, its shard's version)`` of every shard at once, gathered into one pull."""
         have = self._per_shard(have_version)
 
-        def pull(i: int) -> Pull:
-            p = self.clients[i].pull(worker, have[i] if have else -1)
+        def one(i: int) -> Pull:
+            p = ask(self.clients[i], have[i] if have else -1)
             self._place(i, p)
             return p
 
-        return self._gather(self._fan(pull))
+        return self._gather(self._fan(one))
+
+    def pull(self, worker: str, have_version: int = -1) -> Pull:
+        return self._pull_all(lambda c, v: c.pull(worker, v), have_version)
 
     def push(self, push: Push, pull: bool = True) -> PushReply:
         u = push.update
@@ -216,14 +220,7 @@ class ShardedClient:
 
     def wait(self, worker: str, have_version: int = -1) -> Pull:
         """Wait on every shard at once (a barrier releases a worker on each of them)."""
-        have = self._per_shard(have_version)
-
-        def wait(i: int) -> Pull:
-            p = self.clients[i].wait(worker, have[i] if have else -1)
-            self._place(i, p)
-            return p
-
-        return self._gather(self._fan(wait))
+        return self._pull_all(lambda c, v: c.wait(worker, v), have_version)
 
     def close(self) -> None:
         try:

@@ -48,16 +48,24 @@ def test_bad_shard_counts_are_refused_with_the_fix() -> None:
         ShardPlan(layout(), (0, 7, layout().size))
 
 
+OPT = {"model": psdist.optim.Adam(lr=1e-2)}
+
+
+def trained(lay: Layout, pushes: int, rng: np.random.Generator) -> ServerState:
+    """One server with Adam state after ``pushes`` random updates."""
+    whole = ServerState(lay, rng.standard_normal(lay.size).astype(np.float32), OPT)
+    for v in range(pushes):
+        whole.push(Push("w", v, rng.standard_normal(lay.size).astype(np.float32), 8, 0.5))
+    return whole
+
+
 def test_a_state_cut_for_shards_and_joined_again_is_the_same_state() -> None:
     """Adam's moments and steps, the weights and the counters survive split -> load -> merge,
     also onto another number of shards (a checkpoint resumes on any)."""
     lay = layout()
     rng = np.random.default_rng(0)
-    opt = {"model": psdist.optim.Adam(lr=1e-2)}
-    whole = ServerState(lay, rng.standard_normal(lay.size).astype(np.float32), opt)
-    for v in range(3):
-        whole.push(Push("w", v, rng.standard_normal(lay.size).astype(np.float32), 8, 0.5))
-    state = whole.state_dict()
+    opt = OPT
+    state = trained(lay, 3, rng).state_dict()
     for shards in (2, 3):
         plan = ShardPlan.balanced(lay, shards)
         parts = []
@@ -108,10 +116,8 @@ def test_elementwise_models_are_cut_between_rows_and_balance() -> None:
 def test_a_state_of_cut_tensors_joins_into_the_whole_tensors_state() -> None:
     lay = big_layer()
     rng = np.random.default_rng(1)
-    opt = {"model": psdist.optim.Adam(lr=1e-2)}
-    whole = ServerState(lay, rng.standard_normal(lay.size).astype(np.float32), opt)
-    for v in range(2):
-        whole.push(Push("w", v, rng.standard_normal(lay.size).astype(np.float32), 8, 0.5))
+    opt = OPT
+    whole = trained(lay, 2, rng)
     state = whole.state_dict()
     plan = ShardPlan.balanced(lay, 3, frozenset({"model"}))
     shards = []
